@@ -1,0 +1,75 @@
+"""Connections: psycopg2 for PPP's own SQL, SQLAlchemy engines for Alembic and the router.
+
+Every connection failure becomes a PPPError naming the instance and its URL with the
+password masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from ppp_env.errors import PPPError
+from ppp_env.settings import Instance, Role
+
+APPLICATION_NAME = "ppp"
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(
+    inst: Instance,
+    role: Role = "admin",
+    *,
+    dbname: str | None = None,
+    connect_timeout: int = 5,
+    autocommit: bool = False,
+    application_name: str = APPLICATION_NAME,
+) -> Any:
+    """Open a psycopg2 connection to ``inst`` as ``role``; PPPError when it cannot."""
+    user, password = inst.user_and_password(role)
+    database = dbname or (inst.superuser_dbname if role == "superuser" else inst.dbname)
+    try:
+        conn = psycopg2.connect(
+            host=inst.host,
+            port=inst.port,
+            dbname=database,
+            user=user,
+            password=password or None,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+        )
+    except psycopg2.Error as exc:
+        raise PPPError(
+            f"cannot connect to {inst.label} at {inst.masked_url(role, dbname=database)}: "
+            f"{first_line(exc)}"
+        ) from None
+    conn.autocommit = autocommit
+    return conn
+
+
+@contextmanager
+def connection(inst: Instance, role: Role = "admin", **kw: Any) -> Iterator[Any]:
+    conn = connect(inst, role, **kw)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def engine(inst: Instance, role: Role = "admin", *, connect_timeout: int = 5, **kw: Any) -> Engine:
+    """A SQLAlchemy engine for ``inst``; its URL renders with the password hidden."""
+    return create_engine(
+        inst.url(role),
+        connect_args={"connect_timeout": connect_timeout, "application_name": APPLICATION_NAME},
+        **kw,
+    )

@@ -1,0 +1,361 @@
+"""Throwaway local PostgreSQL servers, one per instance, from this machine's binaries.
+
+This is what ``ppp local up|down|status`` runs and what the test suite's topology fixture
+uses. Each instance gets its own cluster (initdb), bound to 127.0.0.1 on a free port, with
+``log_statement=all`` and ``scram-sha-256`` for TCP (postgres_fdw's non-superuser user
+mappings need a server that asks for a password). initdb and pg_ctl refuse to run as
+root, so as root every server command runs as the ``postgres`` OS user.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppp_env.errors import PPPError
+from ppp_env.settings import env_prefix
+
+EXAMPLE_SHARDS = ("bluth_co", "cyberdyne", "initech")
+SERVER_USER = "postgres"
+
+_CONF = """\
+# Written by PPP (ppp_env/local.py): a throwaway server for development and tests.
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '{socket_dir}'
+port = {port}
+log_statement = 'all'
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+"""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    port: int | None
+    running: bool
+    pid: int | None
+    data_dir: Path
+    log_file: Path
+
+
+def find_bindir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where initdb and pg_ctl live: PPP_PG_BINDIR, ``pg_config --bindir``, or a Debian path."""
+    env = os.environ if environ is None else environ
+    tried: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    if env.get("PPP_PG_BINDIR"):
+        candidates.append(("PPP_PG_BINDIR", Path(env["PPP_PG_BINDIR"])))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+            candidates.append(("pg_config --bindir", Path(out)))
+        except (subprocess.SubprocessError, OSError):
+            tried.append(f"{pg_config} --bindir (failed)")
+    else:
+        tried.append("pg_config on PATH (not found)")
+
+    def version_key(path: str) -> tuple[int, ...]:
+        m = re.search(r"/postgresql/(\d+)(?:\.(\d+))?/bin", path)
+        return tuple(int(x) for x in m.groups() if x) if m else (0,)
+
+    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
+        candidates.append(("/usr/lib/postgresql/*/bin", Path(found)))
+    for how, path in candidates:
+        if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
+            return path
+        tried.append(f"{path} ({how}: no initdb/pg_ctl there)")
+    if not glob.glob("/usr/lib/postgresql/*/bin"):
+        tried.append("/usr/lib/postgresql/*/bin (nothing there)")
+    raise PPPError(
+        "cannot find PostgreSQL server binaries (initdb, pg_ctl). Looked at: "
+        + "; ".join(tried)
+        + ". Install them (Debian/Ubuntu: apt-get install postgresql) or set PPP_PG_BINDIR "
+        "to the folder holding initdb and pg_ctl."
+    )
+
+
+def free_port(preferred: int | None = None) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (``preferred`` when it is free)."""
+    if preferred and port_is_free(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def default_base_dir(project: Path, env_name: str | None) -> Path:
+    """Outside the project, so the ``postgres`` OS user can reach it wherever the clone is."""
+    key = hashlib.sha1(f"{project}|{env_name or ''}".encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"ppp-local-{key}"
+
+
+class LocalServers:
+    """The throwaway servers under one base folder: ``<base>/<instance>/{data,run,...}``."""
+
+    def __init__(self, base_dir: Path, bindir: Path | None = None) -> None:
+        self.base_dir = Path(base_dir)
+        self.bindir = bindir or find_bindir()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            try:
+                self._server_uid = pwd.getpwnam(SERVER_USER)
+            except KeyError:
+                raise PPPError(
+                    f"running as root, PPP starts PostgreSQL as the {SERVER_USER!r} OS user, "
+                    "which does not exist: install the postgresql package or run as another user"
+                ) from None
+
+    # -- paths ---------------------------------------------------------------------------------
+    def root(self, name: str) -> Path:
+        return self.base_dir / name
+
+    def data_dir(self, name: str) -> Path:
+        return self.root(name) / "data"
+
+    def log_file(self, name: str) -> Path:
+        return self.root(name) / "postgresql.log"
+
+    def instances(self) -> list[str]:
+        if not self.base_dir.is_dir():
+            return []
+        return sorted(p.parent.parent.name for p in self.base_dir.glob("*/data/PG_VERSION"))
+
+    # -- commands ------------------------------------------------------------------------------
+    def _run(
+        self, args: Sequence[str | Path], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(a) for a in args]
+        if self.as_root:
+            cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, cwd="/", check=False
+        )
+
+    def _own(self, path: Path) -> None:
+        if self.as_root:
+            os.chown(path, self._server_uid.pw_uid, self._server_uid.pw_gid)
+
+    def _mkdir(self, path: Path, mode: int = 0o700) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(mode)
+        self._own(path)
+
+    def status(self, name: str) -> ServerStatus:
+        data = self.data_dir(name)
+        port = self._port(name)
+        pid = None
+        pidfile = data / "postmaster.pid"
+        if pidfile.is_file():
+            try:
+                pid = int(pidfile.read_text().splitlines()[0])
+                os.kill(pid, 0)
+            except (OSError, ValueError, IndexError):
+                pid = None
+        return ServerStatus(name, port, pid is not None, pid, data, self.log_file(name))
+
+    def _port(self, name: str) -> int | None:
+        conf = self.data_dir(name) / "ppp.conf"
+        if not conf.is_file():
+            return None
+        m = re.search(r"^port = (\d+)$", conf.read_text(), re.M)
+        return int(m.group(1)) if m else None
+
+    def init(self, name: str, superuser_password: str) -> bool:
+        """initdb the instance's cluster unless it exists; return True when it was created."""
+        data = self.data_dir(name)
+        if (data / "PG_VERSION").is_file():
+            return False
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.base_dir.chmod(0o755)
+        self._mkdir(self.root(name))
+        for sub in ("run",):
+            self._mkdir(self.root(name) / sub)
+        pwfile = self.root(name) / "pwfile"
+        pwfile.write_text(superuser_password + "\n")
+        pwfile.chmod(0o600)
+        self._own(pwfile)
+        try:
+            res = self._run(
+                [
+                    self.bindir / "initdb",
+                    "-D",
+                    data,
+                    "-U",
+                    SERVER_USER,
+                    "--pwfile",
+                    pwfile,
+                    "--auth-local=peer",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if res.returncode != 0:
+            shutil.rmtree(data, ignore_errors=True)
+            raise PPPError(
+                f"initdb for {name!r} failed: {res.stderr.strip() or res.stdout.strip()}"
+            )
+        with open(data / "postgresql.conf", "a") as f:
+            f.write("\ninclude_if_exists = 'ppp.conf'\n")
+        return True
+
+    def start(self, name: str, port: int) -> ServerStatus:
+        """Start the instance on ``port`` unless it runs already; return its status."""
+        st = self.status(name)
+        if st.running:
+            return st
+        conf = self.data_dir(name) / "ppp.conf"
+        conf.write_text(_CONF.format(port=port, socket_dir=self.root(name) / "run"))
+        self._own(conf)
+        log = self.log_file(name)
+        log.touch()
+        self._own(log)
+        res = self._run(
+            [
+                self.bindir / "pg_ctl",
+                "-D",
+                self.data_dir(name),
+                "-l",
+                log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+        st = self.status(name)
+        if res.returncode != 0 or not st.running:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise PPPError(
+                f"cannot start the local server {name!r} on 127.0.0.1:{port}: "
+                + (" | ".join(tail) or res.stderr.strip())
+            )
+        return st
+
+    def stop(self, name: str) -> bool:
+        """Stop the instance if it runs (fast shutdown); return True when it was running."""
+        if not self.status(name).running:
+            return False
+        res = self._run(
+            [self.bindir / "pg_ctl", "-D", self.data_dir(name), "-m", "fast", "-w", "stop"]
+        )
+        if res.returncode != 0 and self.status(name).running:
+            raise PPPError(f"cannot stop the local server {name!r}: {res.stderr.strip()}")
+        return True
+
+    def purge(self, name: str) -> None:
+        self.stop(name)
+        shutil.rmtree(self.root(name), ignore_errors=True)
+
+    def up(self, names: Sequence[str], previous: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Make every named instance run; return the settings that reach them.
+
+        ``previous`` holds settings from an earlier run (the .env file): their passwords and
+        ports are kept, so ``up`` twice changes nothing.
+        """
+        prev = dict(previous or {})
+        values: dict[str, str] = {}
+        shards = [n for n in names if n != "veneer"]
+        values["PPP_SHARDS"] = ",".join(shards)
+        for name in names:
+            p = env_prefix("veneer" if name == "veneer" else "shard", name)
+
+            def keep(var: str, prev: dict[str, str] = prev) -> str:
+                return prev.get(var) or secrets.token_urlsafe(18)
+
+            su_password = keep(f"{p}SUPERUSER_PASSWORD")
+            if not self.init(name, su_password):
+                su_password = prev.get(f"{p}SUPERUSER_PASSWORD", su_password)
+            st = self.status(name)
+            if not st.running:
+                wanted = self._port(name) or _int(prev.get(f"{p}PORT"))
+                st = self.start(name, free_port(wanted))
+            assert st.port is not None
+            values.update(
+                {
+                    f"{p}HOST": "127.0.0.1",
+                    f"{p}PORT": str(st.port),
+                    f"{p}DB": name,
+                    f"{p}SUPERUSER": SERVER_USER,
+                    f"{p}SUPERUSER_PASSWORD": su_password,
+                    f"{p}ADMIN_PASSWORD": keep(f"{p}ADMIN_PASSWORD"),
+                    f"{p}APP_PASSWORD": keep(f"{p}APP_PASSWORD"),
+                }
+            )
+        return values
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every instance under the base folder; with ``purge`` delete their data too."""
+        stopped = []
+        for name in self.instances():
+            if self.stop(name):
+                stopped.append(name)
+            if purge:
+                self.purge(name)
+        if purge and self.base_dir.is_dir() and not any(self.base_dir.iterdir()):
+            self.base_dir.rmdir()
+        return stopped
+
+
+def _int(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
+    """Set ``values`` in a dotenv file, keeping its other lines and comments as they are."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    pending = dict(values)
+    out = []
+    for line in lines:
+        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
+        if m and m.group(1) in pending:
+            out.append(f"{m.group(1)}={_quote(pending.pop(m.group(1)))}")
+        else:
+            out.append(line)
+    if pending:
+        if out and out[-1].strip():
+            out.append("")
+        out.append("# Written by `ppp local up`")
+        out.extend(f"{k}={_quote(v)}" for k, v in pending.items())
+    path.write_text("\n".join(out) + "\n")
+    path.chmod(0o600)
+
+
+def _quote(value: str) -> str:
+    return value if re.fullmatch(r"[A-Za-z0-9_.,:/@+-]*", value) else "'" + value + "'"

@@ -1,0 +1,211 @@
+"""Provisioning (``ppp init`` / ``ppp teardown``): databases, roles, grants, the FDW extension.
+
+In every instance, as its superuser: the roles ``{db}_admin`` (owns the database and every
+schema PPP creates, runs migrations) and ``{db}_app`` (LOGIN, DML only), the database owned
+by ``{db}_admin``, CONNECT only for those two, CREATE on schema public revoked from PUBLIC,
+and default privileges so that whatever ``{db}_admin`` creates later is usable by
+``{db}_app`` at once. On the veneer also the postgres_fdw extension with USAGE for
+``veneer_admin``, so the veneer's migrations never need a superuser.
+
+Passwords never appear in SQL text: PPP sends SCRAM-SHA-256 verifiers computed here, in a
+session with statement logging off, and compares verifiers to tell whether a role's
+password already matches its setting.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ppp_env.db import connection
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import quote_ident, quote_literal
+from ppp_env.settings import Instance, Settings
+
+SCRAM_ITERATIONS = 4096
+
+
+def scram_verifier(
+    password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677)."""
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def password_matches(stored: str | None, password: str) -> bool:
+    """Whether a stored verifier (``pg_authid.rolpassword``) is the one of ``password``."""
+    if not stored or not stored.startswith("SCRAM-SHA-256$"):
+        return False
+    try:
+        head, _keys = stored[len("SCRAM-SHA-256$") :].split("$", 1)
+        iterations, salt = head.split(":", 1)
+        expected = scram_verifier(password, base64.b64decode(salt), int(iterations))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(expected, stored)
+
+
+@dataclass
+class Report:
+    """What one instance's provisioning did: the list of changes, empty when none."""
+
+    instance: str
+    changes: list[str] = field(default_factory=list)
+
+
+def _superuser(inst: Instance, settings: Settings, dbname: str | None = None) -> Any:
+    if inst.superuser_password is None:
+        raise PPPError(
+            f"{inst.env_prefix}SUPERUSER_PASSWORD is not set: provisioning {inst.label} needs "
+            f"a superuser connection ({inst.masked_url('superuser')})"
+        )
+    return connection(
+        inst, "superuser", dbname=dbname, autocommit=True, connect_timeout=settings.connect_timeout
+    )
+
+
+def _quiet(cur: Any) -> None:
+    """No statement logging in this session: role passwords (even hashed) stay out of logs."""
+    cur.execute("SET log_statement = 'none'")
+
+
+def _ensure_role(cur: Any, role: str, password: str, report: Report) -> None:
+    cur.execute("SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = %s", (role,))
+    row = cur.fetchone()
+    verifier = quote_literal(scram_verifier(password))
+    if row is None:
+        cur.execute(f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD {verifier}")
+        report.changes.append(f"created role {role}")
+        return
+    if not row[1]:
+        cur.execute(f"ALTER ROLE {quote_ident(role)} LOGIN")
+        report.changes.append(f"allowed role {role} to log in")
+    if not password_matches(row[0], password):
+        cur.execute(f"ALTER ROLE {quote_ident(role)} PASSWORD {verifier}")
+        report.changes.append(f"set the password of role {role}")
+
+
+def _has_privilege(cur: Any, sql: str, *args: Any) -> bool:
+    cur.execute(sql, args)
+    return bool(cur.fetchone()[0])
+
+
+def provision_instance(inst: Instance, settings: Settings) -> Report:
+    """Bring one instance to the provisioned state; report what changed."""
+    report = Report(inst.name)
+    admin, app, db = inst.admin_role, inst.app_role, inst.dbname
+    qa, qp, qd = quote_ident(admin), quote_ident(app), quote_ident(db)
+    with _superuser(inst, settings) as conn, conn.cursor() as cur:
+        _quiet(cur)
+        _ensure_role(cur, admin, inst.admin_password, report)
+        _ensure_role(cur, app, inst.app_password, report)
+        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute(f"CREATE DATABASE {qd} OWNER {qa}")
+            report.changes.append(f"created database {db}")
+        elif row[0] != admin:
+            cur.execute(f"ALTER DATABASE {qd} OWNER TO {qa}")
+            report.changes.append(f"made {admin} the owner of database {db}")
+
+    with _superuser(inst, settings, dbname=db) as conn, conn.cursor() as cur:
+        _quiet(cur)
+        steps: list[tuple[Callable[[], bool], str, str]] = [
+            (
+                lambda: _has_privilege(
+                    cur, "SELECT has_database_privilege('public', %s, 'CONNECT')", db
+                ),
+                f"REVOKE ALL ON DATABASE {qd} FROM PUBLIC",
+                f"revoked CONNECT and TEMP on database {db} from PUBLIC",
+            ),
+            (
+                lambda: (
+                    not _has_privilege(
+                        cur, "SELECT has_database_privilege(%s, %s, 'CONNECT')", app, db
+                    )
+                ),
+                f"GRANT CONNECT ON DATABASE {qd} TO {qp}",
+                f"granted CONNECT on database {db} to {app}",
+            ),
+            (
+                lambda: _has_privilege(
+                    cur, "SELECT has_schema_privilege('public', 'public', 'CREATE')"
+                ),
+                "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+                "revoked CREATE on schema public from PUBLIC",
+            ),
+        ]
+        for needed, sql, change in steps:
+            if needed():
+                cur.execute(sql)
+                report.changes.append(change)
+        defaults = [
+            ("r", "SELECT, INSERT, UPDATE, DELETE", "TABLES"),
+            ("S", "USAGE, SELECT, UPDATE", "SEQUENCES"),
+            ("f", "EXECUTE", "FUNCTIONS"),
+            ("n", "USAGE", "SCHEMAS"),
+        ]
+        cur.execute(
+            "SELECT d.defaclobjtype, array_to_string(d.defaclacl, ',') FROM pg_default_acl d "
+            "WHERE d.defaclrole = %s::regrole AND d.defaclnamespace = 0",
+            (admin,),
+        )
+        acl = dict(cur.fetchall())
+        for objtype, privileges, kind in defaults:
+            if f"{app}=" not in (acl.get(objtype) or ""):
+                cur.execute(
+                    f"ALTER DEFAULT PRIVILEGES FOR ROLE {qa} GRANT {privileges} ON {kind} TO {qp}"
+                )
+                report.changes.append(f"default privileges: {app} gets {privileges} on {kind}")
+        if inst.kind == "veneer":
+            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgres_fdw'")
+            if cur.fetchone() is None:
+                cur.execute("CREATE EXTENSION postgres_fdw")
+                report.changes.append("created extension postgres_fdw")
+            if not _has_privilege(
+                cur, "SELECT has_foreign_data_wrapper_privilege(%s, 'postgres_fdw', 'USAGE')", admin
+            ):
+                cur.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {qa}")
+                report.changes.append(f"granted USAGE on postgres_fdw to {admin}")
+    return report
+
+
+def teardown_instance(inst: Instance, settings: Settings) -> Report:
+    """Remove what :func:`provision_instance` made: the database and both roles."""
+    report = Report(inst.name)
+    with _superuser(inst, settings) as conn, conn.cursor() as cur:
+        _quiet(cur)
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (inst.dbname,))
+        if cur.fetchone() is not None:
+            cur.execute(f"DROP DATABASE {quote_ident(inst.dbname)} WITH (FORCE)")
+            report.changes.append(f"dropped database {inst.dbname}")
+        for role in (inst.app_role, inst.admin_role):
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is not None:
+                # Privileges the role holds in the maintenance database (if any) go first.
+                cur.execute(f"DROP OWNED BY {quote_ident(role)}")
+                cur.execute(f"DROP ROLE {quote_ident(role)}")
+                report.changes.append(f"dropped role {role}")
+    return report
+
+
+def provision(settings: Settings) -> list[Report]:
+    return [provision_instance(inst, settings) for inst in settings.instances]
+
+
+def teardown(settings: Settings) -> list[Report]:
+    return [teardown_instance(inst, settings) for inst in settings.instances]

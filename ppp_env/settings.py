@@ -1,0 +1,253 @@
+"""Settings: the veneer and every shard, from the process environment and a ``.env`` file.
+
+Precedence (highest first): variables already in the process environment, then the
+dotenv file. ``PPP_ENV=<name>`` (or ``ppp --env <name>``) selects ``.env.<name>`` instead
+of ``.env``. Nothing is read from alembic.ini or from revision files, so the same
+revisions serve every environment. Every problem names the variable and what it expects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dotenv import dotenv_values
+from sqlalchemy.engine import URL
+
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import validate_identifier
+
+Role = Literal["admin", "app", "superuser"]
+
+#: Longest database name: ``{db}_admin`` must still fit in 63 bytes.
+MAX_DBNAME_BYTES = 63 - len("_admin")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One PostgreSQL database on one server: the veneer or a shard."""
+
+    name: str
+    kind: Literal["veneer", "shard"]
+    host: str
+    port: int
+    dbname: str
+    admin_password: str = field(repr=False)
+    app_password: str = field(repr=False)
+    superuser: str = "postgres"
+    superuser_password: str | None = field(default=None, repr=False)
+    superuser_dbname: str = "postgres"
+    env_prefix: str = ""
+
+    @property
+    def admin_role(self) -> str:
+        return f"{self.dbname}_admin"
+
+    @property
+    def app_role(self) -> str:
+        return f"{self.dbname}_app"
+
+    @property
+    def label(self) -> str:
+        return "veneer" if self.kind == "veneer" else f"shard {self.name!r}"
+
+    def user_and_password(self, role: Role) -> tuple[str, str | None]:
+        if role == "admin":
+            return self.admin_role, self.admin_password
+        if role == "app":
+            return self.app_role, self.app_password
+        return self.superuser, self.superuser_password
+
+    def url(self, role: Role = "admin", *, dbname: str | None = None) -> URL:
+        """SQLAlchemy URL; render it with :func:`masked` before showing it to anyone."""
+        user, password = self.user_and_password(role)
+        default_db = self.superuser_dbname if role == "superuser" else self.dbname
+        return URL.create(
+            "postgresql+psycopg2",
+            username=user,
+            password=password,
+            host=self.host,
+            port=self.port,
+            database=dbname or default_db,
+        )
+
+    def masked_url(self, role: Role = "admin", *, dbname: str | None = None) -> str:
+        return masked(self.url(role, dbname=dbname))
+
+    def libpq_url(self, role: Role = "app") -> str:
+        """A ``postgresql://`` URL for psql and other libpq tools (contains the password)."""
+        return self.url(role).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def masked(url: URL) -> str:
+    """A URL with its password replaced by ``***``: the only form PPP ever prints."""
+    return url.render_as_string(hide_password=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything PPP needs to reach the veneer and the shards of one environment."""
+
+    env_name: str | None
+    veneer: Instance
+    shards: dict[str, Instance]
+    jobs: int = 4
+    lock_timeout: float = 10.0
+    connect_timeout: int = 5
+    source: str = ""
+
+    def shard(self, name: str) -> Instance:
+        try:
+            return self.shards[name]
+        except KeyError:
+            known = ", ".join(self.shards) or "(none)"
+            raise PPPError(f"unknown shard {name!r}; PPP_SHARDS lists: {known}") from None
+
+    @property
+    def instances(self) -> list[Instance]:
+        return [self.veneer, *self.shards.values()]
+
+    def instance(self, name: str) -> Instance:
+        if name == "veneer":
+            return self.veneer
+        return self.shard(name)
+
+
+def project_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The project folder: ``PPP_PROJECT_DIR`` or the current directory."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("PPP_PROJECT_DIR") or os.getcwd()).resolve()
+
+
+def dotenv_path(env_name: str | None, directory: Path) -> Path:
+    return directory / (f".env.{env_name}" if env_name else ".env")
+
+
+def read_environment(
+    env_name: str | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], str | None, Path]:
+    """Merge the dotenv file under the process environment; return (values, env name, file)."""
+    process = dict(os.environ if environ is None else environ)
+    name = env_name or process.get("PPP_ENV") or None
+    if name is not None:
+        validate_identifier(name.replace("-", "_"), "environment name (PPP_ENV)")
+    path = dotenv_path(name, project_dir(process))
+    values: dict[str, str] = {}
+    if path.is_file():
+        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values.update(process)
+    return values, name, path
+
+
+class _Reader:
+    def __init__(self, values: Mapping[str, str], where: str) -> None:
+        self.values = values
+        self.where = where
+
+    def get(self, var: str, expects: str, default: str | None = None) -> str:
+        raw = self.values.get(var)
+        if raw is None or raw.strip() == "":
+            if default is not None:
+                return default
+            raise PPPError(f"{var} is not set: expected {expects} ({self.where})")
+        return raw.strip()
+
+    def optional(self, var: str) -> str | None:
+        raw = self.values.get(var)
+        return raw if raw not in (None, "") else None
+
+    def integer(self, var: str, expects: str, default: int | None, lo: int, hi: int) -> int:
+        raw = self.get(var, expects, None if default is None else str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise PPPError(f"{var}={raw!r} is not valid: expected {expects}") from None
+        if not lo <= value <= hi:
+            raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
+        return value
+
+    def number(self, var: str, expects: str, default: float) -> float:
+        raw = self.get(var, expects, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise PPPError(f"{var}={raw!r} is not valid: expected {expects}") from None
+        if value < 0:
+            raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
+        return value
+
+
+def env_prefix(kind: str, name: str) -> str:
+    return "PPP_VENEER_" if kind == "veneer" else f"PPP_SHARD_{name.upper()}_"
+
+
+def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instance:
+    p = env_prefix(kind, name)
+    dbname = r.get(f"{p}DB", "a database name", default=name)
+    if dbname != name or kind == "veneer":
+        try:
+            validate_identifier(dbname, "database name", MAX_DBNAME_BYTES)
+        except PPPError as exc:
+            raise PPPError(f"{p}DB: {exc}") from None
+    return Instance(
+        name=name,
+        kind=kind,
+        host=r.get(f"{p}HOST", "a host name or address", default="127.0.0.1"),
+        port=r.integer(f"{p}PORT", "a TCP port number (1-65535)", None, 1, 65535),
+        dbname=dbname,
+        admin_password=r.get(f"{p}ADMIN_PASSWORD", f"the password of role {dbname}_admin"),
+        app_password=r.get(f"{p}APP_PASSWORD", f"the password of role {dbname}_app"),
+        superuser=r.get(f"{p}SUPERUSER", "a superuser role name", default="postgres"),
+        superuser_password=r.optional(f"{p}SUPERUSER_PASSWORD"),
+        superuser_dbname=r.get(f"{p}SUPERUSER_DB", "a maintenance database", default="postgres"),
+        env_prefix=p,
+    )
+
+
+def load_settings(
+    env_name: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate the settings of one environment; raise PPPError naming what is wrong."""
+    values, name, path = read_environment(env_name, environ)
+    where = (
+        f"looked in the process environment and {path}"
+        + ("" if path.is_file() else ", which does not exist")
+        + "; see .env.example"
+    )
+    r = _Reader(values, where)
+    raw_shards = r.get("PPP_SHARDS", "a comma-separated list of shard names, e.g. a,b,c")
+    shard_names: list[str] = []
+    for item in raw_shards.split(","):
+        shard = item.strip()
+        try:
+            validate_identifier(shard, "shard name", MAX_DBNAME_BYTES)
+        except PPPError as exc:
+            raise PPPError(f"PPP_SHARDS={raw_shards!r}: {exc}") from None
+        if shard == "veneer":
+            raise PPPError(f"PPP_SHARDS={raw_shards!r}: 'veneer' is the veneer, not a shard")
+        if shard in shard_names:
+            raise PPPError(f"PPP_SHARDS={raw_shards!r}: shard {shard!r} is listed twice")
+        shard_names.append(shard)
+    veneer = _instance(r, "veneer", r.get("PPP_VENEER_NAME", "a name", default="veneer"))
+    shards = {s: _instance(r, "shard", s) for s in shard_names}
+    seen: dict[tuple[str, int, str], str] = {}
+    for inst in [veneer, *shards.values()]:
+        key = (inst.host, inst.port, inst.dbname)
+        if key in seen:
+            raise PPPError(
+                f"{inst.env_prefix}DB: {inst.label} and {seen[key]} are the same database "
+                f"{inst.dbname!r} on {inst.host}:{inst.port}; give each its own database"
+            )
+        seen[key] = inst.label
+    return Settings(
+        env_name=name,
+        veneer=veneer,
+        shards=shards,
+        jobs=r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
+        lock_timeout=r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
+        connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
+        source=str(path) if path.is_file() else "process environment",
+    )

@@ -1,0 +1,128 @@
+"""One real PostgreSQL topology (veneer + 3 shards) for the whole test session.
+
+Backends, chosen with PPP_TEST_BACKEND:
+- ``local`` (default): throwaway servers from this machine's binaries (ppp_env.local),
+  the same code as ``ppp local up``; as root they run as the ``postgres`` OS user.
+- ``docker``: four testcontainers PostgreSQL containers.
+- ``env``: servers already described by PPP_* settings in the environment.
+
+The session fixture provisions the example's instances (``ppp init``) and exports the
+settings into ``os.environ`` (with PPP_PROJECT_DIR pointing at an empty folder, so no
+developer's ``.env`` leaks in); tests that need other databases build them on the same
+servers with :meth:`Topology.variant`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ppp_env.local import EXAMPLE_SHARDS, LocalServers
+from ppp_env.provision import provision
+from ppp_env.settings import Settings, env_prefix, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCES = ["veneer", *EXAMPLE_SHARDS]
+
+
+@dataclass
+class Topology:
+    environ: dict[str, str]
+    settings: Settings
+    servers: LocalServers | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+
+    def variant(self, **overrides: str) -> dict[str, str]:
+        """The session's settings with some variables changed (e.g. other database names)."""
+        env = dict(self.environ)
+        env.update(overrides)
+        return env
+
+    def settings_for(self, environ: dict[str, str]) -> Settings:
+        return load_settings(environ=environ)
+
+
+def _local_backend(workdir: Path) -> tuple[dict[str, str], LocalServers]:
+    base = workdir / "servers"
+    servers = LocalServers(base)
+    values = servers.up(INSTANCES)
+    return values, servers
+
+
+def _docker_backend(stack: list[Any]) -> dict[str, str]:
+    from testcontainers.postgres import PostgresContainer
+
+    values: dict[str, str] = {"PPP_SHARDS": ",".join(EXAMPLE_SHARDS)}
+    for name in INSTANCES:
+        container = PostgresContainer(
+            "postgres:16-alpine", username="postgres", password="postgres", dbname="postgres"
+        ).with_command("postgres -c log_statement=all")
+        container.start()
+        stack.append(container)
+        p = env_prefix("veneer" if name == "veneer" else "shard", name)
+        values.update(
+            {
+                f"{p}HOST": container.get_container_host_ip(),
+                f"{p}PORT": str(container.get_exposed_port(5432)),
+                f"{p}DB": name,
+                f"{p}SUPERUSER": "postgres",
+                f"{p}SUPERUSER_PASSWORD": "postgres",
+                f"{p}ADMIN_PASSWORD": f"{name}-admin-pw",
+                f"{p}APP_PASSWORD": f"{name}-app-pw",
+            }
+        )
+    return values
+
+
+@pytest.fixture(scope="session")
+def topology() -> Iterator[Topology]:
+    backend = os.environ.get("PPP_TEST_BACKEND", "local")
+    workdir = Path(tempfile.mkdtemp(prefix="ppp-test-"))
+    workdir.chmod(0o755)
+    dotenv_dir = workdir / "project"
+    dotenv_dir.mkdir()
+    saved = dict(os.environ)
+    containers: list[Any] = []
+    servers = None
+    try:
+        if backend == "local":
+            values, servers = _local_backend(workdir)
+        elif backend == "docker":
+            values = _docker_backend(containers)
+        elif backend == "env":
+            values = {k: v for k, v in os.environ.items() if k.startswith("PPP_")}
+        else:
+            raise pytest.UsageError(f"PPP_TEST_BACKEND={backend!r}: expected local, docker or env")
+        values["PPP_PROJECT_DIR"] = str(dotenv_dir)
+        values.setdefault("PPP_LOCK_TIMEOUT", "5")
+        os.environ.update(values)
+        os.environ.pop("PPP_ENV", None)
+        settings = load_settings()
+        provision(settings)
+        yield Topology(values, settings, servers, workdir)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        for c in containers:
+            try:
+                c.stop()
+            except Exception:  # noqa: BLE001 - cleanup goes on
+                pass
+        if servers is not None:
+            try:
+                servers.down(purge=True)
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(topology: Topology) -> Settings:
+    return topology.settings
