@@ -41,6 +41,10 @@ class Instance:
     superuser_password: str | None = field(default=None, repr=False)
     superuser_dbname: str = "postgres"
     env_prefix: str = ""
+    #: How the veneer's server reaches this instance (postgres_fdw), when that differs from
+    #: how PPP reaches it: e.g. a compose service name and 5432 inside a Docker network.
+    fdw_host: str = ""
+    fdw_port: int = 0
 
     @property
     def admin_role(self) -> str:
@@ -192,11 +196,13 @@ def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instan
             validate_identifier(dbname, "database name", MAX_DBNAME_BYTES)
         except PPPError as exc:
             raise PPPError(f"{p}DB: {exc}") from None
+    host = r.get(f"{p}HOST", "a host name or address", default="127.0.0.1")
+    port = r.integer(f"{p}PORT", "a TCP port number (1-65535)", None, 1, 65535)
     return Instance(
         name=name,
         kind=kind,
-        host=r.get(f"{p}HOST", "a host name or address", default="127.0.0.1"),
-        port=r.integer(f"{p}PORT", "a TCP port number (1-65535)", None, 1, 65535),
+        host=host,
+        port=port,
         dbname=dbname,
         admin_password=r.get(f"{p}ADMIN_PASSWORD", f"the password of role {dbname}_admin"),
         app_password=r.get(f"{p}APP_PASSWORD", f"the password of role {dbname}_app"),
@@ -204,6 +210,8 @@ def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instan
         superuser_password=r.optional(f"{p}SUPERUSER_PASSWORD"),
         superuser_dbname=r.get(f"{p}SUPERUSER_DB", "a maintenance database", default="postgres"),
         env_prefix=p,
+        fdw_host=r.get(f"{p}FDW_HOST", "a host name the veneer's server can reach", default=host),
+        fdw_port=r.integer(f"{p}FDW_PORT", "a TCP port number (1-65535)", port, 1, 65535),
     )
 
 
