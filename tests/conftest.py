@@ -14,6 +14,7 @@ servers with :meth:`Topology.variant`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -113,12 +114,12 @@ def topology() -> Iterator[Topology]:
         for c in containers:
             try:
                 c.stop()
-            except Exception:  # noqa: BLE001 - cleanup goes on
+            except Exception:
                 pass
         if servers is not None:
             try:
                 servers.down(purge=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -126,3 +127,23 @@ def topology() -> Iterator[Topology]:
 @pytest.fixture
 def settings(topology: Topology) -> Settings:
     return topology.settings
+
+
+def alembic_config(section: str = "alembic", **attributes: Any) -> Any:
+    """An in-process Alembic Config on the project's alembic.ini, output captured."""
+    import io
+
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"), ini_section=section, stdout=io.StringIO())
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def veneer_head(topology: Topology) -> Topology:
+    """The veneer at head: catalog, foreign servers, the example tenants registered."""
+    from alembic import command
+
+    command.upgrade(alembic_config("veneer"), "head")
+    return topology

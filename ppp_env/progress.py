@@ -1,0 +1,163 @@
+"""Progress of a fleet run: a bar per shard on a terminal, plain lines in pipelines, or nothing.
+
+The runner calls ``shard_started``, ``tenant_done`` and ``shard_failed`` from the parent
+process as workers report; ``summary`` prints the closing table.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ppp_env.runner import FleetResult, TenantResult
+
+
+class QuietDisplay:
+    def __enter__(self) -> QuietDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def shard_started(self, shard: str, total: int, todo: int) -> None:
+        return None
+
+    def tenant_done(self, result: TenantResult) -> None:
+        return None
+
+    def shard_failed(self, shard: str, error: str) -> None:
+        return None
+
+    def summary(self, result: FleetResult) -> None:
+        return None
+
+
+class PlainDisplay(QuietDisplay):
+    """One line per shard start and end, one per problem (and per tenant with verbose)."""
+
+    def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.verbose = verbose
+        self.totals: dict[str, list[int]] = {}
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def shard_started(self, shard: str, total: int, todo: int) -> None:
+        self.totals[shard] = [total, 0]
+        self._print(f"shard {shard}: {total} tenants, {todo} to do")
+
+    def tenant_done(self, result: TenantResult) -> None:
+        counts = self.totals.setdefault(result.shard, [0, 0])
+        counts[1] += 1
+        if result.status in ("failed", "locked"):
+            self._print(f"{result.status.upper()} {result.shard}/{result.tenant}: {result.error}")
+        elif self.verbose and result.status == "migrated":
+            self._print(
+                f"migrated {result.shard}/{result.tenant}: {result.before or 'base'} -> "
+                f"{result.after or 'base'} ({result.seconds * 1000:.0f} ms)"
+            )
+        if counts[1] == counts[0]:
+            self._print(f"shard {result.shard}: done ({counts[0]} tenants)")
+
+    def shard_failed(self, shard: str, error: str) -> None:
+        self._print(f"FAILED shard {shard}: {error}")
+
+    def summary(self, result: FleetResult) -> None:
+        self._print(f"{result.command}: {result.summary()}")
+        if result.refreshed or result.refresh_pending:
+            self._print(
+                f"veneer: {len(result.refreshed)} tenant(s) refreshed"
+                + (
+                    f", pending: {', '.join(result.refresh_pending)}"
+                    if result.refresh_pending
+                    else ""
+                )
+            )
+        if result.refresh_error:
+            self._print(f"FAILED veneer refresh: {result.refresh_error}")
+
+
+class RichDisplay(PlainDisplay):
+    """A live progress bar per shard, then a summary table."""
+
+    def __init__(self, console: Console | None = None, verbose: bool = False) -> None:
+        super().__init__(verbose=verbose)
+        self.console = console or Console(stderr=False, highlight=False)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=self.console,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> RichDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _print(self, line: str) -> None:
+        self.progress.console.print(line, markup=False)
+
+    def shard_started(self, shard: str, total: int, todo: int) -> None:
+        self.tasks[shard] = self.progress.add_task(shard, total=total, note="")
+
+    def tenant_done(self, result: TenantResult) -> None:
+        task = self.tasks.get(result.shard)
+        if task is not None:
+            self.progress.advance(task)
+        if result.status in ("failed", "locked"):
+            self._print(f"{result.status.upper()} {result.shard}/{result.tenant}: {result.error}")
+            if task is not None:
+                self.progress.update(task, note="[red]failures")
+
+    def shard_failed(self, shard: str, error: str) -> None:
+        self._print(f"FAILED shard {shard}: {error}")
+
+    def summary(self, result: FleetResult) -> None:
+        table = Table(title=f"{result.command}: {result.seconds:.2f} s")
+        for col in ("shard", "migrated", "already current", "failed", "other", "time (s)"):
+            table.add_column(col, justify="right" if col != "shard" else "left")
+        shards = sorted({t.shard for t in result.tenants} | set(result.shard_errors))
+        for shard in shards:
+            rows = [t for t in result.tenants if t.shard == shard]
+            other = sum(1 for t in rows if t.status in ("locked", "not_run"))
+            table.add_row(
+                shard,
+                str(sum(1 for t in rows if t.status == "migrated")),
+                str(sum(1 for t in rows if t.status == "current")),
+                str(sum(1 for t in rows if t.status == "failed"))
+                + (" (unreachable)" if shard in result.shard_errors else ""),
+                str(other),
+                f"{sum(t.seconds for t in rows):.2f}",
+            )
+        self.console.print(table)
+        if result.refreshed or result.refresh_pending:
+            self.console.print(
+                f"veneer: {len(result.refreshed)} tenant(s) refreshed"
+                + (
+                    f", pending: {', '.join(result.refresh_pending)}"
+                    if result.refresh_pending
+                    else ""
+                )
+            )
+        if result.refresh_error:
+            self.console.print(f"[red]FAILED veneer refresh:[/] {result.refresh_error}")
+
+
+def make_display(output: str, verbose: bool = False) -> QuietDisplay:
+    """``auto``: bars on a terminal, plain lines otherwise; ``json``/``quiet``: nothing."""
+    if output in ("json", "quiet"):
+        return QuietDisplay()
+    if output == "rich" or (output == "auto" and sys.stdout.isatty()):
+        return RichDisplay(verbose=verbose)
+    return PlainDisplay(verbose=verbose)

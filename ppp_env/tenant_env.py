@@ -1,0 +1,319 @@
+"""What ``migrations/env.py`` runs: Alembic commands over every tenant of the fleet.
+
+The command Alembic is running decides the shape:
+
+- ``upgrade``, ``downgrade``, ``stamp``: the fleet runner (ppp_env.runner), every tenant
+  on every shard, then a veneer refresh of the tenants whose revision changed;
+- ``current``: one line per tenant: shard, tenant, revision;
+- ``--sql`` (offline): the SQL for every shard and tenant, with a header per tenant, on
+  stdout or one file per shard (``-x sql_dir=DIR``);
+- anything else (``revision --autogenerate``, ``check``, ``history -i``): one template
+  tenant schema (``-x template=NAME``, else the first tenant whose schema exists).
+
+``-x shard=a,b`` and ``-x tenant=x,y`` narrow every command; see RunOptions for the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from collections.abc import Callable
+from logging.config import fileConfig
+from pathlib import Path
+from typing import Any, TextIO
+
+from alembic import context as alembic_context
+from alembic.runtime.environment import EnvironmentContext
+from alembic.util import CommandError
+from sqlalchemy.pool import NullPool
+
+from ppp_env import db
+from ppp_env.catalog import list_tenants
+from ppp_env.errors import PPPError
+from ppp_env.fleet import read_states
+from ppp_env.identifiers import quote_ident
+from ppp_env.progress import make_display
+from ppp_env.runner import (
+    MUTATING,
+    AlembicHooks,
+    FleetResult,
+    NeedsOnline,
+    RunOptions,
+    group_by_shard,
+    rendering,
+    run_fleet,
+)
+from ppp_env.settings import Settings, load_settings
+
+log = logging.getLogger("ppp.migrations")
+
+
+def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:
+    """Entry point for ``migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``."""
+    env: EnvironmentContext = alembic_context._proxy  # type: ignore[attr-defined]
+    config = env.config
+    if (
+        config.config_file_name
+        and config.file_config.has_section("loggers")
+        and not config.attributes.get("ppp.configured_logging")
+    ):
+        fileConfig(config.config_file_name, disable_existing_loggers=False)
+    try:
+        _dispatch(env, target_metadata, configure_kw)
+    except PPPError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
+    fn = env.context_opts.get("fn")
+    return (fn.__qualname__.split(".")[0] if fn else "unknown"), fn
+
+
+def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> None:
+    config = env.config
+    options = RunOptions.from_x(
+        env.get_x_argument(as_dictionary=True), config.attributes.get("ppp.options")
+    )
+    settings: Settings = config.attributes.get("ppp.settings") or load_settings()
+    command, fn = _command(env)
+    if env.is_offline_mode():
+        _offline(env, settings, options, metadata, kw)
+    elif command == "current":
+        _current(env, settings, options)
+    elif command in MUTATING and fn is not None:
+        result = _fleet(env, fn, command, settings, options, metadata, kw)
+        config.attributes["ppp.result"] = result
+        if not result.ok:
+            raise PPPError(result.failure_message())
+    else:
+        _on_template(env, settings, options, metadata, kw)
+
+
+# -- upgrade / downgrade / stamp ----------------------------------------------------------------
+def _fleet(
+    env: EnvironmentContext,
+    fn: Callable[..., Any],
+    command: str,
+    settings: Settings,
+    options: RunOptions,
+    metadata: Any,
+    kw: dict[str, Any],
+) -> FleetResult:
+    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    _ = env.script.revision_map.heads  # load every revision once, before the workers fork
+
+    def steps(heads: tuple[str, ...]) -> list[Any]:
+        return list(fn(heads, None))
+
+    def render(heads: tuple[str, ...]) -> str | None:
+        for step in steps(heads):
+            module = getattr(getattr(step, "revision", None), "module", None)
+            if getattr(module, "ppp_online", False):
+                return None
+        try:
+            return _render(env, fn, heads, metadata, kw)
+        except NeedsOnline:
+            return None
+        except Exception:
+            log.debug("rendering from %s failed; running online", heads, exc_info=True)
+            return None
+
+    def run_online(conn: Any, tenant: str) -> None:
+        env.configure(connection=conn, target_metadata=metadata, version_table_schema=tenant, **kw)
+        env.run_migrations()
+
+    hooks = AlembicHooks(command, steps, render, run_online)
+    display = make_display(options.output, options.verbose)
+    result = run_fleet(settings, group_by_shard(tenants), options, hooks, display)
+    if options.refresh and result.changed:
+        _refresh(settings, result)
+    display.summary(result)
+    return result
+
+
+def _refresh(settings: Settings, result: FleetResult) -> None:
+    from ppp_env.veneer import refresh
+
+    try:
+        report = refresh(settings, result.changed)
+    except PPPError as exc:
+        result.refresh_error = str(exc)
+        return
+    result.refreshed = list(getattr(report, "refreshed", []))
+    result.refresh_pending = list(getattr(report, "pending", []))
+    errors = getattr(report, "errors", None)
+    if errors:
+        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in dict(errors).items())
+
+
+def _render(
+    env: EnvironmentContext,
+    fn: Callable[..., Any],
+    heads: tuple[str, ...],
+    metadata: Any,
+    kw: dict[str, Any],
+) -> str:
+    """The SQL Alembic's offline mode writes for the steps from ``heads``, schema-neutral."""
+    buf = io.StringIO()
+    renv = EnvironmentContext(
+        env.config,
+        env.script,
+        fn=fn,
+        as_sql=True,
+        starting_rev=list(heads) if heads else None,
+        destination_rev=env.context_opts.get("destination_rev"),
+        tag=env.context_opts.get("tag"),
+    )
+    renv._install_proxy()
+    try:
+        renv.configure(
+            dialect_name="postgresql",
+            output_buffer=buf,
+            literal_binds=True,
+            transactional_ddl=False,
+            target_metadata=metadata,
+            **kw,
+        )
+        with rendering():
+            renv.run_migrations()
+    finally:
+        env._install_proxy()
+    return buf.getvalue()
+
+
+# -- current ------------------------------------------------------------------------------------
+def _current(env: EnvironmentContext, settings: Settings, options: RunOptions) -> None:
+    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    heads = set(env.script.get_heads())
+    errors = []
+    for shard, schemas in group_by_shard(tenants).items():
+        try:
+            with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+                states = read_states(conn.cursor(), schemas)
+        except PPPError as exc:
+            errors.append(str(exc))
+            env.config.print_stdout(f"{shard} (unreachable)")
+            continue
+        for schema in schemas:
+            st = states[schema]
+            if not st.exists:
+                shown = "(no schema yet)"
+            elif not st.heads:
+                shown = "(base)"
+            else:
+                shown = " ".join(h + (" (head)" if h in heads else "") for h in st.heads)
+            env.config.print_stdout(f"{shard} {schema} {shown}")
+    if errors:
+        raise PPPError("; ".join(errors))
+
+
+# -- --sql --------------------------------------------------------------------------------------
+def _offline(
+    env: EnvironmentContext,
+    settings: Settings,
+    options: RunOptions,
+    metadata: Any,
+    kw: dict[str, Any],
+) -> None:
+    from ppp_env import runner
+
+    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    starting = env.context_opts.get("starting_rev")
+    from_base = starting in (None, "base")
+
+    def render(tenant: str | None) -> str:
+        buf = io.StringIO()
+        env.configure(
+            dialect_name="postgresql",
+            output_buffer=buf,
+            literal_binds=True,
+            transactional_ddl=False,
+            target_metadata=metadata,
+            **kw,
+        )
+        runner._current_tenant = tenant
+        try:
+            if tenant is None:
+                with rendering():
+                    env.run_migrations()
+            else:
+                env.run_migrations()
+        finally:
+            runner._current_tenant = None
+        return buf.getvalue()
+
+    try:
+        shared: str | None = render(None)
+    except NeedsOnline:
+        shared = None
+    out_dir = Path(options.sql_dir) if options.sql_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for shard, schemas in group_by_shard(tenants).items():
+        stream: TextIO
+        if out_dir:
+            stream = open(out_dir / f"{shard}.sql", "w")  # noqa: SIM115 - closed below
+        else:
+            stream = env.config.output_buffer or sys.stdout
+        try:
+            stream.write(f"-- PPP: shard {shard} ({len(schemas)} tenants)\n\n")
+            for schema in schemas:
+                q = quote_ident(schema)
+                stream.write(f"-- PPP: shard {shard}, tenant {schema}\nBEGIN;\n")
+                if from_base:
+                    stream.write(f"CREATE SCHEMA IF NOT EXISTS {q};\n")
+                stream.write(f"SET LOCAL search_path TO {q};\n\n")
+                stream.write(shared if shared is not None else render(schema))
+                stream.write("COMMIT;\n\n")
+        finally:
+            if out_dir:
+                stream.close()
+    if out_dir:
+        print(f"wrote {len(group_by_shard(tenants))} file(s) to {out_dir}", file=sys.stderr)
+
+
+# -- autogenerate, check, history -i ------------------------------------------------------------
+def _on_template(
+    env: EnvironmentContext,
+    settings: Settings,
+    options: RunOptions,
+    metadata: Any,
+    kw: dict[str, Any],
+) -> None:
+    """Commands that look at one database: use one template tenant's schema."""
+    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    if options.template:
+        chosen = [t for t in tenants if t.schema == options.template]
+        if not chosen:
+            raise PPPError(f"-x template={options.template}: no such tenant in the catalog")
+    else:
+        chosen = tenants
+    for tenant in chosen:
+        inst = settings.shard(tenant.shard)
+        engine = db.engine(inst, "admin", poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                exists = conn.exec_driver_sql(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %(s)s", {"s": tenant.schema}
+                ).first()
+                if not exists:
+                    conn.rollback()
+                    continue
+                conn.exec_driver_sql(f"SET search_path TO {quote_ident(tenant.schema)}")
+                conn.commit()
+                env.configure(
+                    connection=conn,
+                    target_metadata=metadata,
+                    version_table_schema=tenant.schema,
+                    **kw,
+                )
+                with env.begin_transaction():
+                    env.run_migrations()
+                return
+        finally:
+            engine.dispose()
+    raise PPPError(
+        "no template tenant: no tenant in the catalog has its schema on its shard yet; "
+        "run `alembic upgrade head` first or pass -x template=NAME"
+    )

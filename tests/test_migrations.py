@@ -1,0 +1,343 @@
+"""Tenant migrations over the fleet: `alembic upgrade head` and friends, on real servers."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+
+from ppp_env import db
+from ppp_env.catalog import register_tenant, unregister_tenant
+from ppp_env.fleet import read_states
+from ppp_env.runner import RunOptions
+from tests.conftest import ROOT, alembic_config
+
+FLEET_SCRIPTS = ROOT / "tests" / "scripts" / "fleet"
+
+
+def fleet_config(script_location: Path = FLEET_SCRIPTS, **attributes) -> Config:
+    """A Config for the test-only script directory (its own tenants, prefix ft_)."""
+    cfg = Config(stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("prepend_sys_path", str(ROOT))
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+def opts(**kw) -> dict:
+    return {"ppp.options": RunOptions(output="quiet", **kw)}
+
+
+def states(settings, shard: str, schemas: list[str]) -> dict:
+    with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+        return read_states(conn.cursor(), schemas)
+
+
+def shard_sql(settings, shard: str, sql: str, params=None, role="admin"):
+    with db.connection(settings.shard(shard), role, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def register(settings, tenants: dict[str, str]) -> None:
+    engine = db.engine(settings.veneer, "admin")
+    with engine.begin() as conn:
+        for schema, shard in tenants.items():
+            register_tenant(conn, schema, shard)
+    engine.dispose()
+
+
+def unregister(settings, tenants) -> None:
+    engine = db.engine(settings.veneer, "admin")
+    with engine.begin() as conn:
+        for schema in tenants:
+            unregister_tenant(conn, schema)
+    engine.dispose()
+
+
+def drop_schemas(settings, tenants: dict[str, str]) -> None:
+    for schema, shard in tenants.items():
+        shard_sql(settings, shard, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def fleet(veneer_head, request):
+    """Two test tenants per shard, registered for the test and removed afterwards."""
+    settings = veneer_head.settings
+    prefix = request.node.name.split("[")[0].replace("test_", "")[:20]
+    tenants = {f"ft_{prefix}_{shard[:3]}{i}": shard for shard in settings.shards for i in range(2)}
+    register(settings, tenants)
+    yield tenants
+    unregister(settings, tenants)
+    drop_schemas(settings, tenants)
+
+
+def only(tenants) -> dict:
+    return {"tenants": sorted(tenants)}
+
+
+def test_upgrade_migrates_every_tenant_and_creates_new_schemas(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet))), "head")
+    for shard in settings.shards:
+        mine = [t for t, s in fleet.items() if s == shard]
+        assert {st.revision for st in states(settings, shard, mine).values()} == {"f003"}
+        # A new tenant's schema belongs to the shard's admin role, and the app role can use it.
+        owner = shard_sql(
+            settings,
+            shard,
+            "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname=%s",
+            (mine[0],),
+        )
+        assert owner == [(settings.shard(shard).admin_role,)]
+        assert shard_sql(settings, shard, f"SELECT n FROM {mine[0]}.runs", role="app") == [(1,)]
+
+
+def test_current_prints_one_line_per_tenant(fleet, settings):
+    first = sorted(fleet)[0]
+    command.upgrade(fleet_config(**opts(tenants=[first])), "head")
+    cfg = fleet_config(**opts(**only(fleet)))
+    command.current(cfg)
+    lines = cfg.stdout.getvalue().splitlines()
+    assert f"{fleet[first]} {first} f003 (head)" in lines
+    others = sorted(fleet)[1:]
+    for t in others:
+        assert f"{fleet[t]} {t} (no schema yet)" in lines
+    assert len(lines) == len(fleet)
+
+
+def test_downgrade_and_stamp(fleet, settings):
+    cfg = fleet_config(**opts(**only(fleet)))
+    command.upgrade(cfg, "head")
+    command.downgrade(fleet_config(**opts(**only(fleet))), "f001")
+    for shard in settings.shards:
+        mine = [t for t, s in fleet.items() if s == shard]
+        assert {st.revision for st in states(settings, shard, mine).values()} == {"f001"}
+        cols = shard_sql(
+            settings,
+            shard,
+            "SELECT column_name FROM information_schema.columns WHERE table_schema=%s "
+            "AND table_name='items'",
+            (mine[0],),
+        )
+        assert cols == [("name",)]
+    command.stamp(fleet_config(**opts(**only(fleet))), "f003")
+    for shard in settings.shards:
+        mine = [t for t, s in fleet.items() if s == shard]
+        assert {st.revision for st in states(settings, shard, mine).values()} == {"f003"}
+    command.downgrade(fleet_config(**opts(**only(fleet))), "base")
+    for shard in settings.shards:
+        mine = [t for t, s in fleet.items() if s == shard]
+        assert {st.revision for st in states(settings, shard, mine).values()} == {None}
+
+
+def test_shard_and_tenant_filters(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet), shards=["cyberdyne"])), "head")
+    for t, shard in fleet.items():
+        (st,) = states(settings, shard, [t]).values()
+        assert st.revision == ("f003" if shard == "cyberdyne" else None)
+
+
+def test_unknown_tenant_or_shard_is_a_clear_error(fleet, settings):
+    with pytest.raises(CommandError, match="no_such_tenant"):
+        command.upgrade(fleet_config(**opts(tenants=["no_such_tenant"])), "head")
+    with pytest.raises(CommandError, match="nowhere"):
+        command.upgrade(fleet_config(**opts(shards=["nowhere"])), "head")
+    with pytest.raises(CommandError, match="unknown -x option 'bogus'"):
+        cfg = fleet_config(**opts(**only(fleet)))
+        cfg.cmd_opts = type("O", (), {"x": ["bogus=1"]})()
+        command.upgrade(cfg, "head")
+    for t, shard in fleet.items():
+        assert not states(settings, shard, [t])[t].exists
+
+
+def test_offline_sql_for_every_shard_and_tenant(fleet, settings, tmp_path):
+    cfg = fleet_config(**opts(**only(fleet)))
+    command.upgrade(cfg, "base:f002", sql=True)
+    out = cfg.stdout.getvalue() if cfg.output_buffer is None else ""
+    text = out or cfg.output_buffer.getvalue()
+    for t, shard in fleet.items():
+        assert f"-- PPP: shard {shard}, tenant {t}" in text
+        assert f'SET LOCAL search_path TO "{t}";' in text
+    assert text.count("CREATE TABLE items") == len(fleet)
+    assert text.count("ALTER TABLE items ADD CONSTRAINT uq_items_name UNIQUE (name)") == len(fleet)
+    # Per shard files, and nothing ran.
+    cfg = fleet_config(**opts(**only(fleet), sql_dir=str(tmp_path)))
+    command.upgrade(cfg, "base:head", sql=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.sql" for s in settings.shards)
+    for t, shard in fleet.items():
+        assert not states(settings, shard, [t])[t].exists
+
+
+def test_failure_rolls_back_one_tenant_others_finish_and_rerun_completes(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet))), "f001")
+    bad = sorted(fleet)[0]
+    bad_shard = fleet[bad]
+    shard_sql(settings, bad_shard, f"INSERT INTO {bad}.items VALUES ('dup'), ('dup')")
+    cfg = fleet_config(**opts(**only(fleet)))
+    with pytest.raises(CommandError) as err:
+        command.upgrade(cfg, "head")
+    message = str(err.value)
+    assert f"{bad_shard}/{bad}:" in message
+    assert "could not create unique index" in message
+    result = cfg.attributes["ppp.result"]
+    assert result.count("failed") == 1 and result.count("migrated") == len(fleet) - 1
+    assert states(settings, bad_shard, [bad])[bad].revision == "f001"  # rolled back entirely
+    constraint = shard_sql(
+        settings,
+        bad_shard,
+        "SELECT count(*) FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+        "WHERE n.nspname = %s AND c.conname = 'uq_items_name'",
+        (bad,),
+    )
+    assert constraint == [(0,)]
+    for t, shard in fleet.items():
+        if t != bad:
+            assert states(settings, shard, [t])[t].revision == "f003"
+    # Fix the data; the rerun does only what is left.
+    shard_sql(settings, bad_shard, f"DELETE FROM {bad}.items")
+    cfg = fleet_config(**opts(**only(fleet)))
+    command.upgrade(cfg, "head")
+    result = cfg.attributes["ppp.result"]
+    assert result.count("migrated") == 1 and result.count("current") == len(fleet) - 1
+    assert states(settings, bad_shard, [bad])[bad].revision == "f003"
+
+
+def test_fail_fast_stops_at_the_first_failure(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet))), "f001")
+    for t, shard in fleet.items():
+        shard_sql(settings, shard, f"INSERT INTO {t}.items VALUES ('dup'), ('dup')")
+    cfg = fleet_config(**opts(**only(fleet), fail_fast=True, jobs=1))
+    with pytest.raises(CommandError):
+        command.upgrade(cfg, "head")
+    result = cfg.attributes["ppp.result"]
+    assert result.count("failed") == 1
+    assert result.count("not_run") == len(fleet) - 1
+
+
+def _alembic_process(args, env):
+    script = "import sys; from alembic.config import main; main(argv=sys.argv[1:], prog='alembic')"
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_two_concurrent_runs_never_migrate_a_tenant_twice(fleet, settings, tmp_path):
+    ini = tmp_path / "fleet.ini"
+    ini.write_text(f"[alembic]\nscript_location = {FLEET_SCRIPTS}\nprepend_sys_path = {ROOT}\n")
+    env = dict(os.environ)
+    args = [
+        "-c",
+        str(ini),
+        "-x",
+        f"tenant={','.join(sorted(fleet))}",
+        "-x",
+        "output=plain",
+        "-x",
+        "refresh=false",
+        "upgrade",
+        "head",
+    ]
+    procs = [_alembic_process(args, env) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    for t, shard in fleet.items():
+        assert states(settings, shard, [t])[t].revision == "f003"
+        assert shard_sql(settings, shard, f"SELECT count(*) FROM {t}.runs") == [(1,)]
+    migrated = sum(
+        int(o.split(" migrated")[0].rsplit(" ", 1)[-1])
+        for o in outputs
+        for o in [line for line in o.splitlines() if line.startswith("upgrade:")]
+    )
+    assert migrated == len(fleet)
+
+
+def test_lock_skip_reports_a_tenant_another_run_holds(fleet, settings):
+    victim = sorted(fleet)[0]
+    with db.connection(settings.shard(fleet[victim]), "admin") as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (0x505050, victim))
+        cfg = fleet_config(**opts(**only(fleet), lock="skip"))
+        with pytest.raises(CommandError, match=f"{victim}: tenant {victim} is being migrated"):
+            command.upgrade(cfg, "head")
+        conn.rollback()
+    result = cfg.attributes["ppp.result"]
+    assert result.count("locked") == 1 and result.count("migrated") == len(fleet) - 1
+
+
+def test_unreachable_shard_is_reported_and_others_finish(fleet, topology, settings):
+    if topology.servers is None:
+        pytest.skip("needs local servers to stop one")
+    port = settings.shard("initech").port
+    topology.servers.stop("initech")
+    try:
+        cfg = fleet_config(**opts(**only(fleet)))
+        with pytest.raises(CommandError) as err:
+            command.upgrade(cfg, "head")
+    finally:
+        topology.servers.start("initech", port)
+    message = str(err.value)
+    assert "shard initech: cannot connect at postgresql+psycopg2://initech_admin:***@" in message
+    assert settings.shard("initech").admin_password not in message
+    for t, shard in fleet.items():
+        if shard != "initech":
+            assert states(settings, shard, [t])[t].revision == "f003"
+
+
+def test_autogenerate_compares_with_a_template_tenant(fleet, settings, tmp_path):
+    template = sorted(fleet)[0]
+    command.upgrade(fleet_config(**opts(tenants=[template])), "head")
+    scripts = tmp_path / "scripts"
+    import shutil
+
+    shutil.copytree(FLEET_SCRIPTS, scripts)
+    cfg = fleet_config(scripts, **opts(template=template, tenants=[template]))
+    command.revision(cfg, message="add colour", autogenerate=True, rev_id="f004")
+    (generated,) = (scripts / "versions").glob("f004_*.py")
+    text = generated.read_text()
+    assert "op.add_column('items', sa.Column('colour', sa.Text()" in text
+    assert "alembic_version" not in text
+    assert "drop_table" not in text.split("def downgrade")[0]
+
+
+def test_example_migrations_reach_the_veneer(veneer_head, settings):
+    """The project's own migrations: authors with Ernest in every example tenant."""
+    cfg = alembic_config(**opts())
+    command.upgrade(cfg, "head")
+    for shard in ("bluth_co", "cyberdyne", "initech"):
+        rows = shard_sql(
+            settings,
+            shard,
+            f"SELECT first_name, last_name FROM {shard}.authors WHERE first_name = 'Ernest'",
+            role="app",
+        )
+        assert rows == [("Ernest", "Hemingway")]
+    with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
+        for schema in ("bluth_co", "cyberdyne", "initech"):
+            cur.execute(f"SELECT last_name FROM {schema}.authors WHERE first_name = 'Ernest'")
+            assert cur.fetchall() == [("Hemingway",)]
+
+
+def test_veneer_sees_a_new_column_after_the_run(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet))), "f002")
+    tenant = sorted(fleet)[0]
+    with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT name FROM {tenant}.items")
+        with pytest.raises(Exception, match="price"):
+            cur.execute(f"SELECT price FROM {tenant}.items")
+    command.upgrade(fleet_config(**opts(**only(fleet))), "head")
+    with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT price FROM {tenant}.items")
+        assert cur.fetchall() == []
