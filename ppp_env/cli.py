@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ppp_env import compose
 from ppp_env import local as local_servers
 from ppp_env import provision as provisioning
 from ppp_env.clitools import PPPGroup, State, console, pass_state
 from ppp_env.errors import PPPError
-from ppp_env.identifiers import validate_identifier
-from ppp_env.settings import project_dir, read_environment
+from ppp_env.settings import env_prefix, parse_shard_names, read_environment
 
 
 @click.group(cls=PPPGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,17 +63,54 @@ def show_settings(state: State) -> None:
 
 
 # -- local servers ------------------------------------------------------------------------------
-def _local(state: State) -> tuple[local_servers.LocalServers, Path, dict[str, str]]:
-    values, env_name, path = read_environment(state.env_name)
-    base = values.get("PPP_LOCAL_DIR") or str(
-        local_servers.default_base_dir(project_dir(), env_name)
-    )
-    return local_servers.LocalServers(Path(base), local_servers.find_bindir(values)), path, values
+BACKENDS = ("auto", "local", "docker")
+
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="local: throwaway servers from this machine's binaries; docker: docker-compose.yml; "
+    "auto: for `up`, Docker when an engine answers, else local; otherwise the backend "
+    "`up` recorded in .env (PPP_BACKEND).",
+)
+
+
+def _environment(state: State) -> tuple[dict[str, str], str | None, Path]:
+    return read_environment(state.env_name)
+
+
+def _local(values: dict[str, str], env_name: str | None, path: Path) -> local_servers.LocalServers:
+    """The local servers of this project: under PPP_LOCAL_DIR, else a folder in /tmp."""
+    base = values.get("PPP_LOCAL_DIR") or str(local_servers.default_base_dir(path.parent, env_name))
+    return local_servers.LocalServers(Path(base), local_servers.find_bindir(values))
+
+
+def _backend_for_up(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "docker" if compose.docker_available() and compose.compose_command() else "local"
+
+
+def _backend_in_use(choice: str, values: dict[str, str]) -> str:
+    """What `up` started: the --backend given, else PPP_BACKEND as `up` recorded it."""
+    if choice != "auto":
+        return choice
+    recorded = values.get(compose.BACKEND_VARIABLE, "local")
+    if recorded not in ("local", "docker"):
+        raise PPPError(
+            f"{compose.BACKEND_VARIABLE}={recorded!r} is not valid: expected local or docker"
+        )
+    return recorded
+
+
+def _prefixes(names: list[str]) -> list[str]:
+    return [env_prefix("veneer" if n == "veneer" else "shard", n) for n in names]
 
 
 @cli.group("local")
 def local_group() -> None:
-    """Throwaway PostgreSQL servers on this machine (veneer + shards), no Docker needed."""
+    """PostgreSQL servers for development: veneer + shards, local or in Docker."""
 
 
 @local_group.command("up")
@@ -81,22 +118,49 @@ def local_group() -> None:
     "--shards",
     default=None,
     metavar="A,B,...",
-    help="Shard names (default: PPP_SHARDS, else bluth_co,cyberdyne,initech).",
+    help="Shard names (default: PPP_SHARDS, else bluth_co,cyberdyne,initech; local only).",
 )
+@backend_option
 @pass_state
-def local_up(state: State, shards: str | None) -> None:
-    """Start (initdb on first use) one server per instance and write their settings to .env."""
-    servers, path, values = _local(state)
-    names = (shards or values.get("PPP_SHARDS") or ",".join(local_servers.EXAMPLE_SHARDS)).split(
-        ","
-    )
-    wanted = ["veneer", *[n.strip() for n in names if n.strip()]]
-    for name in wanted:
-        validate_identifier(name, "shard name")
+def local_up(state: State, shards: str | None, backend: str) -> None:
+    """Start one server per instance (created on first use) and write their settings to .env."""
+    values, env_name, path = _environment(state)
+    chosen = _backend_for_up(backend)
+    out = console()
+    if chosen == "docker":
+        expected = ",".join(s for s in compose.SERVICES if s != "veneer")
+        if shards is not None and parse_shard_names(shards, "--shards") != expected.split(","):
+            raise PPPError(
+                f"--shards={shards!r}: the compose stack has the shards {expected}; "
+                "other shards need --backend local"
+            )
+        new_values = compose.compose_values(values)
+        stack = compose.ComposeStack(path.parent, new_values, env_name)
+        stack.command()  # Docker and compose answer, the file is there: before touching .env
+        local_servers.write_dotenv(path, {**new_values, compose.BACKEND_VARIABLE: "docker"})
+        stack.up()
+        for service in compose.SERVICES:
+            p = _prefixes([service])[0]
+            out.print(
+                f"{service}: running in Docker on 127.0.0.1:{new_values[p + 'PORT']} "
+                f"(compose service {service}, project {stack.name})"
+            )
+        out.print(f"settings written to {path}")
+        return
+
+    raw = shards or values.get("PPP_SHARDS") or ",".join(local_servers.EXAMPLE_SHARDS)
+    wanted = ["veneer", *parse_shard_names(raw, "--shards" if shards else "PPP_SHARDS")]
+    servers = _local(values, env_name, path)
     before = {n: servers.status(n).running for n in wanted}
     new_values = servers.up(wanted, values)
-    local_servers.write_dotenv(path, new_values)
-    out = console()
+    stale = [
+        p + var
+        for p in _prefixes(sorted({*wanted, *compose.SERVICES}))
+        for var in ("FDW_HOST", "FDW_PORT")
+    ]
+    local_servers.write_dotenv(
+        path, {**new_values, compose.BACKEND_VARIABLE: "local"}, remove=stale
+    )
     for name in wanted:
         st = servers.status(name)
         what = "already running" if before[name] else "started"
@@ -105,26 +169,41 @@ def local_up(state: State, shards: str | None) -> None:
 
 
 @local_group.command("down")
-@click.option("--purge", is_flag=True, help="Also delete the servers' data folders.")
+@click.option("--purge", is_flag=True, help="Also delete the servers' data (folders, volumes).")
+@backend_option
 @pass_state
-def local_down(state: State, purge: bool) -> None:
-    """Stop every local server of this project (and with --purge, delete their data)."""
-    servers, _path, _values = _local(state)
+def local_down(state: State, purge: bool, backend: str) -> None:
+    """Stop every server of this project (and with --purge, delete their data)."""
+    values, env_name, path = _environment(state)
+    out = console()
+    if _backend_in_use(backend, values) == "docker":
+        stack = compose.compose_down(path.parent, values, env_name, purge=purge)
+        out.print(
+            f"compose project {stack.name}: containers removed"
+            + (", data volumes deleted" if purge else ", data volumes kept")
+        )
+        return
+    servers = _local(values, env_name, path)
     names = servers.instances()
     stopped = servers.down(purge=purge)
-    out = console()
     if not names:
-        out.print("no local servers")
+        out.print(f"no local servers under {servers.base_dir}")
     for name in names:
         verb = "stopped" if name in stopped else "was not running"
         out.print(f"{name}: {verb}" + (", data deleted" if purge else ""))
 
 
 @local_group.command("status")
+@backend_option
 @pass_state
-def local_status(state: State) -> None:
-    """Show each local server: port, running or stopped, data folder, log file."""
-    servers, _path, _values = _local(state)
+def local_status(state: State, backend: str) -> None:
+    """Show each server: port, running or stopped, data folder, log file."""
+    values, env_name, path = _environment(state)
+    if _backend_in_use(backend, values) == "docker":
+        stack = compose.ComposeStack(path.parent, values, env_name)
+        click.echo(stack.status().rstrip())
+        return
+    servers = _local(values, env_name, path)
     names = servers.instances()
     if not names:
         console().print(f"no local servers under {servers.base_dir}; run `ppp local up`")
@@ -199,31 +278,42 @@ def psql(state: State, instance: str, role: str, psql_args: tuple[str, ...]) -> 
 @cli.command("logs")
 @click.argument("instance")
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
+@backend_option
 @pass_state
-def logs(state: State, instance: str, lines: int) -> None:
+def logs(state: State, instance: str, lines: int, backend: str) -> None:
     """Show the statements INSTANCE ran (its server log; log_statement=all)."""
-    servers, _path, values = _local(state)
-    names = servers.instances()
-    if instance not in names:
-        shards = values.get("PPP_SHARDS", "")
-        if instance != "veneer" and instance not in shards.split(","):
-            raise PPPError(f"unknown instance {instance!r}: expected veneer or one of {shards}")
+    values, env_name, path = _environment(state)
+    shards = values.get("PPP_SHARDS", "")
+    known = ["veneer", *[s.strip() for s in shards.split(",") if s.strip()]]
+    if _backend_in_use(backend, values) == "docker":
+        if instance not in compose.SERVICES:
+            raise PPPError(
+                f"unknown instance {instance!r}: the compose stack has "
+                + ", ".join(compose.SERVICES)
+            )
+        compose.ComposeStack(path.parent, values, env_name).logs(instance, lines)
+        return
+    servers = _local(values, env_name, path)
+    if instance not in servers.instances():
+        if instance not in known:
+            raise PPPError(f"unknown instance {instance!r}: expected one of {', '.join(known)}")
         raise PPPError(
-            f"no local server log for {instance!r} under {servers.base_dir}; with Docker use "
-            f"`docker compose logs {instance.replace('_', '-')}`"
+            f"no local server log for {instance!r} under {servers.base_dir}: start the servers "
+            "with `ppp local up` (with Docker: `ppp logs --backend docker " + instance + "`)"
         )
     text = servers.log_file(instance).read_text(errors="replace").splitlines()
     for line in text[-lines:] if lines else text:
         click.echo(line)
 
 
-from ppp_env.cli_migrate import migrate, status  # noqa: E402
+from ppp_env.cli_migrate import demo, migrate, status  # noqa: E402
 from ppp_env.cli_veneer import tenant_group, veneer_group  # noqa: E402
 
 cli.add_command(veneer_group)
 cli.add_command(tenant_group)
 cli.add_command(migrate)
 cli.add_command(status)
+cli.add_command(demo)
 
 
 def main() -> None:

@@ -19,11 +19,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ppp_env.errors import PPPError
+from ppp_env.provision import scram_verifier
 from ppp_env.settings import env_prefix
 
 EXAMPLE_SHARDS = ("bluth_co", "cyberdyne", "initech")
@@ -54,14 +56,21 @@ class ServerStatus:
     log_file: Path
 
 
-def find_bindir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where initdb and pg_ctl live: PPP_PG_BINDIR, ``pg_config --bindir``, or a Debian path."""
+#: Where distributions put versioned server binaries (Debian/Ubuntu, then RHEL/Fedora PGDG).
+BINDIR_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
+
+
+def find_bindir(
+    environ: Mapping[str, str] | None = None, patterns: Sequence[str] = BINDIR_PATTERNS
+) -> Path:
+    """Where initdb and pg_ctl live: PPP_PG_BINDIR, ``pg_config --bindir``, a versioned
+    distribution folder (newest first), or PATH."""
     env = os.environ if environ is None else environ
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = []
     if env.get("PPP_PG_BINDIR"):
         candidates.append(("PPP_PG_BINDIR", Path(env["PPP_PG_BINDIR"])))
-    pg_config = shutil.which("pg_config")
+    pg_config = shutil.which("pg_config", path=env.get("PATH", os.defpath))
     if pg_config:
         try:
             out = subprocess.run(
@@ -74,22 +83,28 @@ def find_bindir(environ: Mapping[str, str] | None = None) -> Path:
         tried.append("pg_config on PATH (not found)")
 
     def version_key(path: str) -> tuple[int, ...]:
-        m = re.search(r"/postgresql/(\d+)(?:\.(\d+))?/bin", path)
+        m = re.search(r"(?:/postgresql/|/pgsql-)(\d+)(?:\.(\d+))?/bin", path)
         return tuple(int(x) for x in m.groups() if x) if m else (0,)
 
-    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
-        candidates.append(("/usr/lib/postgresql/*/bin", Path(found)))
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern), key=version_key, reverse=True)
+        if not found:
+            tried.append(f"{pattern} (nothing there)")
+        candidates.extend((pattern, Path(f)) for f in found)
+    initdb = shutil.which("initdb", path=env.get("PATH", os.defpath))
+    if initdb:
+        candidates.append(("initdb on PATH", Path(os.path.realpath(initdb)).parent))
+    else:
+        tried.append("initdb on PATH (not found)")
     for how, path in candidates:
         if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
             return path
         tried.append(f"{path} ({how}: no initdb/pg_ctl there)")
-    if not glob.glob("/usr/lib/postgresql/*/bin"):
-        tried.append("/usr/lib/postgresql/*/bin (nothing there)")
     raise PPPError(
         "cannot find PostgreSQL server binaries (initdb, pg_ctl). Looked at: "
         + "; ".join(tried)
-        + ". Install them (Debian/Ubuntu: apt-get install postgresql) or set PPP_PG_BINDIR "
-        "to the folder holding initdb and pg_ctl."
+        + ". Install them (Debian/Ubuntu: apt-get install postgresql postgresql-contrib) "
+        "or set PPP_PG_BINDIR to the folder holding initdb and pg_ctl."
     )
 
 
@@ -151,14 +166,27 @@ class LocalServers:
 
     # -- commands ------------------------------------------------------------------------------
     def _run(
-        self, args: Sequence[str | Path], timeout: float = 120
+        self, args: Sequence[str | Path], timeout: float = 120, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         cmd = [str(a) for a in args]
         if self.as_root:
             cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, cwd="/", check=False
-        )
+        try:
+            return subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd="/",
+                check=False,
+                input=stdin,
+                stdin=None if stdin is not None else subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            raise PPPError(
+                f"{Path(str(args[0])).name} did not finish in {timeout:.0f} s: "
+                + " ".join(str(a) for a in args)
+            ) from None
 
     def _own(self, path: Path) -> None:
         if self.as_root:
@@ -168,6 +196,19 @@ class LocalServers:
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(mode)
         self._own(path)
+
+    def _check_reachable(self) -> None:
+        """As root, the servers run as ``postgres``: every folder above theirs must let it in."""
+        if not self.as_root:
+            return
+        for folder in [self.base_dir.resolve(), *self.base_dir.resolve().parents]:
+            st = folder.stat()
+            if st.st_uid != self._server_uid.pw_uid and not st.st_mode & 0o001:
+                raise PPPError(
+                    f"the {SERVER_USER!r} OS user, which runs the local servers, cannot reach "
+                    f"{self.base_dir}: {folder} is not searchable by others. Set PPP_LOCAL_DIR "
+                    f"to a folder under {tempfile.gettempdir()}, or `chmod o+x {folder}`"
+                )
 
     def status(self, name: str) -> ServerStatus:
         data = self.data_dir(name)
@@ -196,6 +237,7 @@ class LocalServers:
             return False
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
+        self._check_reachable()
         self._mkdir(self.root(name))
         for sub in ("run",):
             self._mkdir(self.root(name) / sub)
@@ -266,15 +308,54 @@ class LocalServers:
         return st
 
     def stop(self, name: str) -> bool:
-        """Stop the instance if it runs (fast shutdown); return True when it was running."""
-        if not self.status(name).running:
+        """Stop the instance if it runs (fast shutdown); return True when it was running.
+
+        Returns once the postmaster process is gone, not merely its pid file, so that its
+        port is free and no process is left behind.
+        """
+        st = self.status(name)
+        if not st.running:
             return False
         res = self._run(
             [self.bindir / "pg_ctl", "-D", self.data_dir(name), "-m", "fast", "-w", "stop"]
         )
         if res.returncode != 0 and self.status(name).running:
             raise PPPError(f"cannot stop the local server {name!r}: {res.stderr.strip()}")
+        if st.pid is not None and not _wait_gone(st.pid, timeout=30):
+            raise PPPError(f"the local server {name!r} (pid {st.pid}) did not exit in 30 s")
         return True
+
+    def set_superuser_password(self, name: str, password: str, var: str = "") -> None:
+        """Set the superuser's password through the Unix socket (peer authentication).
+
+        Only the verifier travels, in a session that does not log statements.
+        """
+        st = self.status(name)
+        psql = self.bindir / "psql"
+        if not psql.is_file():
+            psql = Path(shutil.which("psql") or "psql")
+        verifier = scram_verifier(password).replace("'", "''")
+        res = self._run(
+            [
+                psql, "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                "-h", self.root(name) / "run", "-p", str(st.port),
+                "-U", SERVER_USER, "-d", "postgres",
+            ],
+            stdin=(
+                "SET log_statement = 'none';\n"
+                f"ALTER ROLE {SERVER_USER} PASSWORD '{verifier}';\n"
+            ),
+            timeout=60,
+        )  # fmt: skip
+        if res.returncode != 0:
+            why = (res.stderr.strip().splitlines() or ["psql failed"])[-1]
+            raise PPPError(
+                f"the local server {name!r} under {self.base_dir} exists, but its superuser "
+                f"password is not in the settings{f' ({var})' if var else ''} and PPP cannot "
+                f"reset it ({why}). "
+                "Restore the .env file that `ppp local up` wrote, or run "
+                "`ppp local down --purge` and `ppp local up` again."
+            )
 
     def purge(self, name: str) -> None:
         self.stop(name)
@@ -296,14 +377,18 @@ class LocalServers:
             def keep(var: str, prev: dict[str, str] = prev) -> str:
                 return prev.get(var) or secrets.token_urlsafe(18)
 
-            su_password = keep(f"{p}SUPERUSER_PASSWORD")
-            if not self.init(name, su_password):
-                su_password = prev.get(f"{p}SUPERUSER_PASSWORD", su_password)
+            known = prev.get(f"{p}SUPERUSER_PASSWORD")
+            su_password = known or secrets.token_urlsafe(18)
+            created = self.init(name, su_password)
             st = self.status(name)
             if not st.running:
                 wanted = self._port(name) or _int(prev.get(f"{p}PORT"))
                 st = self.start(name, free_port(wanted))
             assert st.port is not None
+            if not created and not known:
+                # The cluster exists but its password was lost with the .env file: set a new
+                # one over the server's private Unix socket.
+                self.set_superuser_password(name, su_password, f"{p}SUPERUSER_PASSWORD")
             values.update(
                 {
                     f"{p}HOST": "127.0.0.1",
@@ -330,6 +415,30 @@ class LocalServers:
         return stopped
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _int(raw: str | None) -> int | None:
     try:
         return int(raw) if raw else None
@@ -337,8 +446,12 @@ def _int(raw: str | None) -> int | None:
         return None
 
 
-def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
-    """Set ``values`` in a dotenv file, keeping its other lines and comments as they are."""
+def write_dotenv(path: Path, values: Mapping[str, str], remove: Collection[str] = ()) -> None:
+    """Set ``values`` in a dotenv file, keeping its other lines and comments as they are.
+
+    Variables named in ``remove`` are deleted (e.g. settings of another backend that would
+    now be wrong). The file is created private (mode 0600): it holds passwords.
+    """
     lines = path.read_text().splitlines() if path.is_file() else []
     pending = dict(values)
     out = []
@@ -346,6 +459,8 @@ def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
         m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
         if m and m.group(1) in pending:
             out.append(f"{m.group(1)}={_quote(pending.pop(m.group(1)))}")
+        elif m and m.group(1) in remove:
+            continue
         else:
             out.append(line)
     if pending:
@@ -353,9 +468,14 @@ def write_dotenv(path: Path, values: Mapping[str, str]) -> None:
             out.append("")
         out.append("# Written by `ppp local up`")
         out.extend(f"{k}={_quote(v)}" for k, v in pending.items())
-    path.write_text("\n".join(out) + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(out) + "\n")
     path.chmod(0o600)
 
 
 def _quote(value: str) -> str:
-    return value if re.fullmatch(r"[A-Za-z0-9_.,:/@+-]*", value) else "'" + value + "'"
+    """Quote a value the way python-dotenv (and Docker Compose) read it back literally."""
+    if re.fullmatch(r"[A-Za-z0-9_.,:/@+-]*", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

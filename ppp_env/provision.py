@@ -18,14 +18,17 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ppp_env.db import connection
+import psycopg2
+
+from ppp_env.db import connection, first_line
 from ppp_env.errors import PPPError
-from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.settings import Instance, Settings
+from ppp_env.identifiers import quote_ident, quote_literal, validate_identifier
+from ppp_env.settings import MAX_DBNAME_BYTES, Instance, Settings
 
 SCRAM_ITERATIONS = 4096
 
@@ -104,8 +107,37 @@ def _has_privilege(cur: Any, sql: str, *args: Any) -> bool:
     return bool(cur.fetchone()[0])
 
 
+def check_instance(inst: Instance) -> None:
+    """Refuse what provisioning cannot do safely, before anything is created."""
+    where = f"{inst.env_prefix}DB" if inst.env_prefix else "database name"
+    try:
+        validate_identifier(inst.dbname, "database name", MAX_DBNAME_BYTES)
+    except PPPError as exc:
+        raise PPPError(f"{where}: {exc}") from None
+    if inst.superuser_password is None:
+        raise PPPError(
+            f"{inst.env_prefix}SUPERUSER_PASSWORD is not set: provisioning {inst.label} needs "
+            f"a superuser connection ({inst.masked_url('superuser')})"
+        )
+
+
+@contextmanager
+def _reported(inst: Instance, action: str) -> Iterator[None]:
+    """Turn a server's refusal (permission, dependent objects...) into a PPPError."""
+    try:
+        yield
+    except psycopg2.Error as exc:
+        raise PPPError(f"{action} {inst.label} failed: {first_line(exc)}") from None
+
+
 def provision_instance(inst: Instance, settings: Settings) -> Report:
     """Bring one instance to the provisioned state; report what changed."""
+    check_instance(inst)
+    with _reported(inst, "provisioning"):
+        return _provision_instance(inst, settings)
+
+
+def _provision_instance(inst: Instance, settings: Settings) -> Report:
     report = Report(inst.name)
     admin, app, db = inst.admin_role, inst.app_role, inst.dbname
     qa, qp, qd = quote_ident(admin), quote_ident(app), quote_ident(db)
@@ -166,7 +198,8 @@ def provision_instance(inst: Instance, settings: Settings) -> Report:
         )
         acl = dict(cur.fetchall())
         for objtype, privileges, kind in defaults:
-            if f"{app}=" not in (acl.get(objtype) or ""):
+            grantees = {item.split("=", 1)[0] for item in (acl.get(objtype) or "").split(",")}
+            if app not in grantees:
                 cur.execute(
                     f"ALTER DEFAULT PRIVILEGES FOR ROLE {qa} GRANT {privileges} ON {kind} TO {qp}"
                 )
@@ -186,6 +219,12 @@ def provision_instance(inst: Instance, settings: Settings) -> Report:
 
 def teardown_instance(inst: Instance, settings: Settings) -> Report:
     """Remove what :func:`provision_instance` made: the database and both roles."""
+    check_instance(inst)
+    with _reported(inst, "tearing down"):
+        return _teardown_instance(inst, settings)
+
+
+def _teardown_instance(inst: Instance, settings: Settings) -> Report:
     report = Report(inst.name)
     with _superuser(inst, settings) as conn, conn.cursor() as cur:
         _quiet(cur)
@@ -204,8 +243,14 @@ def teardown_instance(inst: Instance, settings: Settings) -> Report:
 
 
 def provision(settings: Settings) -> list[Report]:
+    """Provision every instance (veneer first); every instance is checked before any change."""
+    for inst in settings.instances:
+        check_instance(inst)
     return [provision_instance(inst, settings) for inst in settings.instances]
 
 
 def teardown(settings: Settings) -> list[Report]:
+    """Tear every instance down; every instance is checked before any change."""
+    for inst in settings.instances:
+        check_instance(inst)
     return [teardown_instance(inst, settings) for inst in settings.instances]

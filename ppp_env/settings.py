@@ -2,8 +2,10 @@
 
 Precedence (highest first): variables already in the process environment, then the
 dotenv file. ``PPP_ENV=<name>`` (or ``ppp --env <name>``) selects ``.env.<name>`` instead
-of ``.env``. Nothing is read from alembic.ini or from revision files, so the same
-revisions serve every environment. Every problem names the variable and what it expects.
+of ``.env``. Values in the file are taken literally (no ``${VAR}`` expansion), so a
+password may contain ``$``. Nothing is read from alembic.ini or from revision files, so
+the same revisions serve every environment. Every problem names the variable and what it
+expects; no message ever contains a password.
 """
 
 from __future__ import annotations
@@ -115,9 +117,13 @@ class Settings:
         return [self.veneer, *self.shards.values()]
 
     def instance(self, name: str) -> Instance:
-        if name == "veneer":
+        """The veneer (by ``veneer`` or its configured name) or a shard."""
+        if name in ("veneer", self.veneer.name):
             return self.veneer
-        return self.shard(name)
+        if name not in self.shards:
+            known = ", ".join([self.veneer.name, *self.shards])
+            raise PPPError(f"unknown instance {name!r}: expected one of {known}")
+        return self.shards[name]
 
 
 def project_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -137,11 +143,21 @@ def read_environment(
     process = dict(os.environ if environ is None else environ)
     name = env_name or process.get("PPP_ENV") or None
     if name is not None:
-        validate_identifier(name.replace("-", "_"), "environment name (PPP_ENV)")
+        try:
+            validate_identifier(name.replace("-", "_"), "environment name")
+        except PPPError:
+            raise PPPError(
+                f"PPP_ENV={name!r} is not valid: expected an environment name (lower-case "
+                "letters, digits, '_' or '-'; it selects the file .env.NAME)"
+            ) from None
     path = dotenv_path(name, project_dir(process))
     values: dict[str, str] = {}
     if path.is_file():
-        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        try:
+            raw = dotenv_values(path, interpolate=False)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PPPError(f"cannot read {path}: {exc}") from None
+        values = {k: v for k, v in raw.items() if v is not None}
     values.update(process)
     return values, name, path
 
@@ -185,7 +201,25 @@ class _Reader:
 
 
 def env_prefix(kind: str, name: str) -> str:
+    """Prefix of an instance's variables: ``PPP_VENEER_`` or ``PPP_SHARD_<NAME>_``."""
     return "PPP_VENEER_" if kind == "veneer" else f"PPP_SHARD_{name.upper()}_"
+
+
+def parse_shard_names(raw: str, var: str = "PPP_SHARDS", veneer: str = "veneer") -> list[str]:
+    """Split a comma-separated list of shard names; PPPError naming ``var`` when one is bad."""
+    names: list[str] = []
+    for item in raw.split(","):
+        shard = item.strip()
+        try:
+            validate_identifier(shard, "shard name", MAX_DBNAME_BYTES)
+        except PPPError as exc:
+            raise PPPError(f"{var}={raw!r}: {exc}") from None
+        if shard in ("veneer", veneer):
+            raise PPPError(f"{var}={raw!r}: {shard!r} is the veneer, not a shard")
+        if shard in names:
+            raise PPPError(f"{var}={raw!r}: shard {shard!r} is listed twice")
+        names.append(shard)
+    return names
 
 
 def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instance:
@@ -227,19 +261,13 @@ def load_settings(
     )
     r = _Reader(values, where)
     raw_shards = r.get("PPP_SHARDS", "a comma-separated list of shard names, e.g. a,b,c")
-    shard_names: list[str] = []
-    for item in raw_shards.split(","):
-        shard = item.strip()
-        try:
-            validate_identifier(shard, "shard name", MAX_DBNAME_BYTES)
-        except PPPError as exc:
-            raise PPPError(f"PPP_SHARDS={raw_shards!r}: {exc}") from None
-        if shard == "veneer":
-            raise PPPError(f"PPP_SHARDS={raw_shards!r}: 'veneer' is the veneer, not a shard")
-        if shard in shard_names:
-            raise PPPError(f"PPP_SHARDS={raw_shards!r}: shard {shard!r} is listed twice")
-        shard_names.append(shard)
-    veneer = _instance(r, "veneer", r.get("PPP_VENEER_NAME", "a name", default="veneer"))
+    veneer_name = r.get("PPP_VENEER_NAME", "a name", default="veneer")
+    try:
+        validate_identifier(veneer_name, "veneer name", MAX_DBNAME_BYTES)
+    except PPPError as exc:
+        raise PPPError(f"PPP_VENEER_NAME: {exc}") from None
+    shard_names = parse_shard_names(raw_shards, "PPP_SHARDS", veneer_name)
+    veneer = _instance(r, "veneer", veneer_name)
     shards = {s: _instance(r, "shard", s) for s in shard_names}
     seen: dict[tuple[str, int, str], str] = {}
     for inst in [veneer, *shards.values()]:
