@@ -372,6 +372,8 @@ def run_shard(
             finally:
                 _current_tenant = None
             result.seconds = time.perf_counter() - started
+            if options.fail_fast and result.status in ("failed", "locked"):
+                stop.set()  # at once, before this worker takes its next tenant
             emit(("results", job.shard, [result]))
     finally:
         try:

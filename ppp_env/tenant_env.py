@@ -243,8 +243,19 @@ def _offline(
             runner._current_tenant = None
         return buf.getvalue()
 
+    def render_or_explain(tenant: str | None) -> str:
+        try:
+            return render(tenant)
+        except NeedsOnline:
+            raise
+        except Exception as exc:
+            raise PPPError(
+                f"cannot render the SQL offline ({type(exc).__name__}: {exc}); a revision on "
+                "this path reads from the database, which --sql cannot do"
+            ) from None
+
     try:
-        shared: str | None = render(None)
+        shared: str | None = render_or_explain(None)
     except NeedsOnline:
         shared = None
     out_dir = Path(options.sql_dir) if options.sql_dir else None
@@ -264,7 +275,7 @@ def _offline(
                 if from_base:
                     stream.write(f"CREATE SCHEMA IF NOT EXISTS {q};\n")
                 stream.write(f"SET LOCAL search_path TO {q};\n\n")
-                stream.write(shared if shared is not None else render(schema))
+                stream.write(shared if shared is not None else render_or_explain(schema))
                 stream.write("COMMIT;\n\n")
         finally:
             if out_dir:
@@ -302,12 +313,9 @@ def _on_template(
                     continue
                 conn.exec_driver_sql(f"SET search_path TO {quote_ident(tenant.schema)}")
                 conn.commit()
-                env.configure(
-                    connection=conn,
-                    target_metadata=metadata,
-                    version_table_schema=tenant.schema,
-                    **kw,
-                )
+                # No version_table_schema: search_path already points at the tenant, and
+                # autogenerate skips the version table only in the default schema.
+                env.configure(connection=conn, target_metadata=metadata, **kw)
                 with env.begin_transaction():
                     env.run_migrations()
                 return

@@ -24,9 +24,10 @@ FLEET_SCRIPTS = ROOT / "tests" / "scripts" / "fleet"
 
 def fleet_config(script_location: Path = FLEET_SCRIPTS, **attributes) -> Config:
     """A Config for the test-only script directory (its own tenants, prefix ft_)."""
-    cfg = Config(stdout=io.StringIO())
+    cfg = Config(stdout=io.StringIO(), output_buffer=io.StringIO())
     cfg.set_main_option("script_location", str(script_location))
     cfg.set_main_option("prepend_sys_path", str(ROOT))
+    cfg.set_main_option("path_separator", "os")
     cfg.attributes.update(attributes)
     return cfg
 
@@ -132,6 +133,7 @@ def test_downgrade_and_stamp(fleet, settings):
     for shard in settings.shards:
         mine = [t for t, s in fleet.items() if s == shard]
         assert {st.revision for st in states(settings, shard, mine).values()} == {"f003"}
+    command.stamp(fleet_config(**opts(**only(fleet))), "f001")
     command.downgrade(fleet_config(**opts(**only(fleet))), "base")
     for shard in settings.shards:
         mine = [t for t, s in fleet.items() if s == shard]
@@ -161,8 +163,7 @@ def test_unknown_tenant_or_shard_is_a_clear_error(fleet, settings):
 def test_offline_sql_for_every_shard_and_tenant(fleet, settings, tmp_path):
     cfg = fleet_config(**opts(**only(fleet)))
     command.upgrade(cfg, "base:f002", sql=True)
-    out = cfg.stdout.getvalue() if cfg.output_buffer is None else ""
-    text = out or cfg.output_buffer.getvalue()
+    text = cfg.output_buffer.getvalue()
     for t, shard in fleet.items():
         assert f"-- PPP: shard {shard}, tenant {t}" in text
         assert f'SET LOCAL search_path TO "{t}";' in text
@@ -170,10 +171,13 @@ def test_offline_sql_for_every_shard_and_tenant(fleet, settings, tmp_path):
     assert text.count("ALTER TABLE items ADD CONSTRAINT uq_items_name UNIQUE (name)") == len(fleet)
     # Per shard files, and nothing ran.
     cfg = fleet_config(**opts(**only(fleet), sql_dir=str(tmp_path)))
-    command.upgrade(cfg, "base:head", sql=True)
+    command.upgrade(cfg, "base:f002", sql=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.sql" for s in settings.shards)
     for t, shard in fleet.items():
         assert not states(settings, shard, [t])[t].exists
+    # A revision that reads from the database cannot be rendered: a clear error.
+    with pytest.raises(CommandError, match="cannot render the SQL offline"):
+        command.upgrade(fleet_config(**opts(**only(fleet))), "f002:f003", sql=True)
 
 
 def test_failure_rolls_back_one_tenant_others_finish_and_rerun_completes(fleet, settings):
@@ -236,7 +240,10 @@ def _alembic_process(args, env):
 
 def test_two_concurrent_runs_never_migrate_a_tenant_twice(fleet, settings, tmp_path):
     ini = tmp_path / "fleet.ini"
-    ini.write_text(f"[alembic]\nscript_location = {FLEET_SCRIPTS}\nprepend_sys_path = {ROOT}\n")
+    ini.write_text(
+        f"[alembic]\nscript_location = {FLEET_SCRIPTS}\nprepend_sys_path = {ROOT}\n"
+        "path_separator = os\n"
+    )
     env = dict(os.environ)
     args = [
         "-c",
