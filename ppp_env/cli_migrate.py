@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
@@ -94,6 +94,8 @@ def migrate(
     from ppp_env.veneer import refresh
 
     settings = state.settings
+    for shard in _csv(shards) or []:
+        settings.shard(shard)  # unknown shards fail before anything runs
     out = console()
 
     def say(message: str) -> None:

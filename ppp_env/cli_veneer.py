@@ -1,8 +1,31 @@
-"""``ppp veneer ...`` and ``ppp tenant ...``: the veneer's wiring and the tenant catalog."""
+"""``ppp veneer ...`` and ``ppp tenant ...``: the veneer's wiring and the tenant catalog.
+
+Thin: parse, call ppp_env.veneer_env / veneer / catalog / tenant_revision, print.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
+
 import click
+from rich.table import Table
+
+from ppp_env import catalog, tenant_revision, veneer, veneer_env
+from ppp_env.clitools import State, console, pass_state
+
+
+def _show_alembic_progress() -> None:
+    """Alembic's `Running upgrade ...` lines and PPP's changes, as plain lines on stderr."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for name in ("alembic.runtime.migration", "ppp"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _revisions(revs: tuple[str, ...]) -> str:
+    return ", ".join(revs) or "base"
 
 
 @click.group("veneer")
@@ -10,6 +33,153 @@ def veneer_group() -> None:
     """The veneer: catalog, foreign servers, per-tenant foreign tables."""
 
 
+@veneer_group.command("upgrade")
+@click.argument("revision", default="head")
+@pass_state
+def veneer_upgrade(state: State, revision: str) -> None:
+    """Apply the veneer's revisions (same as `alembic -n veneer upgrade head`).
+
+    Also reconciles the foreign servers and user mappings with the settings.
+    """
+    _show_alembic_progress()
+    result = veneer_env.upgrade(state.settings, revision)
+    out = console()
+    for change in result.changes:
+        out.print(change)
+    if result.before == result.after:
+        out.print(f"veneer at {_revisions(result.after)}: no revision to apply")
+    else:
+        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+
+
+@veneer_group.command("downgrade")
+@click.argument("revision")
+@pass_state
+def veneer_downgrade(state: State, revision: str) -> None:
+    """Revert veneer revisions down to REVISION (`alembic -n veneer downgrade REVISION`).
+
+    Downgrading a tenant's onboarding revision unwires it and removes it from the catalog;
+    its data on the shard stays.
+    """
+    _show_alembic_progress()
+    result = veneer_env.downgrade(state.settings, revision)
+    out = console()
+    for change in result.changes:
+        out.print(change)
+    out.print(f"veneer downgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+
+
+@veneer_group.command("refresh")
+@click.argument("tenants", nargs=-1, metavar="[TENANT]...")
+@pass_state
+def veneer_refresh(state: State, tenants: tuple[str, ...]) -> None:
+    """Re-import the foreign tables of TENANTs (default: every tenant), atomically."""
+    report = veneer.refresh(state.settings, list(tenants) or None)
+    out = console()
+    if report.refreshed:
+        out.print(
+            f"refreshed {len(report.refreshed)} tenant{'s' if len(report.refreshed) != 1 else ''}"
+            f" in {report.seconds:.2f} s: {', '.join(report.refreshed)}"
+        )
+    if report.pending:
+        out.print(
+            f"pending (no schema on its shard yet; run `alembic upgrade head`): "
+            f"{', '.join(report.pending)}"
+        )
+    if not (report.refreshed or report.pending or report.errors):
+        out.print("no tenants in the catalog")
+    for schema, error in report.errors.items():
+        click.echo(f"Error: tenant {schema}: {error}", err=True)
+    if report.errors:
+        sys.exit(1)
+
+
+@veneer_group.command("status")
+@pass_state
+def veneer_status(state: State) -> None:
+    """The veneer's revision (against head) and its shards' foreign servers."""
+    st = veneer_env.status(state.settings)
+    out = console()
+    where = "at head" if st.at_head else f"head is {_revisions(st.heads)}: run `ppp veneer upgrade`"
+    out.print(f"veneer revision: {_revisions(st.current)} ({where})")
+    if st.servers:
+        table = Table()
+        for col in ("shard", "foreign server address", "tenants", "pending", "in settings"):
+            table.add_column(col)
+        for s in st.servers:
+            table.add_row(
+                s.shard, s.address, str(s.tenants), str(s.pending), "yes" if s.in_settings else "NO"
+            )
+        out.print(table)
+
+
 @click.group("tenant")
 def tenant_group() -> None:
-    """Tenants: add, list, remove."""
+    """Tenants: add, list."""
+
+
+@tenant_group.command("add")
+@click.argument("schema")
+@click.option("--shard", required=True, metavar="NAME", help="The shard the tenant lives on.")
+@click.option(
+    "--no-catalog-check",
+    is_flag=True,
+    help="Do not look the tenant up in the veneer's catalog (no connection needed).",
+)
+@click.option("--upgrade", is_flag=True, help="Then apply it (`ppp veneer upgrade`).")
+@pass_state
+def tenant_add(
+    state: State, schema: str, shard: str, no_catalog_check: bool, upgrade: bool
+) -> None:
+    """Write the onboarding revision of tenant SCHEMA on shard NAME.
+
+    The file is veneer_migrations/versions/<rev>_<SCHEMA>.py: its upgrade registers the
+    tenant in the catalog and wires it; its downgrade unwires and unregisters it.
+    """
+    settings = state.settings
+    tenant_revision.add_tenant_revision(settings, schema, shard, check_catalog=not no_catalog_check)
+    out = console()  # Alembic has printed `Generating <path> ... done`
+    if upgrade:
+        _show_alembic_progress()
+        result = veneer_env.upgrade(settings)
+        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+    else:
+        out.print("apply it with `ppp veneer upgrade`, then `alembic upgrade head` for its tables")
+
+
+@tenant_group.command("list")
+@click.argument("tenants", nargs=-1, metavar="[TENANT]...")
+@click.option("--shard", "shards", multiple=True, metavar="NAME", help="Only these shards.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for pipelines.")
+@pass_state
+def tenant_list(
+    state: State, tenants: tuple[str, ...], shards: tuple[str, ...], as_json: bool
+) -> None:
+    """The catalog's tenants: schema, shard, state, wired revision."""
+    found = catalog.list_tenants(
+        state.settings, shards=list(shards) or None, tenants=list(tenants) or None
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "schema": t.schema,
+                        "shard": t.shard,
+                        "state": t.state,
+                        "wired_revision": t.wired_revision,
+                    }
+                    for t in found
+                ]
+            )
+        )
+        return
+    if not found:
+        console().print("no tenants")
+        return
+    table = Table()
+    for col in ("schema", "shard", "state", "wired revision"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(t.schema, t.shard, t.state, t.wired_revision or "-")
+    console().print(table)

@@ -112,15 +112,11 @@ def topology() -> Iterator[Topology]:
         os.environ.clear()
         os.environ.update(saved)
         for c in containers:
-            try:
+            with contextlib.suppress(Exception):  # every cleanup step runs
                 c.stop()
-            except Exception:
-                pass
         if servers is not None:
-            try:
+            with contextlib.suppress(Exception):
                 servers.down(purge=True)
-            except Exception:
-                pass
         shutil.rmtree(workdir, ignore_errors=True)
 
 

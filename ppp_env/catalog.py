@@ -1,0 +1,319 @@
+"""The tenant catalog: schema ``ppp`` in the veneer, the one source of truth for placement.
+
+The veneer's base revision creates it; ``alembic -n veneer upgrade head`` keeps it locked
+down so that only ``veneer_admin`` can read or change it (``veneer_app`` gets no privilege on
+schema ``ppp``, although the default privileges would otherwise grant it DML there).
+
+``ppp.shards``  one row per shard (= one postgres_fdw foreign server of the same name):
+                name, host, port, dbname (how the veneer's server reaches it),
+                created_at, updated_at.
+``ppp.tenants`` one row per tenant: schema, shard, state, wired_revision (the tenant's
+                revision on its shard when its foreign tables were last imported, as
+                ``ppp_env.fleet.TenantState.revision`` spells it; NULL: none),
+                created_at, updated_at, wired_at.
+
+Tenant states: ``pending`` (registered; not wired yet because its schema does not exist on
+its shard), ``active`` (wired). ``moving`` and ``removing`` are reserved for the lifecycle
+commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from ppp_env.db import engine, first_line
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import quote_ident, validate_identifier, validate_tenant
+from ppp_env.settings import Settings
+
+CATALOG_SCHEMA = "ppp"
+TENANT_STATES = ("pending", "active", "moving", "removing")
+MISSING = "the catalog does not exist yet: run `alembic -n veneer upgrade head`"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant: its schema, the shard it lives on, and how far its wiring is."""
+
+    schema: str
+    shard: str
+    state: str
+    wired_revision: str | None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    wired_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A shard as the catalog records it: how the veneer's foreign server reaches it."""
+
+    name: str
+    host: str
+    port: int
+    dbname: str
+
+
+@contextmanager
+def admin_connection(settings: Settings, *, begin: bool = True) -> Iterator[Connection]:
+    """A SQLAlchemy connection to the veneer as ``veneer_admin``; with ``begin``, inside one
+    transaction that commits when the block ends without an exception."""
+    eng = engine(
+        settings.veneer, "admin", connect_timeout=settings.connect_timeout, poolclass=NullPool
+    )
+    try:
+        try:
+            conn = eng.connect()
+        except OperationalError as exc:
+            raise PPPError(
+                f"cannot connect to the veneer at {settings.veneer.masked_url('admin')}: "
+                f"{first_line(exc.orig or exc)}"
+            ) from None
+        with conn:
+            if begin:
+                with conn.begin():
+                    yield conn
+            else:
+                yield conn
+    finally:
+        eng.dispose()
+
+
+def catalog_exists(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT to_regclass('ppp.tenants') IS NOT NULL")).scalar())
+
+
+def require_catalog(conn: Connection) -> None:
+    if not catalog_exists(conn):
+        raise PPPError(MISSING)
+
+
+def _names(values: Sequence[str] | None, what: str) -> list[str] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise TypeError(f"{what} must be a sequence of names, not a string")
+    return list(dict.fromkeys(values))
+
+
+def _plural(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return shown
+
+
+def find_tenants(
+    conn: Connection,
+    *,
+    shards: Sequence[str] | None = None,
+    tenants: Sequence[str] | None = None,
+) -> list[Tenant]:
+    """The catalog's tenants, ordered by shard then schema, in one query.
+
+    ``shards`` and ``tenants`` narrow the result (None: no filter); a name the catalog does
+    not know is a PPPError naming it.
+    """
+    require_catalog(conn)
+    want_shards = _names(shards, "shards")
+    want_tenants = _names(tenants, "tenants")
+    # One row per shard with no matching tenant, one per matching tenant: the shards come
+    # along so that unknown shard names are found by the same query.
+    rows = conn.execute(
+        text(
+            "SELECT s.name AS shard_name, t.schema, t.state, t.wired_revision, t.created_at, "
+            "t.updated_at, t.wired_at "
+            "FROM ppp.shards s LEFT JOIN ppp.tenants t ON t.shard = s.name "
+            "AND (CAST(:tenants AS text[]) IS NULL OR t.schema = ANY(CAST(:tenants AS text[]))) "
+            'ORDER BY s.name COLLATE "C", t.schema COLLATE "C"'
+        ),
+        {"tenants": want_tenants},
+    ).all()
+    known_shards = {r.shard_name for r in rows}
+    if want_shards is not None:
+        unknown = [s for s in want_shards if s not in known_shards]
+        if unknown:
+            raise PPPError(
+                f"unknown shard{'s' if len(unknown) > 1 else ''} {_plural(unknown)}: the catalog "
+                f"has {_plural(sorted(known_shards)) or '(none)'}"
+            )
+    found = [
+        Tenant(
+            schema=r.schema,
+            shard=r.shard_name,
+            state=r.state,
+            wired_revision=r.wired_revision,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            wired_at=r.wired_at,
+        )
+        for r in rows
+        if r.schema is not None
+    ]
+    if want_tenants is not None:
+        have = {t.schema for t in found}
+        unknown = [t for t in want_tenants if t not in have]
+        if unknown:
+            raise PPPError(
+                f"unknown tenant{'s' if len(unknown) > 1 else ''} {_plural(unknown)}: not in the "
+                "catalog (see `ppp tenant list`; add one with `ppp tenant add`)"
+            )
+    if want_shards is not None:
+        selected = set(want_shards)
+        found = [t for t in found if t.shard in selected]
+    return found
+
+
+def list_tenants(
+    settings: Settings,
+    *,
+    shards: Sequence[str] | None = None,
+    tenants: Sequence[str] | None = None,
+) -> list[Tenant]:
+    """The catalog's tenants (ordered by shard, then schema), optionally narrowed."""
+    with admin_connection(settings) as conn:
+        return find_tenants(conn, shards=shards, tenants=tenants)
+
+
+def lookup_tenant(conn: Connection, schema: str) -> Tenant | None:
+    """One tenant by schema name, or None."""
+    require_catalog(conn)
+    r = conn.execute(
+        text(
+            "SELECT schema, shard, state, wired_revision, created_at, updated_at, wired_at "
+            "FROM ppp.tenants WHERE schema = :s"
+        ),
+        {"s": schema},
+    ).first()
+    return None if r is None else Tenant(*r)
+
+
+def list_shards(conn: Connection) -> list[Shard]:
+    require_catalog(conn)
+    rows = conn.execute(
+        text('SELECT name, host, port, dbname FROM ppp.shards ORDER BY name COLLATE "C"')
+    ).all()
+    return [Shard(r.name, r.host, r.port, r.dbname) for r in rows]
+
+
+def register_tenant(conn: Connection, schema: str, shard: str) -> bool:
+    """Put a tenant in the catalog (state ``pending``); True if it was not there before.
+
+    Safe to call again for a tenant already on the same shard; a tenant on another shard or
+    a shard the catalog does not know is a PPPError. The caller commits.
+    """
+    validate_tenant(schema)
+    validate_identifier(shard, "shard name")
+    require_catalog(conn)
+    row = conn.execute(
+        text(
+            "SELECT (SELECT shard FROM ppp.tenants WHERE schema = :schema) AS current, "
+            "EXISTS (SELECT 1 FROM ppp.shards WHERE name = :shard) AS shard_known"
+        ),
+        {"schema": schema, "shard": shard},
+    ).one()
+    if row.current is not None:
+        if row.current != shard:
+            raise PPPError(
+                f"tenant {schema!r} is already in the catalog on shard {row.current!r}, "
+                f"not {shard!r}"
+            )
+        return False
+    if not row.shard_known:
+        known = [s.name for s in list_shards(conn)]
+        raise PPPError(
+            f"unknown shard {shard!r}: the catalog has {_plural(known) or '(none)'}; add it "
+            "to PPP_SHARDS and run `alembic -n veneer upgrade head`"
+        )
+    inserted = conn.execute(
+        text(
+            "INSERT INTO ppp.tenants (schema, shard) VALUES (:schema, :shard) "
+            "ON CONFLICT (schema) DO NOTHING RETURNING schema"
+        ),
+        {"schema": schema, "shard": shard},
+    ).first()
+    if inserted is None:  # registered concurrently: fine if on the same shard
+        current = conn.execute(
+            text("SELECT shard FROM ppp.tenants WHERE schema = :schema"), {"schema": schema}
+        ).scalar_one()
+        if current != shard:
+            raise PPPError(
+                f"tenant {schema!r} is already in the catalog on shard {current!r}, not {shard!r}"
+            )
+        return False
+    return True
+
+
+def unregister_tenant(conn: Connection, schema: str) -> bool:
+    """Remove a tenant from the catalog and its foreign tables from the veneer.
+
+    Never touches the tenant's data on its shard. True if the tenant was registered. The
+    caller commits.
+    """
+    validate_tenant(schema)
+    require_catalog(conn)
+    gone = conn.execute(
+        text("DELETE FROM ppp.tenants WHERE schema = :schema RETURNING schema"), {"schema": schema}
+    ).first()
+    if gone is None:
+        return False
+    # The veneer schema named after the tenant holds only its foreign tables (PPP's wiring).
+    conn.exec_driver_sql(
+        f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE",
+        execution_options={"no_parameters": True},
+    )
+    return True
+
+
+def mark_wired(conn: Connection, revisions: dict[str, str | None]) -> None:
+    """Record that these tenants were just wired at these revisions (one statement)."""
+    if not revisions:
+        return
+    conn.execute(
+        text(
+            "UPDATE ppp.tenants t SET wired_revision = w.revision, wired_at = now(), "
+            "updated_at = now(), state = CASE WHEN t.state = 'pending' THEN 'active' "
+            "ELSE t.state END "
+            "FROM unnest(CAST(:schemas AS text[]), CAST(:revisions AS text[])) "
+            "AS w(schema, revision) WHERE t.schema = w.schema"
+        ),
+        {"schemas": list(revisions), "revisions": list(revisions.values())},
+    )
+
+
+def upsert_shard(conn: Connection, name: str, host: str, port: int, dbname: str) -> None:
+    conn.execute(
+        text(
+            "INSERT INTO ppp.shards (name, host, port, dbname) VALUES (:n, :h, :p, :d) "
+            "ON CONFLICT (name) DO UPDATE SET host = excluded.host, port = excluded.port, "
+            "dbname = excluded.dbname, updated_at = now() "
+            "WHERE (ppp.shards.host, ppp.shards.port, ppp.shards.dbname) "
+            "IS DISTINCT FROM (excluded.host, excluded.port, excluded.dbname)"
+        ),
+        {"n": name, "h": host, "p": port, "d": dbname},
+    )
+
+
+def delete_shard(conn: Connection, name: str) -> None:
+    conn.execute(text("DELETE FROM ppp.shards WHERE name = :n"), {"n": name})
+
+
+def tenants_on(conn: Connection, shards: Sequence[str]) -> dict[str, list[str]]:
+    """The tenants placed on each of ``shards`` (shards without tenants are left out)."""
+    rows = conn.execute(
+        text(
+            "SELECT shard, schema FROM ppp.tenants WHERE shard = ANY(CAST(:s AS text[])) "
+            'ORDER BY shard COLLATE "C", schema COLLATE "C"'
+        ),
+        {"s": list(shards)},
+    ).all()
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r.shard, []).append(r.schema)
+    return out

@@ -1,0 +1,91 @@
+"""`ppp migrate`, `ppp status`, `ppp demo`: in-process, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+
+from alembic import command
+from click.testing import CliRunner
+
+from ppp_env.cli import cli
+from tests.conftest import ROOT
+from tests.test_migrations import fleet, fleet_config, only, opts  # noqa: F401 - fixture
+
+INI = str(ROOT / "alembic.ini")
+EXAMPLE = ("bluth_co", "cyberdyne", "initech")
+
+
+def run(*args: str):
+    result = CliRunner().invoke(cli, list(args))
+    return result
+
+
+def test_migrate_json_then_status_and_demo(veneer_head):
+    result = run("migrate", "-c", INI, "--json", "--tenant", ",".join(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert {t["tenant"] for t in report["tenants"]} == set(EXAMPLE)
+    assert {t["after"] for t in report["tenants"]} == {"0002"}
+
+    result = run("status", "-c", INI, "--json", "--tenant", ",".join(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["heads"] == ["0002"]
+    assert [(t["tenant"], t["migrations"], t["veneer"]) for t in status["tenants"]] == [
+        (name, "head", "in step") for name in EXAMPLE
+    ]
+
+    result = run("demo")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("Hemingway") == 3
+    assert (
+        "veneer=> SELECT * FROM \"bluth_co\".authors WHERE first_name = 'Ernest';" in result.output
+    )
+
+
+def test_migrate_plain_output_is_quiet_and_idempotent(veneer_head):
+    result = run("migrate", "-c", INI, "--tenant", ",".join(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    assert "upgrade: 0 migrated, 3 already current, 0 failed" in result.output
+    assert "migrate: 0 migrated, 3 already current, 0 failed" in result.output
+
+
+def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet):  # noqa: F811
+    tenant = sorted(fleet)[0]
+    command.upgrade(fleet_config(**opts(tenants=[tenant], refresh=False)), "f001")
+    cfg_dir = fleet_config().get_main_option("script_location")
+    ini = ROOT / "tests" / "scripts" / "fleet.ini"
+    ini.write_text(
+        f"[alembic]\nscript_location = {cfg_dir}\nprepend_sys_path = {ROOT}\n"
+        "path_separator = os\n\n[veneer]\n"
+        f"script_location = {ROOT / 'veneer_migrations'}\nprepend_sys_path = {ROOT}\n"
+        "path_separator = os\n"
+    )
+    try:
+        result = run("status", "-c", str(ini), "--tenant", tenant)
+        assert result.exit_code == 0, result.output
+        line = next(x for x in result.output.splitlines() if tenant in x)
+        assert "behind" in line and "stale" in line
+        result = run("migrate", "-c", str(ini), "--tenant", tenant)
+        assert result.exit_code == 0, result.output
+        result = run("status", "-c", str(ini), "--tenant", tenant, "--json")
+        (row,) = json.loads(result.output)["tenants"]
+        assert (row["revision"], row["migrations"], row["veneer"]) == ("f003", "head", "in step")
+    finally:
+        ini.unlink()
+
+
+def test_migrate_bad_input_is_one_error_line(veneer_head):
+    result = run("migrate", "-c", INI, "--tenant", "no_such_tenant")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        "Error: unknown tenant no_such_tenant: not in the catalog (see `ppp tenant list`; "
+        "add one with `ppp tenant add`)"
+    )
+    result = run("migrate", "-c", INI, "--shard", "atlantis")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown shard 'atlantis'")  # before anything ran
+    result = run("migrate", "-c", "/nonexistent/alembic.ini")
+    assert result.exit_code == 1
+    assert "Error: no Alembic configuration at /nonexistent/alembic.ini" in result.output

@@ -1,0 +1,66 @@
+<%
+    tenant = context.get("tenant")
+    shard = context.get("shard")
+%>\
+% if tenant:
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+
+Tenant onboarding revision written by `ppp tenant add`. Upgrade registers the tenant in
+the catalog and imports its foreign tables into the veneer (pending until its schema
+exists on its shard); downgrade drops those foreign tables and its catalog row, never its
+data on the shard. Hosts and passwords come from the settings, never from this file.
+"""
+
+from ppp_env.tenant_revision import offboard, onboard
+
+# revision identifiers, used by Alembic.
+revision = ${repr(up_revision)}
+down_revision = ${repr(down_revision)}
+branch_labels = ${repr(branch_labels)}
+depends_on = ${repr(depends_on)}
+
+TENANT = ${repr(tenant)}
+SHARD = ${repr(shard)}
+
+
+def upgrade() -> None:
+    onboard(TENANT, SHARD)
+
+
+def downgrade() -> None:
+    offboard(TENANT)
+% else:
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+
+A veneer revision: runs as veneer_admin in the veneer database. Never put a host or a
+password here; those come from the settings (ppp_env.veneer_env.current_settings()).
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+${imports if imports else ""}
+
+# revision identifiers, used by Alembic.
+revision: str = ${repr(up_revision)}
+down_revision: str | Sequence[str] | None = ${repr(down_revision)}
+branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
+depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+
+
+def upgrade() -> None:
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade() -> None:
+    ${downgrades if downgrades else "pass"}
+% endif
