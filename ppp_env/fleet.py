@@ -1,9 +1,15 @@
-"""Where every tenant of a shard stands, read in one round trip per shard.
+"""Where every tenant of a shard stands, read in one or two round trips per shard.
 
 The tenant migration runner, ``alembic current``, ``ppp status`` and the veneer refresh all
 need the same fact: for each tenant schema on a shard, does the schema exist and which
-revision(s) its ``alembic_version`` table holds. Reading it tenant by tenant costs a round
-trip each; this reads a whole shard with one catalog query and one UNION ALL per chunk.
+revision(s) its ``alembic_version`` table holds.
+
+Reading thousands of version tables costs about 0.3 ms each on the server (a UNION ALL
+over 3,333 tables took 1.0-1.4 s), so each shard keeps an index of them: the table
+``ppp.tenant_versions``, maintained by a statement trigger on every tenant's
+``alembic_version`` (whatever changes that table, the index follows in the same
+transaction). The state query reads the index for tenants whose trigger exists and falls
+back to reading the version tables themselves for the others.
 """
 
 from __future__ import annotations
@@ -15,7 +21,60 @@ from typing import Any
 from ppp_env.identifiers import quote_ident, quote_literal
 
 VERSION_TABLE = "alembic_version"
+TRACK_TRIGGER = "ppp_track_version"
 _CHUNK = 2000
+#: Serialises the one-time creation of the index objects on a shard.
+_SETUP_LOCK = (0x505050, 0)
+
+SETUP_SQL = f"""
+SELECT pg_advisory_xact_lock({_SETUP_LOCK[0]}, {_SETUP_LOCK[1]});
+CREATE SCHEMA IF NOT EXISTS ppp;
+CREATE TABLE IF NOT EXISTS ppp.tenant_versions (
+    schema_name text PRIMARY KEY,
+    heads text[] NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE OR REPLACE FUNCTION ppp.track_version() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $ppp$
+BEGIN
+    EXECUTE format(
+        'INSERT INTO ppp.tenant_versions AS v (schema_name, heads, updated_at) '
+        'SELECT %L, coalesce(array_agg(version_num ORDER BY version_num), ''{{}}''), now() '
+        'FROM %I.%I ON CONFLICT (schema_name) DO UPDATE '
+        'SET heads = excluded.heads, updated_at = excluded.updated_at',
+        TG_TABLE_SCHEMA, TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    RETURN NULL;
+END
+$ppp$;
+"""
+
+
+def ensure_index(cursor: Any) -> None:
+    """Create the shard's version index (schema ppp) once; cheap when it exists."""
+    cursor.execute("SELECT to_regprocedure('ppp.track_version()') IS NOT NULL")
+    if cursor.fetchone()[0]:
+        return
+    cursor.execute("BEGIN;" + SETUP_SQL + "COMMIT;")
+
+
+def track_sql(schema: str, app_role: str | None = None) -> str:
+    """SQL that attaches the index trigger to a tenant's version table and syncs its row.
+
+    Also takes the app role's privileges on the version table away: default privileges
+    give it DML on every table, and nothing but migrations should touch that one.
+    """
+    table = f"{quote_ident(schema)}.{VERSION_TABLE}"
+    sql = (
+        f"DROP TRIGGER IF EXISTS {TRACK_TRIGGER} ON {table};\n"
+        f"CREATE TRIGGER {TRACK_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE "
+        f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION ppp.track_version();\n"
+        f"INSERT INTO ppp.tenant_versions (schema_name, heads) SELECT {quote_literal(schema)}, "
+        f"coalesce(array_agg(version_num ORDER BY version_num), '{{}}') FROM {table} "
+        "ON CONFLICT (schema_name) DO UPDATE SET heads = excluded.heads, updated_at = now();\n"
+    )
+    if app_role:
+        sql += f"REVOKE ALL ON {table} FROM {quote_ident(app_role)};\n"
+    return sql
 
 
 @dataclass(frozen=True)
@@ -25,6 +84,9 @@ class TenantState:
     schema: str
     exists: bool
     heads: tuple[str, ...] = ()
+    #: Whether its version table carries the index trigger (so the index row is exact).
+    tracked: bool = False
+    has_version_table: bool = False
 
     @property
     def revision(self) -> str | None:
@@ -35,17 +97,30 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
     """States of ``schemas`` on the shard behind a DB-API ``cursor`` (psycopg2)."""
     if not schemas:
         return {}
+    cursor.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
+    indexed = bool(cursor.fetchone()[0])
+    index_join = "LEFT JOIN ppp.tenant_versions v ON v.schema_name = n.nspname" if indexed else ""
     cursor.execute(
-        "SELECT n.nspname, c.oid IS NOT NULL FROM pg_namespace n "
+        "SELECT n.nspname, c.oid IS NOT NULL, t.oid IS NOT NULL, "
+        + ("v.heads " if indexed else "NULL::text[] ")
+        + "FROM pg_namespace n "
         "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s AND c.relkind = 'r' "
-        "WHERE n.nspname = ANY(%s)",
-        (VERSION_TABLE, list(schemas)),
+        "LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND t.tgname = %s "
+        f"{index_join} WHERE n.nspname = ANY(%s)",
+        (VERSION_TABLE, TRACK_TRIGGER, list(schemas)),
     )
-    found = dict(cursor.fetchall())
-    with_table = [s for s in schemas if found.get(s)]
+    found = {row[0]: row[1:] for row in cursor.fetchall()}
     heads: dict[str, list[str]] = {}
-    for i in range(0, len(with_table), _CHUNK):
-        chunk = with_table[i : i + _CHUNK]
+    tracked: set[str] = set()
+    unread: list[str] = []
+    for schema, (has_table, has_trigger, indexed_heads) in found.items():
+        if has_table and has_trigger and indexed_heads is not None:
+            heads[schema] = list(indexed_heads)
+            tracked.add(schema)
+        elif has_table:
+            unread.append(schema)
+    for i in range(0, len(unread), _CHUNK):
+        chunk = unread[i : i + _CHUNK]
         cursor.execute(
             " UNION ALL ".join(
                 f"SELECT {quote_literal(s)}, version_num FROM {quote_ident(s)}.{VERSION_TABLE}"
@@ -54,7 +129,16 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
         )
         for schema, version in cursor.fetchall():
             heads.setdefault(schema, []).append(version)
-    return {s: TenantState(s, s in found, tuple(sorted(heads.get(s, ())))) for s in schemas}
+    return {
+        s: TenantState(
+            s,
+            s in found,
+            tuple(sorted(heads.get(s, ()))),
+            s in tracked,
+            bool(found.get(s, (False,))[0]),
+        )
+        for s in schemas
+    }
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet import VERSION_TABLE, TenantState, read_states
+from ppp_env.fleet import VERSION_TABLE, TenantState, ensure_index, read_states, track_sql
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Settings
 
@@ -321,6 +321,7 @@ def run_shard(
         raw: Any = conn.connection.dbapi_connection
         raw.autocommit = True
         cur = raw.cursor()
+        ensure_index(cur)
         states = read_states(cur, job.tenants)
         renders: dict[tuple[str, ...], str | None] = {}
         steps_cache: dict[tuple[str, ...], bool] = {}
@@ -338,6 +339,7 @@ def run_shard(
                 todo.append(tenant)
             else:
                 current.append(TenantResult(job.shard, tenant, "current", st.revision, st.revision))
+        _track_current(cur, states, current, inst.app_role, settings.lock_timeout)
         emit(("shard_start", job.shard, len(job.tenants), len(todo)))
         if current:
             emit(("results", job.shard, current))
@@ -359,7 +361,17 @@ def run_shard(
             result = TenantResult(job.shard, tenant, "migrated", st.revision)
             try:
                 heads = _migrate_tenant(
-                    conn, raw, cur, tenant, st, options, settings, hooks, renders, has_steps
+                    conn,
+                    raw,
+                    cur,
+                    tenant,
+                    st,
+                    options,
+                    settings,
+                    hooks,
+                    renders,
+                    has_steps,
+                    inst.app_role,
                 )
                 result.after = " ".join(heads) if heads else None
             except _Skip as skip:
@@ -382,6 +394,28 @@ def run_shard(
             engine.dispose()
 
 
+def _track_current(
+    cur: Any, states: Mapping[str, TenantState], current: list[TenantResult], app: str, wait: float
+) -> None:
+    """Attach the version index trigger to current tenants that lack it (older tenants).
+
+    Only an optimisation for the next run's state query: a failure here (a lock held too
+    long by another run) is left for next time.
+    """
+    untracked = [r.tenant for r in current if states[r.tenant].has_version_table]
+    untracked = [t for t in untracked if not states[t].tracked]
+    for i in range(0, len(untracked), 500):
+        chunk = untracked[i : i + 500]
+        try:
+            cur.execute(
+                f"BEGIN; SET LOCAL lock_timeout = '{int(wait * 1000)}ms';\n"
+                + "".join(track_sql(t, app) for t in chunk)
+                + "COMMIT;"
+            )
+        except psycopg2.Error:
+            cur.execute("ROLLBACK")
+
+
 def _migrate_tenant(
     conn: Any,
     raw: Any,
@@ -393,6 +427,7 @@ def _migrate_tenant(
     hooks: AlembicHooks,
     renders: dict[tuple[str, ...], str | None],
     has_steps: Callable[[tuple[str, ...]], bool],
+    app_role: str,
 ) -> tuple[str, ...]:
     """One tenant, one transaction: lock, re-read, apply; return its heads afterwards."""
     global _current_tenant
@@ -407,6 +442,8 @@ def _migrate_tenant(
                 renders[heads] = hooks.render(heads)
             sql = renders[heads]
             if sql is not None:
+                if not state.tracked:
+                    sql += "\n" + track_sql(tenant, app_role)
                 cur.execute(
                     sql + "\nSELECT string_agg(version_num, ' ' ORDER BY version_num) "
                     f"FROM {quote_ident(tenant)}.{VERSION_TABLE};"
@@ -429,6 +466,8 @@ def _migrate_tenant(
                 raise _Skip(" ".join(heads))
             _current_tenant = tenant
             hooks.run_online(conn, tenant)
+            if not state.tracked:
+                cur.execute(track_sql(tenant, app_role))
             cur.execute(f"SELECT version_num FROM {quote_ident(tenant)}.{VERSION_TABLE} ORDER BY 1")
             return tuple(r[0] for r in cur.fetchall())
     finally:

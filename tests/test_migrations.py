@@ -348,3 +348,29 @@ def test_veneer_sees_a_new_column_after_the_run(fleet, settings):
     with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
         cur.execute(f"SELECT price FROM {tenant}.items")
         assert cur.fetchall() == []
+
+
+def test_version_index_follows_every_change_and_falls_back_without_its_trigger(fleet, settings):
+    command.upgrade(fleet_config(**opts(**only(fleet))), "head")
+    tenant = sorted(fleet)[0]
+    shard = fleet[tenant]
+    index = f"SELECT heads FROM ppp.tenant_versions WHERE schema_name = '{tenant}'"
+    assert shard_sql(settings, shard, index) == [(["f003"],)]
+    # A change made outside PPP still reaches the index (statement trigger).
+    shard_sql(settings, shard, f"UPDATE {tenant}.alembic_version SET version_num = 'f002'")
+    assert shard_sql(settings, shard, index) == [(["f002"],)]
+    assert states(settings, shard, [tenant])[tenant].revision == "f002"
+    # The application role cannot touch the version table.
+    with pytest.raises(Exception, match="permission denied"):
+        shard_sql(settings, shard, f"DELETE FROM {tenant}.alembic_version", role="app")
+    # Without the trigger the state comes from the version table itself ...
+    shard_sql(settings, shard, f"DROP TRIGGER ppp_track_version ON {tenant}.alembic_version")
+    shard_sql(settings, shard, f"UPDATE {tenant}.alembic_version SET version_num = 'f003'")
+    st = states(settings, shard, [tenant])[tenant]
+    assert (st.revision, st.tracked) == ("f003", False)
+    # ... and the next run puts the trigger back.
+    cfg = fleet_config(**opts(**only(fleet)))
+    command.upgrade(cfg, "head")
+    assert cfg.attributes["ppp.result"].count("current") == len(fleet)
+    st = states(settings, shard, [tenant])[tenant]
+    assert (st.revision, st.tracked) == ("f003", True)
