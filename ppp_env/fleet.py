@@ -49,12 +49,23 @@ $ppp$;
 """
 
 
-def ensure_index(cursor: Any) -> None:
-    """Create the shard's version index (schema ppp) once; cheap when it exists."""
+def ensure_index(cursor: Any, app_role: str) -> None:
+    """Create the shard's version index (schema ppp) once; cheap when it exists.
+
+    The app role gets nothing in schema ppp: default privileges would otherwise let it
+    edit the index that decides which tenants are already migrated.
+    """
     cursor.execute("SELECT to_regprocedure('ppp.track_version()') IS NOT NULL")
     if cursor.fetchone()[0]:
         return
-    cursor.execute("BEGIN;" + SETUP_SQL + "COMMIT;")
+    app = quote_ident(app_role)
+    cursor.execute(
+        "BEGIN;"
+        + SETUP_SQL
+        + f"REVOKE ALL ON SCHEMA ppp FROM {app};\n"
+        + f"REVOKE ALL ON ppp.tenant_versions FROM {app};\n"
+        + "COMMIT;"
+    )
 
 
 def track_sql(schema: str, app_role: str | None = None) -> str:

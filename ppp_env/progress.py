@@ -16,6 +16,10 @@ from rich.table import Table
 from ppp_env.runner import FleetResult, TenantResult
 
 
+def _tenants(n: int) -> str:
+    return f"{n} tenant" if n == 1 else f"{n} tenants"
+
+
 class QuietDisplay:
     def __enter__(self) -> QuietDisplay:
         return self
@@ -49,7 +53,7 @@ class PlainDisplay(QuietDisplay):
 
     def shard_started(self, shard: str, total: int, todo: int) -> None:
         self.totals[shard] = [total, 0]
-        self._print(f"shard {shard}: {total} tenants, {todo} to do")
+        self._print(f"shard {shard}: {_tenants(total)}, {todo} to do")
 
     def tenant_done(self, result: TenantResult) -> None:
         counts = self.totals.setdefault(result.shard, [0, 0])
@@ -62,7 +66,7 @@ class PlainDisplay(QuietDisplay):
                 f"{result.after or 'base'} ({result.seconds * 1000:.0f} ms)"
             )
         if counts[1] == counts[0]:
-            self._print(f"shard {result.shard}: done ({counts[0]} tenants)")
+            self._print(f"shard {result.shard}: done ({_tenants(counts[0])})")
 
     def shard_failed(self, shard: str, error: str) -> None:
         self._print(f"FAILED shard {shard}: {error}")

@@ -321,7 +321,7 @@ def run_shard(
         raw: Any = conn.connection.dbapi_connection
         raw.autocommit = True
         cur = raw.cursor()
-        ensure_index(cur)
+        ensure_index(cur, inst.app_role)
         states = read_states(cur, job.tenants)
         renders: dict[tuple[str, ...], str | None] = {}
         steps_cache: dict[tuple[str, ...], bool] = {}

@@ -360,9 +360,11 @@ def test_version_index_follows_every_change_and_falls_back_without_its_trigger(f
     shard_sql(settings, shard, f"UPDATE {tenant}.alembic_version SET version_num = 'f002'")
     assert shard_sql(settings, shard, index) == [(["f002"],)]
     assert states(settings, shard, [tenant])[tenant].revision == "f002"
-    # The application role cannot touch the version table.
+    # The application role can touch neither the version table nor the index.
     with pytest.raises(Exception, match="permission denied"):
         shard_sql(settings, shard, f"DELETE FROM {tenant}.alembic_version", role="app")
+    with pytest.raises(Exception, match="permission denied"):
+        shard_sql(settings, shard, "UPDATE ppp.tenant_versions SET heads = '{}'", role="app")
     # Without the trigger the state comes from the version table itself ...
     shard_sql(settings, shard, f"DROP TRIGGER ppp_track_version ON {tenant}.alembic_version")
     shard_sql(settings, shard, f"UPDATE {tenant}.alembic_version SET version_num = 'f003'")
