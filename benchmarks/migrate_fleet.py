@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ppp_env import db  # noqa: E402
-from ppp_env.catalog import register_tenant, unregister_tenant  # noqa: E402
+from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant  # noqa: E402
 from ppp_env.fleet import read_states  # noqa: E402
 from ppp_env.identifiers import quote_ident  # noqa: E402
 from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
@@ -103,15 +103,13 @@ def main() -> None:
         shards = list(settings.shards)
         names = [f"t{i:05d}" for i in range(args.tenants)]
         by_shard: dict[str, list[str]] = {s: [] for s in shards}
-        engine = db.engine(settings.veneer, "admin")
-        with engine.begin() as conn:
+        with admin_connection(settings) as conn:
             for existing in EXAMPLE_SHARDS:  # only the benchmark's tenants take part
                 unregister_tenant(conn, existing)
             for i, name in enumerate(names):
                 shard = shards[i % len(shards)]
                 register_tenant(conn, name, shard)
                 by_shard[shard].append(name)
-        engine.dispose()
 
         ppp = [alembic, "-c", str(ini), "-x", "refresh=false", "-x", "output=plain"]
         a, c, d = [], [], []

@@ -149,10 +149,7 @@ def migrate(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        say(
-            f"veneer: {len(result.refreshed)} tenant(s) refreshed"
-            + (f", pending: {', '.join(result.refresh_pending)}" if result.refresh_pending else "")
-        )
+        say(result.veneer_summary() or "veneer: nothing to refresh")
         say(f"migrate: {result.summary()}")
     if not result.ok:
         raise PPPError(result.failure_message())

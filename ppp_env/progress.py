@@ -73,15 +73,8 @@ class PlainDisplay(QuietDisplay):
 
     def summary(self, result: FleetResult) -> None:
         self._print(f"{result.command}: {result.summary()}")
-        if result.refreshed or result.refresh_pending:
-            self._print(
-                f"veneer: {len(result.refreshed)} tenant(s) refreshed"
-                + (
-                    f", pending: {', '.join(result.refresh_pending)}"
-                    if result.refresh_pending
-                    else ""
-                )
-            )
+        if line := result.veneer_summary():
+            self._print(line)
         if result.refresh_error:
             self._print(f"FAILED veneer refresh: {result.refresh_error}")
 
@@ -145,15 +138,8 @@ class RichDisplay(PlainDisplay):
                 f"{sum(t.seconds for t in rows):.2f}",
             )
         self.console.print(table)
-        if result.refreshed or result.refresh_pending:
-            self.console.print(
-                f"veneer: {len(result.refreshed)} tenant(s) refreshed"
-                + (
-                    f", pending: {', '.join(result.refresh_pending)}"
-                    if result.refresh_pending
-                    else ""
-                )
-            )
+        if line := result.veneer_summary():
+            self.console.print(line, markup=False)
         if result.refresh_error:
             self.console.print(f"[red]FAILED veneer refresh:[/] {result.refresh_error}")
 

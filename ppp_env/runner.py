@@ -172,6 +172,13 @@ class FleetResult:
             parts.append(f"{len(self.shard_errors)} shard(s) unreachable")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
 
+    def veneer_summary(self) -> str | None:
+        """One line on the veneer refresh that followed the run, if one did."""
+        if not (self.refreshed or self.refresh_pending):
+            return None
+        pending = f", pending: {', '.join(self.refresh_pending)}" if self.refresh_pending else ""
+        return f"veneer: {len(self.refreshed)} tenant(s) refreshed{pending}"
+
     def failure_message(self) -> str:
         lines = [self.summary()]
         for name, error in self.shard_errors.items():

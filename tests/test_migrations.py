@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.util import CommandError
 
 from ppp_env import db
-from ppp_env.catalog import register_tenant, unregister_tenant
+from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant
 from ppp_env.fleet import read_states
 from ppp_env.runner import RunOptions
 from tests.conftest import ROOT, alembic_config
@@ -49,19 +49,15 @@ def shard_sql(settings, shard: str, sql: str, params=None, role="admin"):
 
 
 def register(settings, tenants: dict[str, str]) -> None:
-    engine = db.engine(settings.veneer, "admin")
-    with engine.begin() as conn:
+    with admin_connection(settings) as conn:
         for schema, shard in tenants.items():
             register_tenant(conn, schema, shard)
-    engine.dispose()
 
 
 def unregister(settings, tenants) -> None:
-    engine = db.engine(settings.veneer, "admin")
-    with engine.begin() as conn:
+    with admin_connection(settings) as conn:
         for schema in tenants:
             unregister_tenant(conn, schema)
-    engine.dispose()
 
 
 def drop_schemas(settings, tenants: dict[str, str]) -> None:
