@@ -372,3 +372,21 @@ def test_version_index_follows_every_change_and_falls_back_without_its_trigger(f
     assert cfg.attributes["ppp.result"].count("current") == len(fleet)
     st = states(settings, shard, [tenant])[tenant]
     assert (st.revision, st.tracked) == ("f003", True)
+
+
+def test_history_and_history_indicate_current(fleet, settings):
+    template = sorted(fleet)[0]
+    command.upgrade(fleet_config(**opts(tenants=[template])), "f002")
+    cfg = fleet_config(**opts(template=template, tenants=[template]))
+    command.history(cfg)
+    lines = cfg.stdout.getvalue().splitlines()
+    assert lines == [
+        "f002 -> f003 (head), items.price, set from a value read from the database "
+        "(so it must run online)",
+        "f001 -> f002, items.name unique: fails for a tenant whose data has duplicates",
+        "<base> -> f001, items, and a row per run (a tenant migrated twice would "
+        "fail on CREATE TABLE)",
+    ]
+    cfg = fleet_config(**opts(template=template, tenants=[template]))
+    command.history(cfg, indicate_current=True)
+    assert "f001 -> f002 (current)" in cfg.stdout.getvalue()
