@@ -391,14 +391,36 @@ def run_shard(
             finally:
                 _current_tenant = None
             result.seconds = time.perf_counter() - started
+            if raw.closed:
+                # The shard went away mid-fleet: this tenant rolled back with its session;
+                # the rest were not tried. A rerun does what is left.
+                emit(("results", job.shard, [result]))
+                emit(
+                    (
+                        "results",
+                        job.shard,
+                        [
+                            TenantResult(job.shard, t, "not_run", states[t].revision)
+                            for t in todo[i + 1 :]
+                        ],
+                    )
+                )
+                emit(
+                    (
+                        "shard_error",
+                        job.shard,
+                        f"connection to {inst.masked_url('admin')} lost after {i} of "
+                        f"{len(todo)} tenants: {result.error}",
+                    )
+                )
+                return
             if options.fail_fast and result.status in ("failed", "locked"):
                 stop.set()  # at once, before this worker takes its next tenant
             emit(("results", job.shard, [result]))
     finally:
-        try:
+        with suppress(Exception):  # a lost connection cannot be closed cleanly
             conn.close()
-        finally:
-            engine.dispose()
+        engine.dispose()
 
 
 def _track_current(
@@ -461,7 +483,8 @@ def _migrate_tenant(
             cur.execute("ROLLBACK")
         except BaseException:
             if not raw.closed:
-                cur.execute("ROLLBACK")
+                with suppress(psycopg2.Error):  # the original error is the one to report
+                    cur.execute("ROLLBACK")
             raise
     # Online: through Alembic, on the same connection, inside one transaction.
     raw.autocommit = False

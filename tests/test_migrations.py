@@ -390,3 +390,53 @@ def test_history_and_history_indicate_current(fleet, settings):
     cfg = fleet_config(**opts(template=template, tenants=[template]))
     command.history(cfg, indicate_current=True)
     assert "f001 -> f002 (current)" in cfg.stdout.getvalue()
+
+
+def test_shard_lost_mid_fleet_is_reported_and_a_rerun_finishes(veneer_head, settings):
+    import threading
+    import time
+
+    tenants = {f"ft_lost_{i:02d}": "initech" for i in range(30)}
+    register(settings, tenants)
+    inst = settings.shard("initech")
+
+    def terminate_ppp_sessions() -> None:
+        """Once the first tenant is committed, cut the runner's session (bounded wait)."""
+        deadline = time.monotonic() + 20
+        with db.connection(inst, "superuser", dbname=inst.dbname, autocommit=True) as conn:
+            cur = conn.cursor()
+            while time.monotonic() < deadline:
+                cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ft\\_lost\\_%%'")
+                if cur.fetchone()[0] > 0:
+                    cur.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'ppp' AND datname = %s "
+                        "AND pid <> pg_backend_pid()",
+                        (inst.dbname,),
+                    )
+                    return
+                time.sleep(0.01)
+
+    try:
+        killer = threading.Thread(target=terminate_ppp_sessions)
+        killer.start()
+        cfg = fleet_config(**opts(tenants=sorted(tenants), refresh=False))
+        with pytest.raises(CommandError) as err:
+            command.upgrade(cfg, "head")
+        killer.join()
+        message = str(err.value)
+        assert "shard initech: connection to postgresql+psycopg2://initech_admin:***@" in message
+        assert inst.admin_password not in message
+        result = cfg.attributes["ppp.result"]
+        done = result.count("migrated")
+        assert 0 < done < len(tenants)
+        assert result.count("not_run") + result.count("failed") == len(tenants) - done
+        # Nothing half-done: every tenant is at base or at head, and a rerun finishes.
+        revisions = {st.revision for st in states(settings, "initech", sorted(tenants)).values()}
+        assert revisions <= {None, "f003"}
+        cfg = fleet_config(**opts(tenants=sorted(tenants), refresh=False))
+        command.upgrade(cfg, "head")
+        assert cfg.attributes["ppp.result"].count("migrated") == len(tenants) - done
+    finally:
+        unregister(settings, tenants)
+        drop_schemas(settings, tenants)
