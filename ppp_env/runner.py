@@ -20,8 +20,6 @@ Shape of a run (see DESIGN.md, "What the libraries allow"):
 
 from __future__ import annotations
 
-import io
-import json
 import multiprocessing
 import queue as queue_module
 import time
@@ -593,11 +591,3 @@ def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
     for t in tenants:
         grouped.setdefault(t.shard, []).append(t.schema)
     return grouped
-
-
-def render_json(result: FleetResult) -> str:
-    return json.dumps(result.to_json(), indent=2)
-
-
-def rendered_buffer() -> io.StringIO:
-    return io.StringIO()

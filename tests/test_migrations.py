@@ -440,3 +440,43 @@ def test_shard_lost_mid_fleet_is_reported_and_a_rerun_finishes(veneer_head, sett
     finally:
         unregister(settings, tenants)
         drop_schemas(settings, tenants)
+
+
+TENANT_AWARE = '''"""a row naming the tenant (tenant-specific: runs online, per tenant)"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from ppp_env.runner import current_tenant
+
+revision = "f004"
+down_revision = "f003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("marks", sa.Column("tenant", sa.Text))
+    op.execute(sa.text("INSERT INTO marks VALUES (:t)").bindparams(t=current_tenant()))
+
+
+def downgrade() -> None:
+    op.drop_table("marks")
+'''
+
+
+def test_a_revision_that_needs_the_tenant_runs_per_tenant(fleet, settings, tmp_path):
+    import shutil
+
+    scripts = tmp_path / "scripts"
+    shutil.copytree(FLEET_SCRIPTS, scripts)
+    (scripts / "versions" / "f004_marks.py").write_text(TENANT_AWARE)
+    cfg = fleet_config(scripts, **opts(**only(fleet)))
+    command.upgrade(cfg, "f003:f004", sql=True)
+    text = cfg.output_buffer.getvalue()
+    for t in fleet:
+        assert f"INSERT INTO marks VALUES ('{t}')" in text
+    command.upgrade(fleet_config(scripts, **opts(**only(fleet))), "head")
+    for t, shard in fleet.items():
+        assert shard_sql(settings, shard, f"SELECT tenant FROM {t}.marks") == [(t,)]
+        assert states(settings, shard, [t])[t].revision == "f004"
