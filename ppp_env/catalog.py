@@ -75,7 +75,7 @@ def admin_connection(settings: Settings, *, begin: bool = True) -> Iterator[Conn
         except OperationalError as exc:
             raise PPPError(
                 f"cannot connect to the veneer at {settings.veneer.masked_url('admin')}: "
-                f"{first_line(exc.orig or exc)}"
+                f"{first_line(exc)}"
             ) from None
         with conn:
             if begin:

@@ -21,6 +21,7 @@ from ppp_env.catalog import list_tenants
 from ppp_env.clitools import State, console, pass_state
 from ppp_env.errors import PPPError
 from ppp_env.fleet import fleet_status
+from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.runner import FleetResult, RunOptions
 
 EXAMPLE_QUERY = "SELECT * FROM {schema}.authors WHERE first_name = 'Ernest'"
@@ -132,10 +133,16 @@ def migrate(
         raise PPPError(failure or "the tenant upgrade did not run")
 
     say("[bold]3/3 veneer refresh[/]")
-    heads = ScriptDirectory.from_config(cfg).get_heads()
+    # The run saw every reachable tenant's revision: a tenant whose veneer was wired at
+    # another revision (changed now, or stale from before) is refreshed.
+    now = {
+        t.tenant: t.after if t.status in ("migrated", "current") else t.before
+        for t in result.tenants
+    }
     catalog = list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants))
-    stale = [s.tenant for s in fleet_status(settings, catalog, heads) if s.veneer == "stale"]
-    wanted = sorted(set(result.changed) | set(stale))
+    wanted = sorted(
+        t.schema for t in catalog if t.schema in now and t.wired_revision != now[t.schema]
+    )
     if wanted:
         try:
             report = refresh(settings, wanted)
@@ -165,7 +172,7 @@ def status(
     settings = state.settings
     heads = ScriptDirectory.from_config(alembic_config(config_path)).get_heads()
     catalog = list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants))
-    rows = fleet_status(settings, catalog, heads)
+    rows, errors = fleet_status(settings, catalog, heads)
     if as_json:
         click.echo(json.dumps({"heads": heads, "tenants": [asdict(r) for r in rows]}, indent=2))
     else:
@@ -175,8 +182,8 @@ def status(
         for r in rows:
             table.add_row(r.shard, r.tenant, r.revision or "-", r.migrations, r.veneer)
         console().print(table)
-    if any(r.migrations == "unreachable" for r in rows):
-        raise PPPError("some shards are unreachable (see above)")
+    if errors:
+        raise PPPError("; ".join(errors.values()))
 
 
 @click.command("demo")
@@ -190,8 +197,6 @@ def demo(state: State, tenants: str) -> None:
     with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
         out.print(f"connected to {settings.veneer.masked_url('app')}")
         for schema in names:
-            from ppp_env.identifiers import quote_ident, validate_tenant
-
             sql = EXAMPLE_QUERY.format(schema=quote_ident(validate_tenant(schema)))
             try:
                 cur.execute(sql)

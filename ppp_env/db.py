@@ -22,6 +22,10 @@ APPLICATION_NAME = "ppp"
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an error's message; for SQLAlchemy's wrappers, the driver's error."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        exc = orig
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -163,35 +163,54 @@ class TenantStatus:
     veneer: str  # in step | stale | unknown
 
 
-def fleet_status(
-    settings: Any, tenants: Sequence[Any], heads: Sequence[str], connect: Any = None
-) -> list[TenantStatus]:
-    """Where each catalog tenant stands on its shard and in the veneer (one query per shard)."""
-    from ppp_env import db
-
-    connect = connect or db.connection
-    by_shard: dict[str, list[Any]] = {}
+def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
+    """Catalog tenants (anything with ``.schema`` and ``.shard``) as shard -> schemas."""
+    grouped: dict[str, list[str]] = {}
     for t in tenants:
-        by_shard.setdefault(t.shard, []).append(t)
+        grouped.setdefault(t.shard, []).append(t.schema)
+    return grouped
+
+
+def shard_states(
+    settings: Any, tenants: Sequence[Any]
+) -> tuple[dict[str, TenantState], dict[str, str]]:
+    """Every tenant's state, one connection and query per shard; errors by shard name.
+
+    An unreachable shard does not stop the others: its tenants are missing from the
+    states and its error (URL masked) is in the second mapping.
+    """
+    from ppp_env import db
+    from ppp_env.errors import PPPError
+
+    states: dict[str, TenantState] = {}
+    errors: dict[str, str] = {}
+    for shard, schemas in group_by_shard(tenants).items():
+        try:
+            with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+                states.update(read_states(conn.cursor(), schemas))
+        except PPPError as exc:
+            errors[shard] = str(exc)
+    return states, errors
+
+
+def fleet_status(
+    settings: Any, tenants: Sequence[Any], heads: Sequence[str]
+) -> tuple[list[TenantStatus], dict[str, str]]:
+    """Where each catalog tenant stands on its shard and in the veneer; errors by shard."""
+    states, errors = shard_states(settings, tenants)
     head_set = set(heads)
     out: list[TenantStatus] = []
-    for shard, members in by_shard.items():
-        try:
-            with connect(settings.shard(shard), "admin", autocommit=True) as conn:
-                states = read_states(conn.cursor(), [t.schema for t in members])
-        except Exception:
-            out.extend(
-                TenantStatus(shard, t.schema, None, "unreachable", "unknown") for t in members
-            )
+    for t in tenants:
+        st = states.get(t.schema)
+        if st is None:
+            out.append(TenantStatus(t.shard, t.schema, None, "unreachable", "unknown"))
             continue
-        for t in members:
-            st = states[t.schema]
-            if not st.exists:
-                where = "no schema"
-            elif set(st.heads) == head_set:
-                where = "head"
-            else:
-                where = "behind"
-            veneer = "in step" if t.wired_revision == st.revision else "stale"
-            out.append(TenantStatus(shard, t.schema, st.revision, where, veneer))
-    return out
+        if not st.exists:
+            where = "no schema"
+        elif set(st.heads) == head_set:
+            where = "head"
+        else:
+            where = "behind"
+        veneer = "in step" if t.wired_revision == st.revision else "stale"
+        out.append(TenantStatus(t.shard, t.schema, st.revision, where, veneer))
+    return out, errors

@@ -272,6 +272,18 @@ def _lock_sql(tenant: str, options: RunOptions, lock_timeout: float) -> str:
     return f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms';\n{take}\n"
 
 
+def _versions_sql(tenant: str) -> str:
+    """The tenant's heads as one space-separated value (NULL when none)."""
+    return (
+        "SELECT string_agg(version_num, ' ' ORDER BY version_num) "
+        f"FROM {quote_ident(tenant)}.{VERSION_TABLE}"
+    )
+
+
+def _heads(value: str | None) -> tuple[str, ...]:
+    return tuple(value.split(" ")) if value else ()
+
+
 def _prepare_sql(tenant: str, state: TenantState, options: RunOptions, lock_timeout: float) -> str:
     """Lock the tenant, create its schema if missing, set search_path, re-read its revision."""
     qt = quote_ident(tenant)
@@ -280,22 +292,99 @@ def _prepare_sql(tenant: str, state: TenantState, options: RunOptions, lock_time
         sql += f"CREATE SCHEMA IF NOT EXISTS {qt};\n"
     sql += f"SET LOCAL search_path TO {qt};\n"
     if state.heads:
-        sql += f"SELECT string_agg(version_num, ' ' ORDER BY version_num) FROM {qt}.{VERSION_TABLE}"
-    else:
-        sql += f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
-    return sql
+        return sql + _versions_sql(tenant)
+    return sql + f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
 
 
-def _reread(cur: Any, tenant: str, state: TenantState, prepared: Any) -> tuple[str, ...]:
-    """The tenant's heads as seen after its lock was taken."""
-    if state.heads:
-        return tuple(prepared.split(" ")) if prepared else ()
-    if prepared:  # a version table appeared since the state was read
-        cur.execute(
-            f"SELECT version_num FROM {quote_ident(tenant)}.{VERSION_TABLE} ORDER BY version_num"
-        )
-        return tuple(r[0] for r in cur.fetchall())
-    return ()
+@contextmanager
+def migrating(tenant: str) -> Iterator[None]:
+    """Make :func:`current_tenant` answer ``tenant`` for the duration."""
+    global _current_tenant
+    _current_tenant = tenant
+    try:
+        yield
+    finally:
+        _current_tenant = None
+
+
+@dataclass
+class _ShardRun:
+    """One worker's run over its shard: one connection, the tenants' states, the renders."""
+
+    job: ShardJob
+    settings: Settings
+    options: RunOptions
+    hooks: AlembicHooks
+    conn: Any  # SQLAlchemy Connection, for Alembic's online path
+    states: dict[str, TenantState] = field(default_factory=dict)
+    renders: dict[tuple[str, ...], str | None] = field(default_factory=dict)
+    _steps: dict[tuple[str, ...], bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.inst = self.settings.shard(self.job.shard)
+        self.raw: Any = self.conn.connection.dbapi_connection
+        self.raw.autocommit = True
+        self.cur = self.raw.cursor()
+
+    def has_steps(self, heads: tuple[str, ...]) -> bool:
+        if heads not in self._steps:
+            self._steps[heads] = bool(self.hooks.steps(heads))
+        return self._steps[heads]
+
+    def not_run(self, tenants: Sequence[str]) -> list[TenantResult]:
+        return [
+            TenantResult(self.job.shard, t, "not_run", self.states[t].revision) for t in tenants
+        ]
+
+    def reread(self, tenant: str, state: TenantState) -> tuple[str, ...]:
+        """The tenant's heads as seen after its lock was taken (the prepare's last row)."""
+        value = self.cur.fetchone()[0]
+        if state.heads:
+            return _heads(value)
+        if value:  # a version table appeared since the state was read
+            self.cur.execute(_versions_sql(tenant))
+            return _heads(self.cur.fetchone()[0])
+        return ()
+
+    def migrate(self, tenant: str) -> tuple[str, ...]:
+        """One tenant, one transaction: lock, re-read, apply; return its heads afterwards."""
+        state, cur = self.states[tenant], self.cur
+        prepare = _prepare_sql(tenant, state, self.options, self.settings.lock_timeout)
+        track = "" if state.tracked else track_sql(tenant, self.inst.app_role)
+        if self.options.render and self.hooks.command in RENDERABLE:
+            try:
+                cur.execute("BEGIN;\n" + prepare)
+                heads = self.reread(tenant, state)
+                if not self.has_steps(heads):
+                    raise _Skip(" ".join(heads))
+                if heads not in self.renders:
+                    self.renders[heads] = self.hooks.render(heads)
+                sql = self.renders[heads]
+                if sql is not None:
+                    cur.execute(f"{sql}\n{track}{_versions_sql(tenant)};")
+                    after = cur.fetchone()[0]
+                    cur.execute("COMMIT")
+                    return _heads(after)
+                cur.execute("ROLLBACK")
+            except BaseException:
+                if not self.raw.closed:
+                    with suppress(psycopg2.Error):  # the original error is the one to report
+                        cur.execute("ROLLBACK")
+                raise
+        # Online: through Alembic, on the same connection, inside one transaction.
+        self.raw.autocommit = False
+        try:
+            with self.conn.begin():
+                cur.execute(prepare)
+                heads = self.reread(tenant, state)
+                if not self.has_steps(heads):
+                    raise _Skip(" ".join(heads))
+                with migrating(tenant):
+                    self.hooks.run_online(self.conn, tenant)
+                cur.execute(track + _versions_sql(tenant))
+                return _heads(cur.fetchone()[0])
+        finally:
+            self.raw.autocommit = True
 
 
 def run_shard(
@@ -316,93 +405,47 @@ def run_shard(
             (
                 "shard_error",
                 job.shard,
-                f"cannot connect at {inst.masked_url('admin')}: "
-                f"{db.first_line(getattr(exc, 'orig', exc))}",
+                f"cannot connect at {inst.masked_url('admin')}: {db.first_line(exc)}",
             )
         )
         return
-    global _current_tenant
     try:
-        raw: Any = conn.connection.dbapi_connection
-        raw.autocommit = True
-        cur = raw.cursor()
-        ensure_index(cur, inst.app_role)
-        states = read_states(cur, job.tenants)
-        renders: dict[tuple[str, ...], str | None] = {}
-        steps_cache: dict[tuple[str, ...], bool] = {}
-
-        def has_steps(heads: tuple[str, ...]) -> bool:
-            if heads not in steps_cache:
-                steps_cache[heads] = bool(hooks.steps(heads))
-            return steps_cache[heads]
-
+        run = _ShardRun(job, settings, options, hooks, conn)
+        ensure_index(run.cur, inst.app_role)
+        run.states = read_states(run.cur, job.tenants)
         current: list[TenantResult] = []
         todo: list[str] = []
         for tenant in job.tenants:
-            st = states[tenant]
-            if has_steps(st.heads):
+            st = run.states[tenant]
+            if run.has_steps(st.heads):
                 todo.append(tenant)
             else:
                 current.append(TenantResult(job.shard, tenant, "current", st.revision, st.revision))
-        _track_current(cur, states, current, inst.app_role, settings.lock_timeout)
+        _track_current(run.cur, run.states, current, inst.app_role, settings.lock_timeout)
         emit(("shard_start", job.shard, len(job.tenants), len(todo)))
         if current:
             emit(("results", job.shard, current))
         for i, tenant in enumerate(todo):
             if stop.is_set():
-                emit(
-                    (
-                        "results",
-                        job.shard,
-                        [
-                            TenantResult(job.shard, t, "not_run", states[t].revision)
-                            for t in todo[i:]
-                        ],
-                    )
-                )
+                emit(("results", job.shard, run.not_run(todo[i:])))
                 break
-            st = states[tenant]
             started = time.perf_counter()
-            result = TenantResult(job.shard, tenant, "migrated", st.revision)
+            result = TenantResult(job.shard, tenant, "migrated", run.states[tenant].revision)
             try:
-                heads = _migrate_tenant(
-                    conn,
-                    raw,
-                    cur,
-                    tenant,
-                    st,
-                    options,
-                    settings,
-                    hooks,
-                    renders,
-                    has_steps,
-                    inst.app_role,
-                )
+                heads = run.migrate(tenant)
                 result.after = " ".join(heads) if heads else None
             except _Skip as skip:
                 result.status, result.after = "current", str(skip) or None
             except psycopg2.errors.LockNotAvailable as exc:
                 result.status, result.error = "locked", db.first_line(exc)
             except Exception as exc:
-                result.status = "failed"
-                result.error = db.first_line(getattr(exc, "orig", exc))
-            finally:
-                _current_tenant = None
+                result.status, result.error = "failed", db.first_line(exc)
             result.seconds = time.perf_counter() - started
-            if raw.closed:
+            emit(("results", job.shard, [result]))
+            if run.raw.closed:
                 # The shard went away mid-fleet: this tenant rolled back with its session;
                 # the rest were not tried. A rerun does what is left.
-                emit(("results", job.shard, [result]))
-                emit(
-                    (
-                        "results",
-                        job.shard,
-                        [
-                            TenantResult(job.shard, t, "not_run", states[t].revision)
-                            for t in todo[i + 1 :]
-                        ],
-                    )
-                )
+                emit(("results", job.shard, run.not_run(todo[i + 1 :])))
                 emit(
                     (
                         "shard_error",
@@ -413,8 +456,7 @@ def run_shard(
                 )
                 return
             if options.fail_fast and result.status in ("failed", "locked"):
-                stop.set()  # at once, before this worker takes its next tenant
-            emit(("results", job.shard, [result]))
+                stop.set()  # before this worker takes its next tenant
     finally:
         with suppress(Exception):  # a lost connection cannot be closed cleanly
             conn.close()
@@ -441,65 +483,6 @@ def _track_current(
             )
         except psycopg2.Error:
             cur.execute("ROLLBACK")
-
-
-def _migrate_tenant(
-    conn: Any,
-    raw: Any,
-    cur: Any,
-    tenant: str,
-    state: TenantState,
-    options: RunOptions,
-    settings: Settings,
-    hooks: AlembicHooks,
-    renders: dict[tuple[str, ...], str | None],
-    has_steps: Callable[[tuple[str, ...]], bool],
-    app_role: str,
-) -> tuple[str, ...]:
-    """One tenant, one transaction: lock, re-read, apply; return its heads afterwards."""
-    global _current_tenant
-    prepare = _prepare_sql(tenant, state, options, settings.lock_timeout)
-    if options.render and hooks.command in RENDERABLE:
-        try:
-            cur.execute("BEGIN;\n" + prepare)
-            heads = _reread(cur, tenant, state, cur.fetchone()[0])
-            if not has_steps(heads):
-                raise _Skip(" ".join(heads))
-            if heads not in renders:
-                renders[heads] = hooks.render(heads)
-            sql = renders[heads]
-            if sql is not None:
-                if not state.tracked:
-                    sql += "\n" + track_sql(tenant, app_role)
-                cur.execute(
-                    sql + "\nSELECT string_agg(version_num, ' ' ORDER BY version_num) "
-                    f"FROM {quote_ident(tenant)}.{VERSION_TABLE};"
-                )
-                after = cur.fetchone()[0]
-                cur.execute("COMMIT")
-                return tuple(after.split(" ")) if after else ()
-            cur.execute("ROLLBACK")
-        except BaseException:
-            if not raw.closed:
-                with suppress(psycopg2.Error):  # the original error is the one to report
-                    cur.execute("ROLLBACK")
-            raise
-    # Online: through Alembic, on the same connection, inside one transaction.
-    raw.autocommit = False
-    try:
-        with conn.begin():
-            cur.execute(prepare)
-            heads = _reread(cur, tenant, state, cur.fetchone()[0])
-            if not has_steps(heads):
-                raise _Skip(" ".join(heads))
-            _current_tenant = tenant
-            hooks.run_online(conn, tenant)
-            if not state.tracked:
-                cur.execute(track_sql(tenant, app_role))
-            cur.execute(f"SELECT version_num FROM {quote_ident(tenant)}.{VERSION_TABLE} ORDER BY 1")
-            return tuple(r[0] for r in cur.fetchall())
-    finally:
-        raw.autocommit = True
 
 
 # -- parent -------------------------------------------------------------------------------------
@@ -584,10 +567,3 @@ def _drain(events: Any, handle: Callable[[tuple[Any, ...]], None]) -> None:
             handle(events.get(timeout=0.05))
         except queue_module.Empty:
             return
-
-
-def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = {}
-    for t in tenants:
-        grouped.setdefault(t.shard, []).append(t.schema)
-    return grouped

@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from ppp_env import db
 from ppp_env.catalog import list_tenants
 from ppp_env.errors import PPPError
-from ppp_env.fleet import read_states
+from ppp_env.fleet import group_by_shard, shard_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.progress import make_display
 from ppp_env.runner import (
@@ -40,7 +40,7 @@ from ppp_env.runner import (
     FleetResult,
     NeedsOnline,
     RunOptions,
-    group_by_shard,
+    migrating,
     rendering,
     run_fleet,
 )
@@ -147,6 +147,18 @@ def _refresh(settings: Settings, result: FleetResult) -> None:
         result.refresh_error = "; ".join(f"{k}: {v}" for k, v in dict(errors).items())
 
 
+def _offline_options(buf: io.StringIO, metadata: Any, kw: dict[str, Any]) -> dict[str, Any]:
+    """How PPP renders SQL: PostgreSQL, literal values, no BEGIN/COMMIT (PPP adds them)."""
+    return {
+        "dialect_name": "postgresql",
+        "output_buffer": buf,
+        "literal_binds": True,
+        "transactional_ddl": False,
+        "target_metadata": metadata,
+        **kw,
+    }
+
+
 def _render(
     env: EnvironmentContext,
     fn: Callable[..., Any],
@@ -167,14 +179,7 @@ def _render(
     )
     renv._install_proxy()
     try:
-        renv.configure(
-            dialect_name="postgresql",
-            output_buffer=buf,
-            literal_binds=True,
-            transactional_ddl=False,
-            target_metadata=metadata,
-            **kw,
-        )
+        renv.configure(**_offline_options(buf, metadata, kw))
         with rendering():
             renv.run_migrations()
     finally:
@@ -186,26 +191,20 @@ def _render(
 def _current(env: EnvironmentContext, settings: Settings, options: RunOptions) -> None:
     tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
     heads = set(env.script.get_heads())
-    errors = []
-    for shard, schemas in group_by_shard(tenants).items():
-        try:
-            with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
-                states = read_states(conn.cursor(), schemas)
-        except PPPError as exc:
-            errors.append(str(exc))
-            env.config.print_stdout(f"{shard} (unreachable)")
-            continue
-        for schema in schemas:
-            st = states[schema]
-            if not st.exists:
-                shown = "(no schema yet)"
-            elif not st.heads:
-                shown = "(base)"
-            else:
-                shown = " ".join(h + (" (head)" if h in heads else "") for h in st.heads)
-            env.config.print_stdout(f"{shard} {schema} {shown}")
+    states, errors = shard_states(settings, tenants)
+    for t in tenants:
+        st = states.get(t.schema)
+        if st is None:
+            shown = "(unreachable)"
+        elif not st.exists:
+            shown = "(no schema yet)"
+        elif not st.heads:
+            shown = "(base)"
+        else:
+            shown = " ".join(h + (" (head)" if h in heads else "") for h in st.heads)
+        env.config.print_stdout(f"{t.shard} {t.schema} {shown}")
     if errors:
-        raise PPPError("; ".join(errors))
+        raise PPPError("; ".join(errors.values()))
 
 
 # -- --sql --------------------------------------------------------------------------------------
@@ -216,31 +215,15 @@ def _offline(
     metadata: Any,
     kw: dict[str, Any],
 ) -> None:
-    from ppp_env import runner
-
     tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
     starting = env.context_opts.get("starting_rev")
     from_base = starting in (None, "base")
 
     def render(tenant: str | None) -> str:
         buf = io.StringIO()
-        env.configure(
-            dialect_name="postgresql",
-            output_buffer=buf,
-            literal_binds=True,
-            transactional_ddl=False,
-            target_metadata=metadata,
-            **kw,
-        )
-        runner._current_tenant = tenant
-        try:
-            if tenant is None:
-                with rendering():
-                    env.run_migrations()
-            else:
-                env.run_migrations()
-        finally:
-            runner._current_tenant = None
+        env.configure(**_offline_options(buf, metadata, kw))
+        with rendering() if tenant is None else migrating(tenant):
+            env.run_migrations()
         return buf.getvalue()
 
     def render_or_explain(tenant: str | None) -> str:
@@ -261,7 +244,8 @@ def _offline(
     out_dir = Path(options.sql_dir) if options.sql_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for shard, schemas in group_by_shard(tenants).items():
+    by_shard = group_by_shard(tenants)
+    for shard, schemas in by_shard.items():
         stream: TextIO
         if out_dir:
             stream = open(out_dir / f"{shard}.sql", "w")  # noqa: SIM115 - closed below
@@ -281,7 +265,7 @@ def _offline(
             if out_dir:
                 stream.close()
     if out_dir:
-        print(f"wrote {len(group_by_shard(tenants))} file(s) to {out_dir}", file=sys.stderr)
+        print(f"wrote {len(by_shard)} file(s) to {out_dir}", file=sys.stderr)
 
 
 # -- autogenerate, check, history -i ------------------------------------------------------------

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 from ppp_env import catalog
 from ppp_env.db import connection, first_line
 from ppp_env.errors import PPPError
-from ppp_env.fleet import read_states
+from ppp_env.fleet import group_by_shard, read_states
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Instance, Settings
 
@@ -325,11 +325,6 @@ def _pgcode(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "pgcode", None)
 
 
-def _message(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)
-    return first_line(orig if orig is not None else exc)
-
-
 def _names(tables: Sequence[str]) -> str:
     return ", ".join(quote_ident(t) for t in tables)
 
@@ -398,7 +393,7 @@ def _stage(
         except DBAPIError:
             raise exc from None
         log.warning(
-            "tenant %s: imported without column defaults (%s)", tenant.schema, _message(exc)
+            "tenant %s: imported without column defaults (%s)", tenant.schema, first_line(exc)
         )
 
 
@@ -444,9 +439,7 @@ def refresh_in(
 
     # 1. Each tenant's state on its shard, read before the import: a migration that lands
     #    in between leaves the veneer marked stale, never falsely in step.
-    by_shard: dict[str, list[str]] = {}
-    for t in wanted:
-        by_shard.setdefault(t.shard, []).append(t.schema)
+    by_shard = group_by_shard(wanted)
     remote: dict[str, RemoteTenant] = {}
     for shard, schemas in by_shard.items():
         inst = settings.shards.get(shard)
@@ -482,7 +475,7 @@ def refresh_in(
             if _pgcode(exc) == _SCHEMA_NOT_FOUND:
                 report.pending.append(t.schema)
             else:
-                report.errors[t.schema] = f"cannot import from shard {t.shard!r}: {_message(exc)}"
+                report.errors[t.schema] = f"cannot import from shard {t.shard!r}: {first_line(exc)}"
             continue
         staged.append((t.schema, stage, state.revision))
 
@@ -494,7 +487,7 @@ def refresh_in(
             _swap(conn, schema, stage, f"ppp-old-{i}", existing.get(schema))
         except DBAPIError as exc:
             report.errors[schema] = (
-                f"cannot replace its foreign tables: {_message(exc)} (the veneer schema "
+                f"cannot replace its foreign tables: {first_line(exc)} (the veneer schema "
                 f"{schema!r} must hold nothing but PPP's foreign tables)"
             )
             _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(stage)} CASCADE")
