@@ -1,20 +1,41 @@
 #!/usr/bin/env python3
-"""Fleet migration benchmark: PPP against the naive way and against the floor, in one run.
+"""Fleet migration benchmark: PPP's default command against the floor and the naive way.
 
-Builds a throwaway topology (veneer + 3 shards, local servers), registers N tenants in
-the catalog (round robin over the shards), and applies five tenant revisions
-(benchmarks/fleet: a table; a second table with a foreign key; an index; a new column; a
-data migration). Printed side by side, medians over --repeat runs:
+Builds a throwaway topology (veneer + 3 shards, local servers, on tmpfs when the machine
+has one), registers N tenants in the catalog (round robin over the shards) and, in every
+run, times each row below from the same starting point (no tenant schema on any shard,
+no tenant wired in the veneer). Every run is printed, then the medians, then the targets.
+After every row the script checks that every tenant it migrated is at the chain's head
+(and, for the rows that refresh, wired in the veneer at that revision): it stops with an
+error otherwise.
 
-  (a) PPP: `alembic upgrade head` (one process, a worker per shard, one connection each)
-  (b) naive: one `alembic -x tenant=T upgrade head` process per tenant, measured on a
-      sample of --naive-sample tenants and extrapolated to N (stated as such)
-  (c) floor: the same SQL rendered once (`alembic upgrade base:head --sql`) and run by
-      one psql per shard, all shards at once
-  (d) PPP's `alembic upgrade head` again, every tenant already at head
-  (e) PPP with `-x render=false`: every tenant through Alembic online (no render-once)
+The 5-revision chain (benchmarks/fleet: a table; a second table with a foreign key; an
+index; a new column; a data migration):
+
+  (a)  PPP, the default command: `alembic upgrade head` (veneer refresh on)
+  (a2) the same with `-x refresh=false`
+  (b)  naive: Alembic's cookbook recipe for schema-per-tenant PostgreSQL
+       (benchmarks/naive_cookbook/env.py), one `alembic -x tenant=T upgrade head`
+       process per tenant, one tenant after the other; timed on a sample of
+       --naive-sample tenants and extrapolated to N
+  (c)  floor: the SQL PPP renders (`alembic upgrade base:head --sql`), sent by psycopg2
+       over one connection per shard, all shards at once (a thread each), ONE query
+       string per tenant: BEGIN; CREATE SCHEMA; SET LOCAL search_path; <SQL>; COMMIT
+  (d)  `alembic upgrade head` again, every tenant already at head
+  (e)  `alembic -x refresh=false -x render=false upgrade head`: Alembic online, tenant
+       by tenant (no render-once); compare with (a2)
+
+The 14-revision chain (benchmarks/fleet_mixed: tables, columns, indexes, data
+migrations), in two twins with the same effect:
+
+  (f)  `alembic upgrade head` on the mixed chain: 2 of its 14 revisions read from the
+       database (benchmarks/fleet_mixed/online), so they cannot be rendered offline
+  (g)  `alembic upgrade head` on its all-renderable twin (benchmarks/fleet_mixed/renderable)
+
+Targets: (a) <= 1.5 x (c); (f) <= 2 x (g).
 
 Usage: python benchmarks/migrate_fleet.py [--tenants 1000] [--repeat 3] [--naive-sample 10]
+                                          [--markdown] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -26,65 +47,310 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ppp_env import db  # noqa: E402
-from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant  # noqa: E402
+from ppp_env.catalog import (  # noqa: E402
+    admin_connection,
+    find_tenants,
+    register_tenant,
+    unregister_tenant,
+)
 from ppp_env.fleet import read_states  # noqa: E402
 from ppp_env.identifiers import quote_ident  # noqa: E402
 from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
 from ppp_env.provision import provision  # noqa: E402
-from ppp_env.settings import load_settings  # noqa: E402
+from ppp_env.settings import Settings, load_settings  # noqa: E402
 
-HEAD = "b005"
+BENCH = ROOT / "benchmarks"
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A script directory and the revision folders an ini file gives it."""
+
+    ini: str
+    script_location: Path
+    version_locations: tuple[Path, ...]
+    head: str
+    revisions: int
+
+
+FLEET = Chain("fleet.ini", BENCH / "fleet", (BENCH / "fleet" / "versions",), "b005", 5)
+NAIVE = Chain("naive.ini", BENCH / "naive_cookbook", FLEET.version_locations, "b005", 5)
+MIXED_DIR = BENCH / "fleet_mixed"
+MIXED = Chain("mixed.ini", MIXED_DIR, (MIXED_DIR / "versions", MIXED_DIR / "online"), "m14", 14)
+RENDERABLE = Chain(
+    "renderable.ini", MIXED_DIR, (MIXED_DIR / "versions", MIXED_DIR / "renderable"), "m14", 14
+)
+
 INI = """\
 [alembic]
-script_location = {root}/benchmarks/fleet
+script_location = {script_location}
+version_locations = {version_locations}
+path_separator = os
 prepend_sys_path = {root}
 """
 
+#: Catalog tables a reset vacuums on each shard, so that run 3 does not pay for the dead
+#: rows runs 1 and 2 left behind (each run creates and drops thousands of relations).
+CATALOGS = (
+    "pg_class",
+    "pg_attribute",
+    "pg_type",
+    "pg_depend",
+    "pg_namespace",
+    "pg_constraint",
+    "pg_index",
+    "pg_attrdef",
+    "pg_trigger",
+    "pg_sequence",
+)
 
-def sh(cmd: list[str], env: dict[str, str], **kw: object) -> float:
+
+def fail(message: str) -> None:
+    sys.exit(f"benchmark failed: {message}")
+
+
+def sh(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, str]:
+    """Run a command from the project folder; its wall time and stdout. Fail loudly."""
     started = time.perf_counter()
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    res = subprocess.run(list(cmd), env=env, cwd=ROOT, capture_output=True, text=True)
     took = time.perf_counter() - started
     if res.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+        fail(f"command failed: {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return took, res.stdout
+
+
+def write_ini(work: Path, chain: Chain) -> Path:
+    path = work / chain.ini
+    path.write_text(
+        INI.format(
+            script_location=chain.script_location,
+            version_locations=os.pathsep.join(str(p) for p in chain.version_locations),
+            root=ROOT,
+        )
+    )
+    return path
+
+
+# -- the starting point of every row ---------------------------------------------------------------
+def reset(settings: Settings, by_shard: dict[str, list[str]], *, veneer: bool = True) -> None:
+    """No tenant schema on the shards; with ``veneer``, no tenant wired in the veneer."""
+    for shard, schemas in by_shard.items():
+        with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+            cur = conn.cursor()
+            for i in range(0, len(schemas), 100):
+                names = ", ".join(quote_ident(s) for s in schemas[i : i + 100])
+                cur.execute(f"DROP SCHEMA IF EXISTS {names} CASCADE")
+            cur.execute("VACUUM " + ", ".join(f"pg_catalog.{c}" for c in CATALOGS))
+    if not veneer:
+        return
+    # Unregister and register again: drops the tenant's foreign tables, makes it pending.
+    tenants = [(t, s) for s, names in by_shard.items() for t in names]
+    for i in range(0, len(tenants), 100):
+        with admin_connection(settings) as conn:
+            for tenant, shard in tenants[i : i + 100]:
+                unregister_tenant(conn, tenant)
+                register_tenant(conn, tenant, shard)
+
+
+def check_at_head(
+    settings: Settings, by_shard: dict[str, list[str]], head: str, *, wired: bool = False
+) -> None:
+    """Every tenant of ``by_shard`` at ``head`` on its shard (and wired at it): else stop."""
+    for shard, schemas in by_shard.items():
+        with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+            states = read_states(conn.cursor(), schemas)
+        behind = [s for s, st in states.items() if st.heads != (head,)]
+        if behind:
+            fail(f"{len(behind)} tenants on {shard} are not at {head}: {behind[:5]}")
+    if wired:
+        names = [t for schemas in by_shard.values() for t in schemas]
+        with admin_connection(settings) as conn:
+            found = find_tenants(conn, tenants=names)
+        stale = [t.schema for t in found if t.wired_revision != head or t.state != "active"]
+        if stale or len(found) != len(names):
+            fail(f"{len(stale)} tenants are not wired in the veneer at {head}: {stale[:5]}")
+
+
+def fingerprint(settings: Settings, by_shard: dict[str, list[str]]) -> list[tuple[Any, ...]]:
+    """What the 14-revision chain left in the first tenant of each shard (twins must match)."""
+    out: list[tuple[Any, ...]] = []
+    for shard, schemas in by_shard.items():
+        q = quote_ident(schemas[0])
+        with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(
+                f"SELECT (SELECT string_agg(country, ',' ORDER BY id) FROM {q}.customers), "
+                f"(SELECT string_agg(status, ',' ORDER BY id) FROM {q}.orders), "
+                f"(SELECT count(*) FROM {q}.order_lines), "
+                f"(SELECT count(*) || ':' || sum(amount) FROM {q}.invoices)"
+            )
+            out.append(cur.fetchone())
+    return out
+
+
+# -- the rows --------------------------------------------------------------------------------------
+def rendered_body(alembic: list[str], env: dict[str, str], tenant: str) -> str:
+    """The SQL PPP renders for the 5-revision chain, without its per-tenant frame."""
+    _, out = sh([*alembic, "-x", f"tenant={tenant}", "upgrade", "base:head", "--sql"], env)
+    marker = f"SET LOCAL search_path TO {quote_ident(tenant)};\n"
+    if marker not in out or not out.rstrip().endswith("COMMIT;"):
+        fail(f"unexpected --sql output:\n{out[:2000]}")
+    body = out.split(marker, 1)[1].rstrip()
+    return body[: -len("COMMIT;")].strip() + "\n"
+
+
+def floor(settings: Settings, by_shard: dict[str, list[str]], body: str) -> float:
+    """(c): one connection per shard, all at once, ONE query string per tenant."""
+    queries = {
+        shard: [
+            f"BEGIN;\nCREATE SCHEMA {quote_ident(t)};\nSET LOCAL search_path TO {quote_ident(t)};\n"
+            f"{body}COMMIT;"
+            for t in schemas
+        ]
+        for shard, schemas in by_shard.items()
+    }
+    errors: list[str] = []
+
+    def one(shard: str) -> None:
+        try:
+            with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+                cur = conn.cursor()
+                for sql in queries[shard]:
+                    cur.execute(sql)
+        except Exception as exc:
+            errors.append(f"{shard}: {db.first_line(exc)}")
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in by_shard]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.perf_counter() - started
+    if errors:
+        fail("the floor's client failed: " + "; ".join(errors))
     return took
 
 
-def reset(settings, tenants_by_shard: dict[str, list[str]]) -> None:
-    """Drop every benchmark tenant schema, so the next run starts from nothing."""
-    for shard, schemas in tenants_by_shard.items():
-        with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
-            cur = conn.cursor()
-            for i in range(0, len(schemas), 200):
-                names = ", ".join(quote_ident(s) for s in schemas[i : i + 200])
-                cur.execute(f"DROP SCHEMA IF EXISTS {names} CASCADE")
-            cur.execute("VACUUM pg_catalog.pg_class")
+def naive(
+    settings: Settings,
+    alembic: list[str],
+    env: dict[str, str],
+    sample_by_shard: dict[str, list[str]],
+) -> float:
+    """(b) on the sample: one cookbook `alembic -x tenant=T upgrade head` per tenant."""
+    order = [(s, t) for s, names in sample_by_shard.items() for t in names]
+    urls = {
+        s: settings.shard(s).url("admin").render_as_string(hide_password=False)
+        for s in sample_by_shard
+    }
+    started = time.perf_counter()
+    for shard, tenant in order:
+        sh(
+            [*alembic, "-x", f"tenant={tenant}", "upgrade", "head"],
+            dict(env, NAIVE_DATABASE_URL=urls[shard]),
+        )
+    return (time.perf_counter() - started) / len(order)
 
 
-def check_all_at_head(settings, tenants_by_shard: dict[str, list[str]]) -> None:
-    for shard, schemas in tenants_by_shard.items():
-        with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
-            states = read_states(conn.cursor(), schemas)
-        behind = [s for s, st in states.items() if st.heads != (HEAD,)]
-        if behind:
-            sys.exit(f"{len(behind)} tenants on {shard} are not at {HEAD}: {behind[:5]}")
+# -- report ----------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    tag: str
+    what: str
+    command: str
+    runs: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+def seconds(value: float) -> str:
+    return f"{value:,.2f} s" if value < 100 else f"{value:,.0f} s"
+
+
+def report(rows: dict[str, Row], args: argparse.Namespace, shards: int, sample: int) -> list[str]:
+    """The summary, one line per row: median, ratio, every run; then the targets."""
+    c, a, f, g = rows["c"].median, rows["a"].median, rows["f"].median, rows["g"].median
+    lines = [
+        f"fleet migration: {args.tenants:,} tenants over {shards} shards, median of "
+        f"{args.repeat} run(s), {os.cpu_count()} cores; (b) extrapolated from {sample} "
+        "tenants per run",
+        "",
+    ]
+    for key, row in rows.items():
+        lines.append(
+            f"{row.tag:5}{row.what:76}{seconds(row.median):>11}{ratio(key, rows):>16}   "
+            f"runs: {', '.join(f'{r:.2f}' for r in row.runs)}"
+        )
+        lines.append(f"{'':5}$ {row.command}")
+    lines += [
+        "",
+        f"target (a) <= 1.5 x (c): {'met' if a <= 1.5 * c else 'NOT met'} ({a / c:.2f} x)",
+        f"target (f) <= 2 x (g): {'met' if f <= 2 * g else 'NOT met'} ({f / g:.2f} x)",
+    ]
+    return lines
+
+
+def ratio(key: str, rows: dict[str, Row]) -> str:
+    if key == "f":
+        return f"{rows['f'].median / rows['g'].median:.2f} x (g)"
+    if key == "g":
+        return ""
+    if key == "e":
+        return f"{rows['e'].median / rows['a2'].median:.2f} x (a2)"
+    return f"{rows[key].median / rows['c'].median:.2f} x floor"
+
+
+def markdown(rows: dict[str, Row], args: argparse.Namespace, per_tenant: float) -> list[str]:
+    """The README's table, exactly as this run measured it."""
+    head = f"{args.tenants:,} tenants, median of {args.repeat}"
+    lines = [f"| | what | command | {head} | ratio | every run |", "|---|---|---|---|---|---|"]
+    for key, row in rows.items():
+        what = row.what
+        if key == "b":
+            what += f" ({per_tenant:.2f} s per tenant)"
+        lines.append(
+            f"| {row.tag} | {what} | `{row.command}` | {seconds(row.median)} | "
+            f"{ratio(key, rows) or '-'} | {', '.join(f'{r:.2f}' for r in row.runs)} |"
+        )
+    return lines
+
+
+# -- main ------------------------------------------------------------------------------------------
+def default_workdir() -> Path:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(tempfile.gettempdir())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--naive-sample", type=int, default=10)
+    parser.add_argument("--markdown", action="store_true", help="also print the README's table")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the servers live (default: tmpfs)"
+    )
     args = parser.parse_args()
+    if args.tenants < 3 or args.repeat < 1 or args.naive_sample < 1:
+        parser.error("--tenants must be at least 3, --repeat and --naive-sample at least 1")
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
     work.chmod(0o755)
     servers = LocalServers(work / "servers", find_bindir())
     try:
@@ -95,11 +361,9 @@ def main() -> None:
         os.environ.update(env)
         settings = load_settings()
         provision(settings)
-        bin_dir = Path(sys.executable).parent
-        alembic = str(bin_dir / "alembic")
+        alembic = str(Path(sys.executable).parent / "alembic")
         sh([alembic, "-n", "veneer", "upgrade", "head"], env)
-        ini = work / "bench.ini"
-        ini.write_text(INI.format(root=ROOT))
+        ini = {c.ini: write_ini(work, c) for c in (FLEET, NAIVE, MIXED, RENDERABLE)}
 
         shards = list(settings.shards)
         names = [f"t{i:05d}" for i in range(args.tenants)]
@@ -111,97 +375,97 @@ def main() -> None:
                 shard = shards[i % len(shards)]
                 register_tenant(conn, name, shard)
                 by_shard[shard].append(name)
+        sample = names[: min(args.naive_sample, len(names))]
+        sample_by_shard = {s: [t for t in by_shard[s] if t in sample] for s in shards}
+        sample_by_shard = {s: t for s, t in sample_by_shard.items() if t}
 
-        ppp = [alembic, "-c", str(ini), "-x", "refresh=false", "-x", "output=plain"]
-        a, c, d, e = [], [], [], []
-        sql_dir = work / "sql"
+        fleet = [alembic, "-c", str(ini[FLEET.ini])]
+        body = rendered_body(fleet, env, names[0])
+        rows = {
+            "a": Row("(a)", "PPP, the default command (veneer refresh on)", "alembic upgrade head"),
+            "a2": Row(
+                "(a2)", "PPP without the veneer refresh", "alembic -x refresh=false upgrade head"
+            ),
+            "b": Row(
+                "(b)",
+                "naive: Alembic cookbook env.py, a process per tenant, extrapolated",
+                "alembic -x tenant=T upgrade head (once per tenant)",
+            ),
+            "c": Row(
+                "(c)",
+                "floor: rendered SQL, psycopg2, a connection per shard, 1 query per tenant",
+                "BEGIN; CREATE SCHEMA t; SET LOCAL search_path TO t; <the --sql body>; COMMIT",
+            ),
+            "d": Row("(d)", "PPP, every tenant already at head", "alembic upgrade head"),
+            "e": Row(
+                "(e)",
+                "PPP online, tenant by tenant (no render-once, no refresh)",
+                "alembic -x refresh=false -x render=false upgrade head",
+            ),
+            "f": Row(
+                "(f)",
+                "PPP, 14-revision chain, 2 revisions read the database",
+                "alembic upgrade head",
+            ),
+            "g": Row("(g)", "PPP, its all-renderable twin (same effect)", "alembic upgrade head"),
+        }
+
+        def ppp(row: str, cmd: list[str], chain: Chain, *, wired: bool) -> None:
+            reset(settings, by_shard)
+            took, _ = sh(cmd, env)
+            check_at_head(settings, by_shard, chain.head, wired=wired)
+            rows[row].runs.append(took)
+
+        per_tenant: list[float] = []
+        prints: dict[str, list[tuple[Any, ...]]] = {}
         for run in range(args.repeat):
-            # (c) the floor: render once, one psql per shard, all at once.
             reset(settings, by_shard)
-            shutil.rmtree(sql_dir, ignore_errors=True)
-            sh([*ppp, "-x", f"sql_dir={sql_dir}", "upgrade", "base:head", "--sql"], env)
-            started = time.perf_counter()
-            procs = []
-            for shard in shards:
-                inst = settings.shard(shard)
-                penv = dict(env, PGPASSWORD=inst.admin_password)
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            "psql",
-                            "-X",
-                            "-q",
-                            "-v",
-                            "ON_ERROR_STOP=1",
-                            "-h",
-                            inst.host,
-                            "-p",
-                            str(inst.port),
-                            "-U",
-                            inst.admin_role,
-                            "-d",
-                            inst.dbname,
-                            "-f",
-                            str(sql_dir / f"{shard}.sql"),
-                        ],
-                        env=penv,
-                        stdout=subprocess.DEVNULL,
-                    )
-                )
-            if any(p.wait() != 0 for p in procs):
-                sys.exit("psql failed")
-            c.append(time.perf_counter() - started)
-            check_all_at_head(settings, by_shard)
-            # (a) PPP from nothing, then (d) PPP with everything at head.
-            reset(settings, by_shard)
-            a.append(sh([*ppp, "upgrade", "head"], env))
-            check_all_at_head(settings, by_shard)
-            d.append(sh([*ppp, "upgrade", "head"], env))
-            reset(settings, by_shard)
-            e.append(sh([*ppp, "-x", "render=false", "upgrade", "head"], env))
-            check_all_at_head(settings, by_shard)
-            print(
-                f"run {run + 1}: (a) {a[-1]:.2f} s  (c) {c[-1]:.2f} s  (d) {d[-1]:.2f} s  "
-                f"(e) {e[-1]:.2f} s",
-                file=sys.stderr,
+            rows["c"].runs.append(floor(settings, by_shard, body))
+            check_at_head(settings, by_shard, FLEET.head)
+
+            ppp("a", [*fleet, "upgrade", "head"], FLEET, wired=True)
+            took, _ = sh([*fleet, "upgrade", "head"], env)
+            check_at_head(settings, by_shard, FLEET.head, wired=True)
+            rows["d"].runs.append(took)
+            ppp("a2", [*fleet, "-x", "refresh=false", "upgrade", "head"], FLEET, wired=False)
+            ppp(
+                "e",
+                [*fleet, "-x", "refresh=false", "-x", "render=false", "upgrade", "head"],
+                FLEET,
+                wired=False,
             )
 
-        # (b) naive: a process per tenant, on a sample.
-        sample = names[: max(1, min(args.naive_sample, len(names)))]
-        sample_by_shard = {s: [t for t in by_shard[s] if t in sample] for s in shards}
-        reset(settings, sample_by_shard)
-        started = time.perf_counter()
-        for tenant in sample:
-            sh([*ppp, "-x", f"tenant={tenant}", "upgrade", "head"], env)
-        per_tenant = (time.perf_counter() - started) / len(sample)
-        b = per_tenant * len(names)
+            reset(settings, sample_by_shard, veneer=False)
+            naive_cmd = [alembic, "-c", str(ini[NAIVE.ini])]
+            per_tenant.append(naive(settings, naive_cmd, env, sample_by_shard))
+            check_at_head(settings, sample_by_shard, NAIVE.head)
+            rows["b"].runs.append(per_tenant[-1] * len(names))
 
-        ma, mc, md = statistics.median(a), statistics.median(c), statistics.median(d)
-        me = statistics.median(e)
+            for key, chain in (("f", MIXED), ("g", RENDERABLE)):
+                ppp(key, [alembic, "-c", str(ini[chain.ini]), "upgrade", "head"], chain, wired=True)
+                prints[key] = fingerprint(settings, by_shard)
+            if prints["f"] != prints["g"]:
+                fail(f"the twins left different data: {prints['f']} != {prints['g']}")
+
+            print(
+                f"run {run + 1}: "
+                + "  ".join(f"{r.tag} {r.runs[-1]:.2f} s" for r in rows.values()),
+                file=sys.stderr,
+                flush=True,
+            )
+
         print()
+        for line in report(rows, args, len(shards), len(sample)):
+            print(line)
         print(
-            f"fleet migration: {len(names)} tenants over {len(shards)} shards, 5 revisions, "
-            f"median of {args.repeat} runs, {os.cpu_count()} cores"
+            "\nfiles: (a) (a2) (d) (e) benchmarks/fleet; (b) benchmarks/naive_cookbook/env.py "
+            "with benchmarks/fleet/versions;\n(f) benchmarks/fleet_mixed/{versions,online}; "
+            "(g) benchmarks/fleet_mixed/{versions,renderable}"
         )
-        print(f"{'':4}{'what':72}{'seconds':>10}{'x floor':>9}")
-        rows = [
-            ("(a)", "PPP: alembic upgrade head", ma),
-            (
-                "(b)",
-                f"naive: a process per tenant (extrapolated from {len(sample)}: "
-                f"{per_tenant:.2f} s each)",
-                b,
-            ),
-            ("(c)", "floor: SQL rendered once, one psql per shard, all at once", mc),
-            ("(d)", "PPP: alembic upgrade head, everything at head", md),
-            ("(e)", "PPP with -x render=false (Alembic online, tenant by tenant)", me),
-        ]
-        for tag, what, secs in rows:
-            print(f"{tag:4}{what:72}{secs:10.2f}{secs / mc:9.2f}")
-        print(
-            f"\ntargets: (a) <= 1.5 x (c): {'met' if ma <= 1.5 * mc else 'NOT met'} "
-            f"({ma / mc:.2f} x); (d) {md:.2f} s"
-        )
+        if args.markdown:
+            print()
+            for line in markdown(rows, args, statistics.median(per_tenant)):
+                print(line)
     finally:
         servers.down(purge=True)
         shutil.rmtree(work, ignore_errors=True)
