@@ -3,39 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
-from alembic.util import CommandError
+from rich.markup import escape
 from rich.table import Table
 
-from ppp_env import db
+from ppp_env import db, operations, shared_env, veneer_env
 from ppp_env.catalog import list_tenants
 from ppp_env.clitools import State, console, pass_state
 from ppp_env.errors import PPPError
 from ppp_env.fleet import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
-from ppp_env.runner import FleetResult, RunOptions
+from ppp_env.operations import MigrateOptions, alembic_config
 
 EXAMPLE_QUERY = "SELECT * FROM {schema}.authors WHERE first_name = 'Ernest'"
-
-
-def alembic_config(path: str, section: str = "alembic", settings: Any = None) -> Config:
-    if not Path(path).is_file():
-        raise PPPError(
-            f"no Alembic configuration at {path}: run ppp from the project folder or pass -c"
-        )
-    cfg = Config(path, ini_section=section)
-    if settings is not None:
-        cfg.attributes["ppp.settings"] = settings
-    return cfg
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -91,72 +76,43 @@ def migrate(
     revision: str,
     verbose: bool,
 ) -> None:
-    """Veneer upgrade, tenant upgrade on every shard, veneer refresh, in that order."""
-    from ppp_env.veneer import refresh
-
+    """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order."""
     settings = state.settings
-    for shard in _csv(shards) or []:
-        settings.shard(shard)  # unknown shards fail before anything runs
     out = console()
 
     def say(message: str) -> None:
         if not as_json:
             out.print(message)
 
-    started = time.perf_counter()
+    def veneer_step() -> None:
+        say("[bold]1/4 veneer[/]: alembic -n veneer upgrade heads")
+        try:  # every onboarding revision is a head; new tenants are wired by the refresh step
+            cfg = alembic_config(config_path, "veneer")
+            veneer_env.upgrade(settings, "heads", cfg, wire=False)
+        except PPPError as exc:
+            raise PPPError(f"veneer upgrade failed: {exc}") from None
 
-    say("[bold]1/3 veneer[/]: alembic -n veneer upgrade head")
-    try:
-        command.upgrade(alembic_config(config_path, "veneer", settings), "head")
-    except CommandError as exc:
-        raise PPPError(f"veneer upgrade failed: {exc}") from None
-
-    say(f"[bold]2/3 tenants[/]: alembic upgrade {revision}")
-    cfg = alembic_config(config_path, "alembic", settings)
-    cfg.attributes["ppp.options"] = RunOptions(
+    options = MigrateOptions(
         shards=_csv(shards),
         tenants=_csv(tenants),
+        revision=revision,
         fail_fast=fail_fast,
         jobs=jobs,
         lock=lock,
-        refresh=False,
         output="json" if as_json else "auto",
         verbose=verbose,
     )
-    failure = None
-    try:
-        command.upgrade(cfg, revision)
-    except CommandError as exc:
-        failure = str(exc)
-    result: FleetResult | None = cfg.attributes.get("ppp.result")
-    if result is None:
-        raise PPPError(failure or "the tenant upgrade did not run")
-
-    say("[bold]3/3 veneer refresh[/]")
-    # The run saw every reachable tenant's revision: a tenant whose veneer was wired at
-    # another revision (changed now, or stale from before) is refreshed.
-    now = {
-        t.tenant: t.after if t.status in ("migrated", "current") else t.before
-        for t in result.tenants
-    }
-    catalog = list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants))
-    wanted = sorted(
-        t.schema for t in catalog if t.schema in now and t.wired_revision != now[t.schema]
+    result = operations.migrate(
+        settings,
+        config_path,
+        options,
+        veneer_step=veneer_step,
+        say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
     )
-    if wanted:
-        try:
-            report = refresh(settings, wanted)
-            result.refreshed = list(report.refreshed)
-            result.refresh_pending = list(report.pending)
-            if report.errors:
-                result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
-        except PPPError as exc:
-            result.refresh_error = str(exc)
-    result.seconds = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        say(result.veneer_summary() or "veneer: nothing to refresh")
+        say(result.tenants.veneer_summary() or "veneer: nothing to refresh")
         say(f"migrate: {result.summary()}")
     if not result.ok:
         raise PPPError(result.failure_message())
@@ -168,20 +124,40 @@ def migrate(
 def status(
     state: State, config_path: str, shards: str | None, tenants: str | None, as_json: bool
 ) -> None:
-    """Per tenant: shard, revision, head or behind, veneer in step or stale."""
+    """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
     settings = state.settings
     heads = ScriptDirectory.from_config(alembic_config(config_path)).get_heads()
     catalog = list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants))
     rows, errors = fleet_status(settings, catalog, heads)
+    shared: dict[str, Any] | None = None
+    if shared_env.has_shared_section(config_path):
+        names = list(dict.fromkeys(t.shard for t in catalog)) if tenants else _csv(shards)
+        shared_heads, shared_rows, shared_errors = shared_env.status(settings, config_path, names)
+        shared = {"heads": shared_heads, "shards": [asdict(r) for r in shared_rows]}
+        for shard, error in shared_errors.items():
+            errors.setdefault(shard, error)
     if as_json:
-        click.echo(json.dumps({"heads": heads, "tenants": [asdict(r) for r in rows]}, indent=2))
+        click.echo(
+            json.dumps(
+                {"heads": heads, "tenants": [asdict(r) for r in rows], "shared": shared},
+                indent=2,
+            )
+        )
     else:
+        out = console()
+        if shared is not None:
+            table = Table(title=f"shared (head: {', '.join(shared['heads']) or 'none'})")
+            for col in ("shard", "revision", "migrations"):
+                table.add_column(col)
+            for r in shared["shards"]:
+                table.add_row(r["shard"], r["revision"] or "(base)", r["migrations"])
+            out.print(table)
         table = Table(title=f"tenants (head: {', '.join(heads) or 'none'})")
         for col in ("shard", "tenant", "revision", "migrations", "veneer"):
             table.add_column(col)
         for r in rows:
             table.add_row(r.shard, r.tenant, r.revision or "-", r.migrations, r.veneer)
-        console().print(table)
+        out.print(table)
     if errors:
         raise PPPError("; ".join(errors.values()))
 

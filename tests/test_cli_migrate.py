@@ -45,35 +45,69 @@ def test_migrate_json_then_status_and_demo(veneer_head):
 
 
 def test_migrate_plain_output_is_quiet_and_idempotent(veneer_head):
+    # The first run brings the example tenants to head (whatever ran before this test) ...
+    first = run("migrate", "-c", INI, "--tenant", ",".join(EXAMPLE))
+    assert first.exit_code == 0, first.output
+    # ... the second has nothing to do, and says so in a few plain lines.
     result = run("migrate", "-c", INI, "--tenant", ",".join(EXAMPLE))
     assert result.exit_code == 0, result.output
     assert "upgrade: 0 migrated, 3 already current, 0 failed" in result.output
     assert "migrate: 0 migrated, 3 already current, 0 failed" in result.output
+    lines = result.output.splitlines()
+    steps = [line.split(":")[0] for line in lines if line[:2] in ("1/", "2/", "3/", "4/")]
+    assert steps == ["1/4 veneer", "2/4 shared", "3/4 tenants", "4/4 veneer refresh"]
+    # The repository's shared chain is empty: every shard is at (base), nothing to do.
+    for shard in ("bluth_co", "cyberdyne", "initech"):
+        assert f"shared {shard}: (base), nothing to do" in lines
+    assert "Traceback" not in result.output
 
 
-def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet):  # noqa: F811
+def test_migrate_and_status_without_a_shared_section(veneer_head, tmp_path):
+    """An alembic.ini from before shared migrations: the step is skipped with a note."""
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        "".join(
+            f"[{section}]\nscript_location = {ROOT / folder}\nprepend_sys_path = {ROOT}\n"
+            "path_separator = os\n\n"
+            for section, folder in (("alembic", "migrations"), ("veneer", "veneer_migrations"))
+        )
+    )
+    result = run("migrate", "-c", str(ini), "--tenant", ",".join(EXAMPLE))
+    assert result.exit_code == 0, result.output
+    assert f"2/4 shared: no [shared] section in {ini}: shared migrations skipped" in result.output
+    result = run("migrate", "-c", str(ini), "--tenant", ",".join(EXAMPLE), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["shared"] == {
+        "skipped": f"no [shared] section in {ini}: shared migrations skipped",
+        "ok": True,
+        "shards": [],
+        "blocked": [],
+    }
+    result = run("status", "-c", str(ini), "--tenant", ",".join(EXAMPLE), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["shared"] is None
+
+
+def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet, tmp_path):  # noqa: F811
     tenant = sorted(fleet)[0]
     command.upgrade(fleet_config(**opts(tenants=[tenant], refresh=False)), "f001")
     cfg_dir = fleet_config().get_main_option("script_location")
-    ini = ROOT / "tests" / "scripts" / "fleet.ini"
+    ini = tmp_path / "fleet.ini"  # never in the source tree
     ini.write_text(
         f"[alembic]\nscript_location = {cfg_dir}\nprepend_sys_path = {ROOT}\n"
         "path_separator = os\n\n[veneer]\n"
         f"script_location = {ROOT / 'veneer_migrations'}\nprepend_sys_path = {ROOT}\n"
         "path_separator = os\n"
     )
-    try:
-        result = run("status", "-c", str(ini), "--tenant", tenant)
-        assert result.exit_code == 0, result.output
-        line = next(x for x in result.output.splitlines() if tenant in x)
-        assert "behind" in line and "stale" in line
-        result = run("migrate", "-c", str(ini), "--tenant", tenant)
-        assert result.exit_code == 0, result.output
-        result = run("status", "-c", str(ini), "--tenant", tenant, "--json")
-        (row,) = json.loads(result.output)["tenants"]
-        assert (row["revision"], row["migrations"], row["veneer"]) == ("f003", "head", "in step")
-    finally:
-        ini.unlink()
+    result = run("status", "-c", str(ini), "--tenant", tenant)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if tenant in x)
+    assert "behind" in line and "stale" in line
+    result = run("migrate", "-c", str(ini), "--tenant", tenant)
+    assert result.exit_code == 0, result.output
+    result = run("status", "-c", str(ini), "--tenant", tenant, "--json")
+    (row,) = json.loads(result.output)["tenants"]
+    assert (row["revision"], row["migrations"], row["veneer"]) == ("f003", "head", "in step")
 
 
 def test_migrate_bad_input_is_one_error_line(veneer_head):

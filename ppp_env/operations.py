@@ -1,0 +1,228 @@
+"""``ppp migrate`` as a library call: veneer -> shared -> tenants -> veneer refresh.
+
+The command line only parses options and prints; :func:`migrate` runs the steps in order
+and returns what each did:
+
+1. the veneer (catalog, foreign servers, tenant onboarding): a failure stops everything;
+2. the shared migrations (``[shared]`` in alembic.ini), once per shard database, on the
+   shards of the tenants being migrated (or the selected / all shards). A shard whose
+   shared step failed does not get its tenant step: its tenants would reference objects
+   that are not there. They are reported ``not_run``. An ini without ``[shared]`` (a
+   project from before shared migrations) skips the step with a note;
+3. the tenants (``alembic upgrade <revision>`` through the fleet runner), refresh off;
+4. a veneer refresh of every tenant whose revision changed or whose veneer is stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+
+from ppp_env import shared_env
+from ppp_env.catalog import list_tenants
+from ppp_env.errors import PPPError
+from ppp_env.runner import FleetResult, RunOptions, TenantResult
+from ppp_env.settings import Settings
+from ppp_env.shared_env import SharedResult
+
+
+@dataclass
+class MigrateOptions:
+    shards: list[str] | None = None
+    tenants: list[str] | None = None
+    revision: str = "head"
+    fail_fast: bool = False
+    jobs: int | None = None
+    lock: str = "wait"
+    #: The tenant step's display: auto (bars or plain lines), plain, rich, json, quiet.
+    output: str = "auto"
+    verbose: bool = False
+
+
+@dataclass
+class MigrateResult:
+    """What ``ppp migrate`` did: the shared step (None when skipped) and the tenants'."""
+
+    tenants: FleetResult
+    shared: SharedResult | None = None
+    shared_note: str | None = None
+    #: Shards whose tenants were not migrated because their shared step failed.
+    blocked: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.tenants.ok and (self.shared is None or self.shared.ok)
+
+    def failure_message(self) -> str:
+        lines: list[str] = []
+        if self.shared is not None and not self.shared.ok:
+            lines.append(self.shared.failure_message())
+            for shard in self.blocked:
+                n = sum(1 for t in self.tenants.tenants if t.shard == shard)
+                lines.append(
+                    f"shard {shard}: its {n} tenant(s) were not migrated (they would reference "
+                    "shared objects that are missing); fix the shared step and rerun"
+                )
+        if not self.tenants.ok:
+            lines.append(self.tenants.failure_message())
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        return self.tenants.summary()
+
+    def to_json(self) -> dict[str, Any]:
+        report = self.tenants.to_json()
+        report["ok"] = self.ok
+        report["seconds"] = round(self.seconds, 3)
+        report["shared"] = {
+            "skipped": self.shared_note,
+            "ok": self.shared.ok if self.shared else True,
+            "shards": (
+                [
+                    {"shard": s.shard, "before": s.before, "after": s.after, "error": s.error}
+                    for s in self.shared.shards
+                ]
+                if self.shared
+                else []
+            ),
+            "blocked": sorted(self.blocked),
+        }
+        return report
+
+
+def alembic_config(path: str | Path, section: str = "alembic", settings: Any = None) -> Config:
+    """A Config for one section of an alembic.ini, carrying ``settings`` to its env.py."""
+    if not Path(path).is_file():
+        raise PPPError(
+            f"no Alembic configuration at {path}: run ppp from the project folder or pass -c"
+        )
+    cfg = Config(str(path), ini_section=section)
+    if settings is not None:
+        cfg.attributes["ppp.settings"] = settings
+    return cfg
+
+
+def upgrade_veneer(settings: Settings, config_path: str | Path) -> None:
+    """Step 1 as a library call: ``alembic -n veneer upgrade head``."""
+    try:
+        command.upgrade(alembic_config(config_path, "veneer", settings), "head")
+    except CommandError as exc:
+        raise PPPError(f"veneer upgrade failed: {exc}") from None
+
+
+def _say(step: str, detail: str) -> None:
+    return None
+
+
+def migrate(
+    settings: Settings,
+    config_path: str | Path,
+    options: MigrateOptions,
+    *,
+    veneer_step: Callable[[], None] | None = None,
+    say: Callable[[str, str], None] = _say,
+) -> MigrateResult:
+    """Veneer, shared, tenants, refresh; ``say(step, detail)`` hears each step as it starts
+    and each shard's shared outcome (step ``shared <shard>``).
+
+    PPPError when a step could not run at all (bad input, the veneer failed); otherwise the
+    result says what happened, failures included (``result.ok``).
+    """
+    from ppp_env.veneer import refresh
+
+    started = time.perf_counter()
+    for shard in options.shards or []:
+        settings.shard(shard)  # unknown shards fail before anything runs
+    alembic_config(config_path)  # a missing ini fails before anything runs too
+
+    if veneer_step is None:
+        say("1/4 veneer", "alembic -n veneer upgrade head")
+        upgrade_veneer(settings, config_path)
+    else:
+        veneer_step()
+
+    # After the veneer step: onboarding revisions may just have registered tenants.
+    catalog = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    if options.tenants is not None:
+        shard_names = list(dict.fromkeys(t.shard for t in catalog))
+    else:
+        shard_names = list(options.shards or settings.shards)
+
+    shared: SharedResult | None = None
+    note: str | None = None
+    if shared_env.has_shared_section(config_path):
+        say("2/4 shared", f"alembic -n shared upgrade head ({len(shard_names)} shard(s))")
+        shared = shared_env.upgrade(settings, config_path, "head", shard_names)
+        for outcome in shared.shards:
+            say(f"shared {outcome.shard}", outcome.describe())
+    else:
+        note = f"no [shared] section in {config_path}: shared migrations skipped"
+        say("2/4 shared", note)
+    blocked = dict(shared.failed) if shared else {}
+
+    say("3/4 tenants", f"alembic upgrade {options.revision}")
+    runnable = [t for t in catalog if t.shard not in blocked]
+    if blocked and not runnable:
+        result = FleetResult("upgrade")
+    else:
+        cfg = alembic_config(config_path, "alembic", settings)
+        cfg.attributes["ppp.options"] = RunOptions(
+            shards=[s for s in shard_names if s not in blocked] if blocked else options.shards,
+            tenants=(
+                [t.schema for t in runnable]
+                if blocked and options.tenants is not None
+                else options.tenants
+            ),
+            fail_fast=options.fail_fast,
+            jobs=options.jobs,
+            lock=options.lock,
+            refresh=False,
+            output=options.output,
+            verbose=options.verbose,
+        )
+        failure = None
+        try:
+            command.upgrade(cfg, options.revision)
+        except CommandError as exc:
+            failure = str(exc)
+        found = cfg.attributes.get("ppp.result")
+        if not isinstance(found, FleetResult):
+            raise PPPError(failure or "the tenant upgrade did not run")
+        result = found
+    for t in catalog:
+        if t.shard in blocked:
+            result.tenants.append(
+                TenantResult(t.shard, t.schema, "not_run", error="shared migrations failed")
+            )
+
+    say("4/4 veneer refresh", "tenants whose revision changed or whose veneer is stale")
+    # The run saw every reachable tenant's revision: a tenant whose veneer was wired at
+    # another revision (changed now, or stale from before) is refreshed.
+    now = {
+        t.tenant: t.after if t.status in ("migrated", "current") else t.before
+        for t in result.tenants
+        if t.shard not in blocked
+    }
+    wanted = sorted(
+        t.schema for t in catalog if t.schema in now and t.wired_revision != now[t.schema]
+    )
+    if wanted:
+        try:
+            report = refresh(settings, wanted)
+            result.refreshed = list(report.refreshed)
+            result.refresh_pending = list(report.pending)
+            if report.errors:
+                result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
+        except PPPError as exc:
+            result.refresh_error = str(exc)
+    seconds = time.perf_counter() - started
+    result.seconds = seconds
+    return MigrateResult(result, shared, note, blocked, seconds)
