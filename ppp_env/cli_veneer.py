@@ -24,13 +24,38 @@ def _show_alembic_progress() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _revisions(revs: tuple[str, ...]) -> str:
-    return ", ".join(revs) or "base"
-
-
 @click.group("veneer")
 def veneer_group() -> None:
     """The veneer: catalog, foreign servers, per-tenant foreign tables."""
+
+
+def _print_wiring(result: veneer_env.UpgradeResult) -> None:
+    out = console()
+    report = result.wired
+    if report is None:
+        return
+    if report.refreshed:
+        out.print(f"wired {_count(report.refreshed)}: {_short(report.refreshed)}")
+    if report.pending:
+        out.print(
+            f"pending (no schema on its shard yet; run `alembic upgrade head`): "
+            f"{_short(report.pending)}"
+        )
+
+
+def _count(names: list[str]) -> str:
+    return f"{len(names)} tenant{'s' if len(names) != 1 else ''}"
+
+
+def _short(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _revisions(revs: tuple[str, ...]) -> str:
+    if len(revs) > 6:
+        return f"{len(revs)} heads"
+    return ", ".join(revs) or "base"
 
 
 @veneer_group.command("upgrade")
@@ -39,13 +64,15 @@ def veneer_group() -> None:
 def veneer_upgrade(state: State, revision: str) -> None:
     """Apply the veneer's revisions (same as `alembic -n veneer upgrade head`).
 
-    Also reconciles the foreign servers and user mappings with the settings.
+    Every tenant's onboarding revision is a head of its own: `head` and `heads` both apply
+    all of them. Also reconciles the foreign servers and user mappings with the settings.
     """
     _show_alembic_progress()
     result = veneer_env.upgrade(state.settings, revision)
     out = console()
     for change in result.changes:
         out.print(change)
+    _print_wiring(result)
     if result.before == result.after:
         out.print(f"veneer at {_revisions(result.after)}: no revision to apply")
     else:
@@ -53,16 +80,28 @@ def veneer_upgrade(state: State, revision: str) -> None:
 
 
 @veneer_group.command("downgrade")
-@click.argument("revision")
+@click.argument("revision", required=False)
+@click.option(
+    "--tenant",
+    metavar="NAME",
+    help="Take back only this tenant's onboarding revision (= REV@-1); the others stay.",
+)
 @pass_state
-def veneer_downgrade(state: State, revision: str) -> None:
+def veneer_downgrade(state: State, revision: str | None, tenant: str | None) -> None:
     """Revert veneer revisions down to REVISION (`alembic -n veneer downgrade REVISION`).
 
-    Downgrading a tenant's onboarding revision unwires it and removes it from the catalog;
-    its data on the shard stays.
+    One tenant: `--tenant NAME`, or `<its revision>@-1`. Downgrading a tenant's onboarding
+    revision unwires it and removes it from the catalog; its data on the shard stays, and
+    so does its revision file (delete it, or the next upgrade onboards the tenant again).
     """
-    _show_alembic_progress()
-    result = veneer_env.downgrade(state.settings, revision)
+    if tenant is not None and revision is None:
+        _show_alembic_progress()
+        result = tenant_revision.downgrade_tenant(state.settings, tenant)
+    elif revision is not None and tenant is None:
+        _show_alembic_progress()
+        result = veneer_env.downgrade(state.settings, revision)
+    else:
+        raise click.UsageError("give a REVISION or --tenant NAME (one of the two)")
     out = console()
     for change in result.changes:
         out.print(change)
@@ -137,11 +176,15 @@ def tenant_add(
     tenant in the catalog and wires it; its downgrade unwires and unregisters it.
     """
     settings = state.settings
-    tenant_revision.add_tenant_revision(settings, schema, shard, check_catalog=not no_catalog_check)
-    out = console()  # Alembic has printed `Generating <path> ... done`
+    path = tenant_revision.add_tenant_revision(
+        settings, schema, shard, check_catalog=not no_catalog_check
+    )
+    out = console()
+    out.print(f"wrote {path}")
     if upgrade:
         _show_alembic_progress()
         result = veneer_env.upgrade(settings)
+        _print_wiring(result)
         out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
     else:
         out.print("apply it with `ppp veneer upgrade`, then `alembic upgrade head` for its tables")

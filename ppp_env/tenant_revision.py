@@ -3,39 +3,137 @@
 ``ppp tenant add <schema> --shard <name>`` writes one with :func:`add_tenant_revision`, from
 ``veneer_migrations/script.py.mako`` (its tenant branch). The file names the tenant and its
 shard and nothing else (no host, no password), so the same revision serves every
-environment. Its upgrade calls :func:`onboard` (register in the catalog, then wire; wiring
-is pending until the tenant's schema exists on its shard); its downgrade calls
-:func:`offboard` (drop the tenant's foreign tables and its catalog row, never its data).
+environment.
+
+Every onboarding revision is its own branch: its ``down_revision`` is the head of the
+veneer's own (structural) revisions when it was written, never another tenant. Two
+branches of a team that each ran ``ppp tenant add`` therefore merge without an Alembic
+merge revision: the veneer simply has one head per tenant, and ``upgrade head`` in the
+veneer's environment applies all of them (see :mod:`ppp_env.veneer_env`). One tenant is
+taken back with ``alembic -n veneer downgrade <rev>@-1`` (or ``ppp veneer downgrade
+--tenant NAME``), leaving every other tenant in place.
+
+Onboarding revision ids are ``t`` + 11 hex digits (Alembic's own ids are 12 hex digits), so
+their files are told apart by name alone: ``ppp tenant add`` never loads the thousands of
+tenant revision files, only the few structural ones.
+
+The upgrade calls :func:`onboard`, which only registers the tenant in the catalog (in bulk,
+see :class:`Onboarding`); the veneer's environment wires the newly registered tenants once,
+after its transaction committed. The downgrade calls :func:`offboard` (drop the tenant's
+foreign tables and its catalog row, never its data).
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from alembic import op
+from alembic import context, op
 from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from mako.template import Template  # type: ignore[import-untyped]
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
-from ppp_env import catalog, veneer
+from ppp_env import catalog, veneer, veneer_env
 from ppp_env.errors import PPPError
-from ppp_env.identifiers import validate_tenant
+from ppp_env.identifiers import validate_identifier, validate_tenant
 from ppp_env.settings import Settings
-from ppp_env.veneer_env import current_settings, veneer_config
+from ppp_env.veneer_env import ONBOARDING_KEY, veneer_config
 
 log = logging.getLogger("ppp.veneer")
 
+#: An onboarding revision's file: ``t`` + 11 hex digits, ``_``, the tenant schema.
+TENANT_FILE = re.compile(r"(t[0-9a-f]{11})_([a-z_][a-z0-9_]*)\.py")
+
+
+def new_revision_id() -> str:
+    """A fresh onboarding revision id (never produced by ``alembic revision``: hex only)."""
+    return "t" + uuid.uuid4().hex[-11:]
+
+
+def is_tenant_revision(revision: str) -> bool:
+    return re.fullmatch(r"t[0-9a-f]{11}", revision) is not None
+
+
+@dataclass(frozen=True)
+class TenantRevision:
+    schema: str
+    revision: str
+    path: Path
+
+
+def version_dirs(script: ScriptDirectory) -> list[Path]:
+    return [Path(p) for p in script._version_locations]
+
+
+def _python_files(script: ScriptDirectory) -> list[Path]:
+    found: list[Path] = []
+    for folder in version_dirs(script):
+        if folder.is_dir():
+            with os.scandir(folder) as entries:
+                found += [
+                    Path(e.path)
+                    for e in entries
+                    if e.name.endswith(".py") and not e.name.startswith((".#", "__init__"))
+                ]
+    return found
+
+
+def find_tenant_revisions(
+    script: ScriptDirectory, schema: str | None = None
+) -> list[TenantRevision]:
+    """The onboarding revisions in the script directory (of ``schema`` only, if given), found
+    by file name without loading any module."""
+    out = []
+    for path in _python_files(script):
+        m = TENANT_FILE.fullmatch(path.name)
+        if m and (schema is None or m.group(2) == schema):
+            out.append(TenantRevision(m.group(2), m.group(1), path))
+    return sorted(out, key=lambda t: (t.schema, t.path.name))
+
 
 def tenant_revisions(script: ScriptDirectory) -> dict[str, Path]:
-    """Every onboarding revision in the script directory: tenant schema -> revision file."""
-    found: dict[str, Path] = {}
-    for sc in script.walk_revisions():
-        tenant = getattr(sc.module, "TENANT", None)
-        if isinstance(tenant, str):
-            found[tenant] = Path(sc.path)
-    return found
+    """Every onboarding revision: tenant schema -> revision file."""
+    return {t.schema: t.path for t in find_tenant_revisions(script)}
+
+
+def structural_head(script: ScriptDirectory) -> str:
+    """The head of the veneer's own revisions (the catalog and what follows it), loading
+    only their few files. PPPError unless there is exactly one."""
+    revisions: dict[str, tuple[str, ...]] = {}
+    for path in _python_files(script):
+        if TENANT_FILE.fullmatch(path.name):
+            continue
+        try:
+            module = alembic_util.load_python_file(path.parent, path.name)
+        except Exception as exc:
+            raise PPPError(f"cannot load the veneer revision {path}: {exc}") from None
+        rev = getattr(module, "revision", None)
+        if isinstance(rev, str):
+            revisions[rev] = alembic_util.to_tuple(getattr(module, "down_revision", None), ())
+    parents = {p for downs in revisions.values() for p in downs}
+    heads = sorted(r for r in revisions if r not in parents)
+    if not heads:
+        where = ", ".join(str(d) for d in version_dirs(script))
+        raise PPPError(
+            f"no veneer revision to build the tenant's on in {where}: the catalog revision "
+            "is missing"
+        )
+    if len(heads) > 1:
+        raise PPPError(
+            f"the veneer's own revisions have {len(heads)} heads ({', '.join(heads)}): merge "
+            f"them first (`alembic -n veneer merge -m merge {' '.join(heads)}`)"
+        )
+    return heads[0]
 
 
 def add_tenant_revision(
@@ -56,13 +154,14 @@ def add_tenant_revision(
     settings.shard(shard)
     cfg = config or veneer_config(settings)
     try:
-        script = ScriptDirectory.from_config(cfg)
-        existing = tenant_revisions(script)
+        script = ScriptDirectory.from_config(cfg)  # loads no revision
+        folder = Path(script.versions)
     except CommandError as exc:
         raise PPPError(str(exc)) from exc
-    if schema in existing:
+    existing = find_tenant_revisions(script, schema)
+    if existing:
         raise PPPError(
-            f"tenant {schema!r} already has an onboarding revision: {existing[schema].name}"
+            f"tenant {schema!r} already has an onboarding revision: {existing[0].path.name}"
         )
     if check_catalog:
         try:
@@ -77,40 +176,122 @@ def add_tenant_revision(
                 f"tenant {schema!r} is already in the catalog (on shard {placed.shard!r}) "
                 "without an onboarding revision"
             )
-    # The file is named after the tenant, whatever the ini's file_template and slug length.
-    script.file_template = "%(rev)s_" + schema
+    down = structural_head(script)
+    rev = new_revision_id()
+    template = Path(script.dir) / "script.py.mako"
     try:
-        sc = script.generate_revision(
-            alembic_util.rev_id(),
-            f"Tenant {schema} on shard {shard}.",
-            head="head",
+        body = Template(filename=str(template)).render_unicode(
+            up_revision=rev,
+            down_revision=down,
+            branch_labels=None,
+            depends_on=None,
+            create_date=datetime.datetime.now(),
+            message=f"Tenant {schema} on shard {shard}.",
             tenant=schema,
             shard=shard,
+            config=cfg,
+            comma=alembic_util.format_as_comma,
         )
-    except CommandError as exc:
-        raise PPPError(f"cannot write the revision of tenant {schema!r}: {exc}") from exc
-    assert sc is not None
-    return Path(sc.path)
+    except Exception as exc:
+        raise PPPError(f"cannot render {template} for tenant {schema!r}: {exc}") from None
+    if f"TENANT = {schema!r}" not in body or f"revision = {rev!r}" not in body:
+        raise PPPError(f"{template} has no tenant branch (TENANT, revision): cannot use it")
+    path = folder / f"{rev}_{schema}.py"
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(body)
+    except OSError as exc:
+        raise PPPError(f"cannot write {path}: {exc}") from None
+    return path
+
+
+# -- what the revisions call ---------------------------------------------------------------------
+@dataclass
+class Onboarding:
+    """Tenants onboarded by one veneer run: registered in bulk, wired after the commit.
+
+    The veneer's environment puts one in ``config.attributes`` for each run, registers what
+    is pending before any non-tenant revision and at the end (:meth:`flush`), and refreshes
+    :attr:`registered` once its transaction committed.
+    """
+
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+
+    def flush(self, conn: Connection) -> None:
+        if self.pending:
+            register_tenants(conn, self.pending)
+            self.registered += [schema for schema, _shard in self.pending]
+            self.pending.clear()
+
+
+def register_tenants(conn: Connection, tenants: Sequence[tuple[str, str]]) -> None:
+    """Put tenants in the catalog (state ``pending``) in a few statements, whatever their
+    number; a tenant already there on the same shard is left alone. PPPError, nothing
+    registered, for a tenant on another shard or a shard the catalog does not know."""
+    wanted: dict[str, str] = {}
+    for schema, shard in tenants:
+        validate_tenant(schema)
+        validate_identifier(shard, "shard name")
+        if wanted.setdefault(schema, shard) != shard:
+            raise PPPError(
+                f"tenant {schema!r} has onboarding revisions for two shards "
+                f"({wanted[schema]!r} and {shard!r}): delete one of them"
+            )
+    catalog.require_catalog(conn)
+    params = {"schemas": list(wanted), "shards": list(wanted.values())}
+    new = "unnest(CAST(:schemas AS text[]), CAST(:shards AS text[])) AS n(schema, shard)"
+    unknown = sorted(
+        conn.execute(
+            text(
+                f"SELECT DISTINCT n.shard FROM {new} "
+                "WHERE n.shard NOT IN (SELECT name FROM ppp.shards)"
+            ),
+            params,
+        ).scalars()
+    )
+    if unknown:
+        known = [s.name for s in catalog.list_shards(conn)]
+        raise PPPError(
+            f"unknown shard{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"the catalog has {', '.join(known) or '(none)'}; add it to PPP_SHARDS and run "
+            "`alembic -n veneer upgrade head`"
+        )
+    moved = conn.execute(
+        text(
+            f"SELECT t.schema, t.shard, n.shard AS wanted FROM ppp.tenants t JOIN {new} "
+            "USING (schema) WHERE t.shard <> n.shard ORDER BY 1 LIMIT 5"
+        ),
+        params,
+    ).all()
+    if moved:
+        raise PPPError(
+            "; ".join(
+                f"tenant {r.schema!r} is already in the catalog on shard {r.shard!r}, "
+                f"not {r.wanted!r}"
+                for r in moved
+            )
+        )
+    conn.execute(
+        text(
+            f"INSERT INTO ppp.tenants (schema, shard) SELECT n.schema, n.shard FROM {new} "
+            "ON CONFLICT (schema) DO NOTHING"
+        ),
+        params,
+    )
 
 
 def onboard(schema: str, shard: str) -> None:
-    """Upgrade of an onboarding revision: register the tenant, then wire it (or leave it
-    pending until its schema exists on its shard)."""
-    conn = op.get_bind()
-    settings = current_settings()
-    catalog.register_tenant(conn, schema, shard)
-    report = veneer.refresh_in(conn, settings, [schema])
-    if report.errors:
-        raise PPPError(f"cannot wire tenant {schema!r}: {report.errors[schema]}")
-    if report.pending:
-        log.info(
-            "tenant %s: registered on shard %s; wired once its schema exists there "
-            "(`alembic upgrade head`)",
-            schema,
-            shard,
-        )
-    else:
-        log.info("tenant %s: registered on shard %s and wired", schema, shard)
+    """Upgrade of an onboarding revision: register the tenant in the catalog.
+
+    Under PPP's veneer environment the registration joins the run's bulk registration and
+    the tenant is wired after the commit (pending until its schema exists on its shard).
+    """
+    onboarding = context.config.attributes.get(ONBOARDING_KEY)
+    if isinstance(onboarding, Onboarding):
+        onboarding.pending.append((schema, shard))
+        return
+    register_tenants(op.get_bind(), [(schema, shard)])  # another environment: right away
 
 
 def offboard(schema: str) -> None:
@@ -119,3 +300,32 @@ def offboard(schema: str) -> None:
     veneer.unwire(conn, schema)
     catalog.unregister_tenant(conn, schema)
     log.info("tenant %s: unwired and removed from the catalog (its shard data stays)", schema)
+
+
+def downgrade_tenant(
+    settings: Settings, schema: str, config: Config | None = None
+) -> veneer_env.UpgradeResult:
+    """Take one tenant's onboarding revision back (``<rev>@-1``), every other tenant stays.
+
+    Its foreign tables and catalog row go, its data on the shard stays. The revision file
+    stays too: delete it, or the next ``upgrade head`` onboards the tenant again.
+    """
+    validate_tenant(schema)
+    cfg = config or veneer_config(settings)
+    try:
+        script = ScriptDirectory.from_config(cfg)
+    except CommandError as exc:
+        raise PPPError(str(exc)) from exc
+    found = find_tenant_revisions(script, schema)
+    if not found:
+        raise PPPError(f"tenant {schema!r} has no onboarding revision in {script.versions}")
+    if len(found) > 1:
+        names = ", ".join(t.path.name for t in found)
+        raise PPPError(f"tenant {schema!r} has {len(found)} onboarding revisions ({names})")
+    rev = found[0].revision
+    applied = rev in veneer_env.current_versions(settings)
+    if not applied:
+        raise PPPError(
+            f"tenant {schema!r}: its onboarding revision {rev} is not applied to the veneer"
+        )
+    return veneer_env.downgrade(settings, f"{rev}@-1", cfg)

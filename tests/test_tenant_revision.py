@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from ppp_env.cli_veneer import tenant_group, veneer_group
 from ppp_env.clitools import PPPGroup, State
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
-from ppp_env.tenant_revision import add_tenant_revision, tenant_revisions
+from ppp_env.tenant_revision import (
+    TENANT_FILE,
+    add_tenant_revision,
+    downgrade_tenant,
+    find_tenant_revisions,
+    structural_head,
+    tenant_revisions,
+)
 from tests.test_veneer_fixtures import (
     EXAMPLE,
     ROOT,
@@ -80,15 +88,15 @@ def test_the_example_tenants_have_committed_revisions() -> None:
     script = ScriptDirectory.from_config(cfg)
     found = tenant_revisions(script)
     assert sorted(found) == sorted(EXAMPLE)
+    catalog_rev = structural_head(script)
+    assert "catalog" in script.get_revision(catalog_rev).doc.lower()
     for tenant, path in found.items():
-        assert path.name.endswith(f"_{tenant}.py")
-        module = script.get_revision(path.name.split("_", 1)[0]).module
-        assert (tenant, tenant) == (module.TENANT, module.SHARD)
-    # The catalog comes first; the tenants follow it in one line of history.
-    order = [sc.revision for sc in reversed(list(script.walk_revisions()))]
-    first = script.get_revision(order[0])
-    assert first.down_revision is None and "catalog" in first.doc.lower()
-    assert len(script.get_heads()) == 1
+        assert TENANT_FILE.fullmatch(path.name) and path.name.endswith(f"_{tenant}.py")
+        sc = script.get_revision(path.name.split("_", 1)[0])
+        assert (tenant, tenant) == (sc.module.TENANT, sc.module.SHARD)
+        # Each tenant is a branch of its own from the catalog: no tenant follows another.
+        assert sc.down_revision == catalog_rev
+    assert sorted(script.get_heads()) == sorted(p.name.split("_", 1)[0] for p in found.values())
 
 
 # -- writing a revision -------------------------------------------------------------------------
@@ -103,8 +111,10 @@ def test_add_writes_a_revision_named_after_the_schema(settings: Settings, script
     assert "onboard(TENANT, SHARD)" in body and "offboard(TENANT)" in body
     assert settings.shards["initech"].host not in body
     assert str(settings.shards["initech"].port) not in body
-    heads = veneer_env.status(settings, alembic_config(script_location=scripts)).heads
-    assert heads == (added.split("_", 1)[0],)
+    rev = added.split("_", 1)[0]
+    script = ScriptDirectory.from_config(alembic_config(script_location=scripts))
+    assert script.get_revision(rev).down_revision == structural_head(script)
+    assert rev in script.get_heads() and len(script.get_heads()) == len(EXAMPLE) + 1
 
 
 @pytest.mark.parametrize(
@@ -114,6 +124,10 @@ def test_add_writes_a_revision_named_after_the_schema(settings: Settings, script
         (["Vt-Bad", "--shard", "initech"], "Error: invalid tenant schema name 'Vt-Bad'"),
         (["public", "--shard", "initech"], "Error: invalid tenant schema name 'public'"),
         (["pg_x", "--shard", "initech"], "names starting with 'pg_' are reserved"),
+        # `$` in a regex matches before a trailing newline: names must match in full.
+        (["vt_acme\n", "--shard", "initech"], "Error: invalid tenant schema name 'vt_acme\\n'"),
+        (["vt_acme\n", "--shard", "initech", "--no-catalog-check"], "Error: invalid tenant"),
+        (["vt_acme", "--shard", "initech\n"], "Error: unknown shard 'initech\\n'"),
         (
             ["bluth_co", "--shard", "bluth_co"],
             "Error: tenant 'bluth_co' already has an onboarding revision: ",
@@ -131,7 +145,9 @@ def test_add_refuses_bad_input_and_writes_nothing(
     result = run("tenant", "add", *args)
     assert result.exit_code == 1
     assert message in result.output
+    assert "Traceback" not in result.output and "AssertionError" not in result.output
     assert version_files(scripts) == before
+    assert sorted(p.name for p in (scripts / "versions").iterdir() if p.suffix != ".py") == []
 
 
 def test_add_refuses_a_tenant_already_in_the_catalog(settings: Settings, scripts: Path) -> None:
@@ -178,10 +194,20 @@ def rev_tenant(settings: Settings, scripts: Path) -> Iterator[tuple[Settings, An
     try:
         yield settings, cfg
     finally:
-        real_heads = veneer_env.status(settings, alembic_config(settings)).heads
-        if veneer_env.status(settings, cfg).current != real_heads:
-            veneer_env.downgrade(settings, real_heads[0], alembic_config(settings, scripts))
+        undo(settings, scripts, "vt_rev")
         drop_tenant_data(shard, "vt_rev")
+
+
+def undo(settings: Settings, scripts: Path, *tenants: str) -> None:
+    """Take these tenants' onboarding revisions back if they are applied (test cleanup)."""
+    script = ScriptDirectory.from_config(alembic_config(script_location=scripts))
+    applied = veneer_env.current_versions(settings)
+    for tenant in tenants:
+        for found in find_tenant_revisions(script, tenant):
+            if found.revision in applied:
+                veneer_env.downgrade(
+                    settings, f"{found.revision}@-1", alembic_config(settings, scripts)
+                )
 
 
 def test_upgrade_wires_and_downgrade_unwires_keeping_shard_data(
@@ -200,7 +226,7 @@ def test_upgrade_wires_and_downgrade_unwires_keeping_shard_data(
     finally:
         conn.close()
 
-    result = veneer_env.downgrade(settings, "-1", alembic_config(settings, scripts))
+    result = downgrade_tenant(settings, "vt_rev", alembic_config(settings, scripts))
     assert result.after == veneer_env.status(settings, alembic_config(settings)).heads
     with pytest.raises(PPPError, match="unknown tenant vt_rev"):
         catalog.list_tenants(settings, tenants=["vt_rev"])
@@ -217,11 +243,13 @@ def test_upgrade_of_a_tenant_without_schema_leaves_it_pending(
     drop_tenant_data(settings.shards["initech"], "vt_rev_later")
     add_tenant_revision(settings, "vt_rev_later", "initech", config=cfg)
     try:
-        veneer_env.upgrade(settings, "head", cfg)
+        result = veneer_env.upgrade(settings, "head", cfg)
+        assert result.registered == ["vt_rev_later"]
+        assert result.wired is not None and result.wired.pending == ["vt_rev_later"]
         (tenant,) = catalog.list_tenants(settings, tenants=["vt_rev_later"])
         assert tenant.state == "pending"
     finally:
-        veneer_env.downgrade(settings, "-1", alembic_config(settings, scripts))
+        undo(settings, scripts, "vt_rev_later")
     assert catalog.list_tenants(settings, tenants=list(EXAMPLE))
 
 
@@ -265,7 +293,7 @@ def test_veneer_upgrade_and_status_commands(settings: Settings) -> None:
 
 def test_alembic_command_line(settings: Settings) -> None:
     """`alembic -n veneer ...` as users type it, from the project folder."""
-    alembic = str(ROOT / ".venv" / "bin" / "alembic")
+    alembic = str(Path(sys.executable).parent / "alembic")
     done = subprocess.run(
         [alembic, "-n", "veneer", "upgrade", "head"],
         cwd=ROOT,

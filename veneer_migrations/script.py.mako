@@ -9,10 +9,13 @@ Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Tenant onboarding revision written by `ppp tenant add`. Upgrade registers the tenant in
-the catalog and imports its foreign tables into the veneer (pending until its schema
-exists on its shard); downgrade drops those foreign tables and its catalog row, never its
-data on the shard. Hosts and passwords come from the settings, never from this file.
+Tenant onboarding revision written by `ppp tenant add`: a branch of its own from the
+veneer's revisions (no other tenant's), so revisions added on parallel branches merge
+without an Alembic merge. Upgrade registers the tenant in the catalog; the veneer run then
+imports its foreign tables (pending until its schema exists on its shard). Downgrade
+(`alembic -n veneer downgrade ${up_revision}@-1`, or `ppp veneer downgrade --tenant
+${tenant}`) drops those foreign tables and its catalog row, never its data on the shard.
+Hosts and passwords come from the settings, never from this file.
 """
 
 from ppp_env.tenant_revision import offboard, onboard

@@ -1,0 +1,33 @@
+"""Tenant cyberdyne on shard cyberdyne.
+
+Revision ID: tc8e7a3b6a45
+Revises: fac2511dbcce
+Create Date: 2026-11-27 11:36:58.143755
+
+Tenant onboarding revision written by `ppp tenant add`: a branch of its own from the
+veneer's revisions (no other tenant's), so revisions added on parallel branches merge
+without an Alembic merge. Upgrade registers the tenant in the catalog; the veneer run then
+imports its foreign tables (pending until its schema exists on its shard). Downgrade
+(`alembic -n veneer downgrade tc8e7a3b6a45@-1`, or `ppp veneer downgrade --tenant
+cyberdyne`) drops those foreign tables and its catalog row, never its data on the shard.
+Hosts and passwords come from the settings, never from this file.
+"""
+
+from ppp_env.tenant_revision import offboard, onboard
+
+# revision identifiers, used by Alembic.
+revision = 'tc8e7a3b6a45'
+down_revision = 'fac2511dbcce'
+branch_labels = None
+depends_on = None
+
+TENANT = 'cyberdyne'
+SHARD = 'cyberdyne'
+
+
+def upgrade() -> None:
+    onboard(TENANT, SHARD)
+
+
+def downgrade() -> None:
+    offboard(TENANT)
