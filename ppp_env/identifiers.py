@@ -6,7 +6,8 @@ import re
 
 from ppp_env.errors import PPPError
 
-_PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
+#: Matched in full (``fullmatch``): ``$`` would also match before a trailing newline.
+_PLAIN = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_IDENTIFIER_BYTES = 63
 #: Schemas a tenant may never be: PostgreSQL's own, and PPP's catalog.
 RESERVED_SCHEMAS = frozenset({"public", "information_schema", "ppp"})
@@ -28,7 +29,7 @@ def validate_identifier(
         raise PPPError(
             f"invalid {what} {shown!r}: {len(name.encode())} bytes, at most {max_bytes} allowed"
         )
-    if not _PLAIN.match(name):
+    if not _PLAIN.fullmatch(name):
         raise PPPError(
             f"invalid {what} {shown!r}: use lower-case letters, digits and underscores, "
             "starting with a letter or underscore"
