@@ -23,14 +23,14 @@ def run(*args: str):
 def test_migrate_json_then_status_and_demo(veneer_head):
     result = run("migrate", "-c", INI, "--json", "--tenant", ",".join(EXAMPLE))
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["ok"] is True
     assert {t["tenant"] for t in report["tenants"]} == set(EXAMPLE)
     assert {t["after"] for t in report["tenants"]} == {"0002"}
 
     result = run("status", "-c", INI, "--json", "--tenant", ",".join(EXAMPLE))
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
+    status = json.loads(result.stdout)
     assert status["heads"] == ["0002"]
     assert [(t["tenant"], t["migrations"], t["veneer"]) for t in status["tenants"]] == [
         (name, "head", "in step") for name in EXAMPLE
@@ -77,7 +77,7 @@ def test_migrate_and_status_without_a_shared_section(veneer_head, tmp_path):
     assert f"2/4 shared: no [shared] section in {ini}: shared migrations skipped" in result.output
     result = run("migrate", "-c", str(ini), "--tenant", ",".join(EXAMPLE), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["shared"] == {
+    assert json.loads(result.stdout)["shared"] == {
         "skipped": f"no [shared] section in {ini}: shared migrations skipped",
         "ok": True,
         "shards": [],
@@ -85,7 +85,7 @@ def test_migrate_and_status_without_a_shared_section(veneer_head, tmp_path):
     }
     result = run("status", "-c", str(ini), "--tenant", ",".join(EXAMPLE), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["shared"] is None
+    assert json.loads(result.stdout)["shared"] is None
 
 
 def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet, tmp_path):  # noqa: F811
@@ -106,7 +106,7 @@ def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet, tmp_path): 
     result = run("migrate", "-c", str(ini), "--tenant", tenant)
     assert result.exit_code == 0, result.output
     result = run("status", "-c", str(ini), "--tenant", tenant, "--json")
-    (row,) = json.loads(result.output)["tenants"]
+    (row,) = json.loads(result.stdout)["tenants"]
     assert (row["revision"], row["migrations"], row["veneer"]) == ("f003", "head", "in step")
 
 

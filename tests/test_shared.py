@@ -339,7 +339,7 @@ def test_ppp_migrate_runs_shared_before_tenants(ini, tenants, settings):
 
     result = run("migrate", "-c", str(ini), "--tenant", names, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["ok"] is True
     assert report["shared"] == {
         "skipped": None,
@@ -353,7 +353,7 @@ def test_ppp_migrate_runs_shared_before_tenants(ini, tenants, settings):
 
     result = run("status", "-c", str(ini), "--tenant", names, "--json")
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
+    status = json.loads(result.stdout)
     assert status["shared"] == {
         "heads": ["sx02"],
         "shards": [{"shard": s, "revision": "sx02", "migrations": "head"} for s in settings.shards],
