@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from ppp_env import db
 from ppp_env.cli import cli
 from ppp_env.errors import PPPError
-from ppp_env.shared_env import RESULT_KEY, SharedOptions, current_shard
+from ppp_env.shared_env import LOCK_KEY, RESULT_KEY, SharedOptions, current_shard
 from tests.conftest import ROOT
 from tests.test_migrations import drop_schemas, register, shard_sql, states, unregister
 
@@ -274,6 +274,7 @@ def test_sql_renders_each_shard_and_touches_nothing(ini, shards, tmp_path):
         (["shard=bluth_co,atlantis"], "unknown shard 'atlantis'; PPP_SHARDS lists: "),
         (["shard="], "-x shard= needs at least one name"),
         (["tenant=acme"], "unknown -x option 'tenant' for shared migrations"),
+        (["env=Bad Name"], "PPP_ENV='Bad Name' is not valid"),
     ],
 )
 def test_bad_input_is_a_clear_error_that_changes_nothing(ini, shards, x, error):
@@ -407,3 +408,58 @@ def test_shared_options_from_x():
     base = SharedOptions(quiet=True)
     opts = SharedOptions.from_x({"shard": " a, b ", "env": "staging"}, base)
     assert (opts.shards, opts.quiet, base.shards) == (["a", "b"], True, None)
+
+
+def test_a_shard_another_run_holds_is_reported_and_the_others_migrate(ini, shards, topology):
+    settings = shards
+    quick = topology.settings_for(topology.variant(PPP_LOCK_TIMEOUT="0.2"))
+    with db.connection(settings.shard("bluth_co"), "admin") as holder:
+        holder.cursor().execute("SELECT pg_advisory_xact_lock(%s, %s)", LOCK_KEY)
+        cfg = shared_cfg(ini, **{"ppp.settings": quick})
+        with pytest.raises(CommandError, match="shard bluth_co: canceling statement due to lock"):
+            command.upgrade(cfg, "head")
+        holder.rollback()
+    assert shared_state(settings, "bluth_co") == ([], False)
+    assert shared_state(settings, "initech") == (["sx02"], True)
+
+
+def test_env_selects_the_settings_file(ini, shards, topology, tmp_path):
+    """`-x env=NAME` reads .env.NAME of the project folder, as the veneer environment does."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".env.alt").write_text(
+        "".join(f"{k}={v}\n" for k, v in topology.environ.items() if k.startswith("PPP_"))
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PPP_")}
+    env["PPP_PROJECT_DIR"] = str(project)
+    alembic = str(Path(sys.executable).parent / "alembic")
+
+    def run_alembic(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [alembic, "-c", str(ini), "-n", "shared", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    proc = run_alembic("-x", "env=alt", "current")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [f"{s} (base)" for s in shards.shards]
+    proc = run_alembic("current")  # no .env in the project folder, nothing in the environment
+    assert proc.returncode != 0
+    assert "FAILED: PPP_SHARDS is not set" in proc.stdout
+
+
+def test_ppp_migrate_narrowed_to_a_shard_runs_shared_there_only(ini, tenants, settings):
+    result = run("migrate", "-c", str(ini), "--shard", "cyberdyne", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["shard"] for s in report["shared"]["shards"]] == ["cyberdyne"]
+    assert {t["tenant"] for t in report["tenants"]} >= {
+        t for t, s in tenants.items() if s == "cyberdyne"
+    }
+    assert {t["shard"] for t in report["tenants"]} == {"cyberdyne"}
+    assert shared_state(settings, "bluth_co") == ([], False)
+    drop_schemas(settings, tenants)
