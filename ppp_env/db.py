@@ -30,6 +30,13 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def error_text(exc: BaseException) -> str:
+    """``<error class>: <first line>`` (the driver's error class for SQLAlchemy's wrappers)."""
+    orig = getattr(exc, "orig", None)
+    cls = type(orig if isinstance(orig, BaseException) else exc).__name__
+    return f"{cls}: {first_line(exc)}"
+
+
 def connect(
     inst: Instance,
     role: Role = "admin",

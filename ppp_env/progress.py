@@ -7,6 +7,7 @@ process as workers report; ``summary`` prints the closing table.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -18,6 +19,22 @@ from ppp_env.runner import FleetResult, TenantResult
 
 def _tenants(n: int) -> str:
     return f"{n} tenant" if n == 1 else f"{n} tenants"
+
+
+_SHOWN = {"current": "already current", "not_run": "not run"}
+
+
+def shard_line(counts: Counter[str]) -> str:
+    """``done (3 tenants: 2 migrated, 1 already current)``, or ``stopped (...)`` when some
+    tenants failed or were not run."""
+    total = sum(counts.values())
+    parts = [
+        f"{counts[s]} {_SHOWN.get(s, s)}"
+        for s in ("migrated", "current", "failed", "locked", "not_run")
+        if counts[s]
+    ]
+    clean = not (counts["failed"] or counts["locked"] or counts["not_run"])
+    return f"{'done' if clean else 'stopped'} ({_tenants(total)}: {', '.join(parts)})"
 
 
 class QuietDisplay:
@@ -46,18 +63,24 @@ class PlainDisplay(QuietDisplay):
     def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
         self.stream = stream or sys.stdout
         self.verbose = verbose
-        self.totals: dict[str, list[int]] = {}
+        self.totals: dict[str, int] = {}
+        self.seen: dict[str, Counter[str]] = {}
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
 
     def shard_started(self, shard: str, total: int, todo: int) -> None:
-        self.totals[shard] = [total, 0]
+        self.totals[shard] = total
         self._print(f"shard {shard}: {_tenants(total)}, {todo} to do")
 
+    def _count(self, result: TenantResult) -> bool:
+        """Count a result; True when it was its shard's last."""
+        seen = self.seen.setdefault(result.shard, Counter())
+        seen[result.status] += 1
+        return sum(seen.values()) == self.totals.get(result.shard, -1)
+
     def tenant_done(self, result: TenantResult) -> None:
-        counts = self.totals.setdefault(result.shard, [0, 0])
-        counts[1] += 1
+        last = self._count(result)
         if result.status in ("failed", "locked"):
             self._print(f"{result.status.upper()} {result.shard}/{result.tenant}: {result.error}")
         elif self.verbose and result.status == "migrated":
@@ -65,13 +88,15 @@ class PlainDisplay(QuietDisplay):
                 f"migrated {result.shard}/{result.tenant}: {result.before or 'base'} -> "
                 f"{result.after or 'base'} ({result.seconds * 1000:.0f} ms)"
             )
-        if counts[1] == counts[0]:
-            self._print(f"shard {result.shard}: done ({_tenants(counts[0])})")
+        if last:
+            self._print(f"shard {result.shard}: {shard_line(self.seen[result.shard])}")
 
     def shard_failed(self, shard: str, error: str) -> None:
         self._print(f"FAILED shard {shard}: {error}")
 
     def summary(self, result: FleetResult) -> None:
+        for online in result.online_lines():
+            self._print(online)
         self._print(f"{result.command}: {result.summary()}")
         if line := result.veneer_summary():
             self._print(line)
@@ -109,6 +134,7 @@ class RichDisplay(PlainDisplay):
         self.tasks[shard] = self.progress.add_task(shard, total=total, note="")
 
     def tenant_done(self, result: TenantResult) -> None:
+        self._count(result)
         task = self.tasks.get(result.shard)
         if task is not None:
             self.progress.advance(task)
@@ -133,11 +159,13 @@ class RichDisplay(PlainDisplay):
                 str(sum(1 for t in rows if t.status == "migrated")),
                 str(sum(1 for t in rows if t.status == "current")),
                 str(sum(1 for t in rows if t.status == "failed"))
-                + (" (unreachable)" if shard in result.shard_errors else ""),
+                + (" (shard failed)" if shard in result.shard_errors else ""),
                 str(other),
                 f"{sum(t.seconds for t in rows):.2f}",
             )
         self.console.print(table)
+        for online in result.online_lines():
+            self.console.print(online, markup=False)
         if line := result.veneer_summary():
             self.console.print(line, markup=False)
         if result.refresh_error:

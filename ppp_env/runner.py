@@ -21,7 +21,10 @@ Shape of a run (see DESIGN.md, "What the libraries allow"):
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue as queue_module
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -139,6 +142,8 @@ class FleetResult:
     refreshed: list[str] = field(default_factory=list)
     refresh_pending: list[str] = field(default_factory=list)
     refresh_error: str | None = None
+    #: Revisions that ran online (through Alembic, tenant by tenant) and why.
+    online: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
@@ -167,7 +172,7 @@ class FleetResult:
         if self.count("not_run"):
             parts.append(f"{self.count('not_run')} not run")
         if self.shard_errors:
-            parts.append(f"{len(self.shard_errors)} shard(s) unreachable")
+            parts.append(f"{len(self.shard_errors)} shard(s) failed")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
 
     def veneer_summary(self) -> str | None:
@@ -176,6 +181,10 @@ class FleetResult:
             return None
         pending = f", pending: {', '.join(self.refresh_pending)}" if self.refresh_pending else ""
         return f"veneer: {len(self.refreshed)} tenant(s) refreshed{pending}"
+
+    def online_lines(self) -> list[str]:
+        """One line per revision that could not be rendered and ran online, with why."""
+        return [f"ran online: {label}: {why}" for label, why in sorted(self.online.items())]
 
     def failure_message(self) -> str:
         lines = [self.summary()]
@@ -197,6 +206,7 @@ class FleetResult:
                 s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
             },
             "shard_errors": self.shard_errors,
+            "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
             "tenants": [asdict(t) for t in self.tenants],
             "veneer": {
                 "refreshed": self.refreshed,
@@ -208,13 +218,44 @@ class FleetResult:
 
 # -- the Alembic side a worker needs ------------------------------------------------------------
 @dataclass
+class Rendered:
+    """The first steps of a path rendered offline, and where (and why) rendering stopped.
+
+    ``chunks`` holds one ``(label, sql)`` per rendered step, in order; ``stopped_at`` is the
+    label of the first step that cannot be rendered (None: the whole path rendered).
+    """
+
+    chunks: list[tuple[str, str]] = field(default_factory=list)
+    stopped_at: str | None = None
+    reason: str | None = None
+    #: The step stopped because it needs the tenant (it can be rendered per tenant).
+    per_tenant: bool = False
+
+    @property
+    def sql(self) -> str:
+        return "".join(sql for _label, sql in self.chunks)
+
+
+@dataclass
 class AlembicHooks:
     """What the runner needs from the Alembic environment it runs in (see tenant_env)."""
 
     command: str
+    #: The steps from these heads to the command's destination.
     steps: Callable[[tuple[str, ...]], list[Any]]
-    render: Callable[[tuple[str, ...]], str | None]
-    run_online: Callable[[Any, str], None]
+    #: Render as many of those steps as can be rendered offline.
+    render: Callable[[tuple[str, ...]], Rendered]
+    #: Run these steps online for a tenant on a SQLAlchemy connection; StepFailed on error.
+    run_online: Callable[[Any, str, Sequence[Any]], None]
+
+
+class StepFailed(Exception):
+    """A step of a tenant's path failed: which revision, and the original error."""
+
+    def __init__(self, label: str, error: BaseException) -> None:
+        super().__init__(f"{label}: {db.error_text(error)}")
+        self.label = label
+        self.error = error
 
 
 _current_tenant: str | None = None
@@ -232,7 +273,7 @@ def current_tenant() -> str:
     instead of being rendered once for all.
     """
     if _rendering:
-        raise NeedsOnline()
+        raise NeedsOnline("it calls current_tenant()")
     if _current_tenant is None:
         raise PPPError("current_tenant() is only available while PPP migrates a tenant")
     return _current_tenant
@@ -307,9 +348,26 @@ def migrating(tenant: str) -> Iterator[None]:
         _current_tenant = None
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """The next part of a tenant's path from some heads: rendered SQL of consecutive steps, or
+    steps that run online through Alembic."""
+
+    chunks: tuple[tuple[str, str], ...] = ()
+    online: tuple[Any, ...] = ()
+
+    @property
+    def sql(self) -> str:
+        return "".join(sql for _label, sql in self.chunks)
+
+
+#: More segments than this in one tenant's path means a step made no progress.
+_MAX_SEGMENTS = 10_000
+
+
 @dataclass
 class _ShardRun:
-    """One worker's run over its shard: one connection, the tenants' states, the renders."""
+    """One worker's run over its shard: one connection, the tenants' states, the plans."""
 
     job: ShardJob
     settings: Settings
@@ -317,7 +375,9 @@ class _ShardRun:
     hooks: AlembicHooks
     conn: Any  # SQLAlchemy Connection, for Alembic's online path
     states: dict[str, TenantState] = field(default_factory=dict)
-    renders: dict[tuple[str, ...], str | None] = field(default_factory=dict)
+    #: Revisions that ran online on this shard, and why (reported once per run).
+    online: dict[str, str] = field(default_factory=dict)
+    _segments: dict[tuple[str, ...], _Segment | None] = field(default_factory=dict)
     _steps: dict[tuple[str, ...], bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -336,55 +396,138 @@ class _ShardRun:
             TenantResult(self.job.shard, t, "not_run", self.states[t].revision) for t in tenants
         ]
 
-    def reread(self, tenant: str, state: TenantState) -> tuple[str, ...]:
-        """The tenant's heads as seen after its lock was taken (the prepare's last row)."""
+    def segment(self, heads: tuple[str, ...]) -> _Segment | None:
+        """What to run next from ``heads`` (None: nothing left); planned once per worker.
+
+        Renderable steps are rendered (once, then replayed for every tenant at these heads);
+        a step that cannot be rendered runs online, alone, and rendering resumes after it.
+        """
+        if heads in self._segments:
+            return self._segments[heads]
+        steps = self.hooks.steps(heads)
+        seg: _Segment | None
+        if not steps:
+            seg = None
+        elif not (self.options.render and self.hooks.command in RENDERABLE):
+            seg = _Segment(online=tuple(steps))
+        else:
+            rendered = self.hooks.render(heads)
+            if rendered.chunks:
+                seg = _Segment(chunks=tuple(rendered.chunks))
+            else:
+                seg = _Segment(online=(steps[0],))
+                if rendered.stopped_at:
+                    self.online[rendered.stopped_at] = rendered.reason or "cannot be rendered"
+        self._segments[heads] = seg
+        return seg
+
+    def reread(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
+        """The tenant's heads as seen after its lock was taken (the prepare's last row), and
+        whether its version table exists."""
         value = self.cur.fetchone()[0]
         if state.heads:
-            return _heads(value)
-        if value:  # a version table appeared since the state was read
+            return _heads(value), True
+        if value:  # a version table exists (maybe empty, maybe filled since the state was read)
             self.cur.execute(_versions_sql(tenant))
-            return _heads(self.cur.fetchone()[0])
-        return ()
+            return _heads(self.cur.fetchone()[0]), True
+        return (), False
 
-    def migrate(self, tenant: str) -> tuple[str, ...]:
-        """One tenant, one transaction: lock, re-read, apply; return its heads afterwards."""
+    def migrate(self, tenant: str, *, diagnose: bool = False) -> tuple[str, ...]:
+        """One tenant, one transaction: lock, re-read, apply; return its heads afterwards.
+
+        With ``diagnose``, rendered steps are sent one at a time (so a failure names its
+        revision) and the transaction is always rolled back.
+        """
         state, cur = self.states[tenant], self.cur
         prepare = _prepare_sql(tenant, state, self.options, self.settings.lock_timeout)
         track = "" if state.tracked else track_sql(tenant, self.inst.app_role)
-        if self.options.render and self.hooks.command in RENDERABLE:
-            try:
-                cur.execute("BEGIN;\n" + prepare)
-                heads = self.reread(tenant, state)
-                if not self.has_steps(heads):
-                    raise _Skip(" ".join(heads))
-                if heads not in self.renders:
-                    self.renders[heads] = self.hooks.render(heads)
-                sql = self.renders[heads]
-                if sql is not None:
-                    cur.execute(f"{sql}\n{track}{_versions_sql(tenant)};")
-                    after = cur.fetchone()[0]
-                    cur.execute("COMMIT")
-                    return _heads(after)
-                cur.execute("ROLLBACK")
-            except BaseException:
-                if not self.raw.closed:
-                    with suppress(psycopg2.Error):  # the original error is the one to report
-                        cur.execute("ROLLBACK")
-                raise
-        # Online: through Alembic, on the same connection, inside one transaction.
-        self.raw.autocommit = False
         try:
-            with self.conn.begin():
-                cur.execute(prepare)
-                heads = self.reread(tenant, state)
-                if not self.has_steps(heads):
-                    raise _Skip(" ".join(heads))
-                with migrating(tenant):
-                    self.hooks.run_online(self.conn, tenant)
-                cur.execute(track + _versions_sql(tenant))
-                return _heads(cur.fetchone()[0])
+            cur.execute("BEGIN;\n" + prepare)
+            heads, has_table = self.reread(tenant, state)
+            if not self.has_steps(heads):
+                raise _Skip(" ".join(heads))
+            for _ in range(_MAX_SEGMENTS):
+                seg = self.segment(heads)
+                if seg is None:
+                    break
+                before = heads
+                if seg.chunks:
+                    # A rendered path from base creates the version table: an empty one left
+                    # by `downgrade base` goes first (its index trigger is re-attached below).
+                    pre = ""
+                    if not heads and has_table:
+                        pre = f"DROP TABLE {quote_ident(tenant)}.{VERSION_TABLE};\n"
+                        track = track_sql(tenant, self.inst.app_role)
+                    if diagnose:
+                        for label, sql in seg.chunks:
+                            try:
+                                cur.execute(pre + sql)
+                            except psycopg2.Error as exc:
+                                raise StepFailed(label, exc) from exc
+                            pre = ""
+                        cur.execute(_versions_sql(tenant))
+                    else:
+                        cur.execute(f"{pre}{seg.sql}\n{_versions_sql(tenant)}")
+                else:
+                    with migrating(tenant):
+                        self.hooks.run_online(self.conn, tenant, seg.online)
+                    cur.execute(_versions_sql(tenant))
+                heads, has_table = _heads(cur.fetchone()[0]), True
+                if heads == before:
+                    raise PPPError(f"no progress from {' '.join(heads) or 'base'}")
+            else:
+                raise PPPError(f"more than {_MAX_SEGMENTS} segments: a step made no progress")
+            if diagnose:
+                cur.execute("ROLLBACK")
+            else:
+                cur.execute(f"{track}COMMIT")
+            return heads
+        except BaseException:
+            if not self.raw.closed:
+                with suppress(psycopg2.Error):  # the original error is the one to report
+                    cur.execute("ROLLBACK")
+            raise
         finally:
-            self.raw.autocommit = True
+            if not self.raw.closed:
+                with suppress(Exception):
+                    self.conn.rollback()  # SQLAlchemy's view of the connection: idle again
+
+    def explain(self, tenant: str, error: BaseException) -> str:
+        """The error of a failed tenant, naming the revision that failed when it can."""
+        if isinstance(error, StepFailed):
+            return str(error)
+        if isinstance(error, psycopg2.Error) and not self.raw.closed:
+            # A rendered segment failed as a whole: replay it step by step (rolled back).
+            try:
+                self.migrate(tenant, diagnose=True)
+            except StepFailed as step:
+                return f"{step.label}: {db.error_text(error)}"
+            except Exception:  # the replay is only for the message
+                pass
+        return db.error_text(error)
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    """In a worker: exit at once when the parent process is gone (killed, even by SIGKILL).
+
+    The worker's connection closes with it, so the server rolls back its tenant's
+    transaction; without this a forked worker waits forever for a parent that is gone.
+    """
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="ppp-parent-watch", daemon=True).start()
+
+
+def _check_client(cur: Any) -> None:
+    """Have the server notice a client that is gone even while it waits for a lock (PostgreSQL
+    14+), so a killed worker's transaction rolls back at once, not when the lock comes."""
+    with suppress(psycopg2.Error):
+        cur.execute("SET client_connection_check_interval = '1s'")
 
 
 def run_shard(
@@ -397,7 +540,15 @@ def run_shard(
 ) -> None:
     """Migrate every tenant of one shard on one connection; report through ``emit``."""
     inst = settings.shard(job.shard)
-    engine = db.engine(inst, "admin", connect_timeout=settings.connect_timeout, poolclass=NullPool)
+    # No reset on return: PPP ends every transaction itself, and a reset on a connection
+    # the server dropped would only log a traceback.
+    engine = db.engine(
+        inst,
+        "admin",
+        connect_timeout=settings.connect_timeout,
+        poolclass=NullPool,
+        pool_reset_on_return=None,
+    )
     try:
         conn = engine.connect()
     except Exception as exc:
@@ -405,12 +556,14 @@ def run_shard(
             (
                 "shard_error",
                 job.shard,
-                f"cannot connect at {inst.masked_url('admin')}: {db.first_line(exc)}",
+                f"unreachable: cannot connect at {inst.masked_url('admin')}: {db.first_line(exc)}",
             )
         )
         return
+    run: _ShardRun | None = None
     try:
         run = _ShardRun(job, settings, options, hooks, conn)
+        _check_client(run.cur)
         ensure_index(run.cur, inst.app_role)
         run.states = read_states(run.cur, job.tenants)
         current: list[TenantResult] = []
@@ -439,7 +592,7 @@ def run_shard(
             except psycopg2.errors.LockNotAvailable as exc:
                 result.status, result.error = "locked", db.first_line(exc)
             except Exception as exc:
-                result.status, result.error = "failed", db.first_line(exc)
+                result.status, result.error = "failed", run.explain(tenant, exc)
             result.seconds = time.perf_counter() - started
             emit(("results", job.shard, [result]))
             if run.raw.closed:
@@ -458,6 +611,11 @@ def run_shard(
             if options.fail_fast and result.status in ("failed", "locked"):
                 stop.set()  # before this worker takes its next tenant
     finally:
+        if run is not None and run.online:
+            emit(("online", job.shard, dict(run.online)))
+        if run is not None and run.raw.closed:
+            with suppress(Exception):
+                conn.invalidate()
         with suppress(Exception):  # a lost connection cannot be closed cleanly
             conn.close()
         engine.dispose()
@@ -503,8 +661,10 @@ def run_fleet(
     pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
     running: dict[str, Any] = {}
     done: set[str] = set()
+    parent = os.getpid()
 
     def worker(job: ShardJob) -> None:  # runs in the forked child
+        _watch_parent(parent)
         try:
             run_shard(job, settings, options, hooks, events.put, stop)
         except BaseException as exc:
@@ -524,6 +684,8 @@ def run_fleet(
                 display.tenant_done(r)
                 if r.status in ("failed", "locked") and options.fail_fast:
                     stop.set()
+        elif kind == "online":
+            result.online.update(event[2])
         elif kind == "shard_error":
             result.shard_errors[shard] = event[2]
             display.shard_failed(shard, event[2])
@@ -553,12 +715,34 @@ def run_fleet(
                     # Drain what it sent before it died, then report it if it never finished.
                     _drain(events, handle)
                     if shard not in done:
-                        handle(("shard_error", shard, f"worker died (exit code {proc.exitcode})"))
+                        seen = {t.tenant for t in result.tenants if t.shard == shard}
+                        untried = [
+                            TenantResult(shard, t, "not_run")
+                            for t in by_shard[shard]
+                            if t not in seen
+                        ]
+                        if untried:
+                            handle(("results", shard, untried))
+                        handle(("shard_error", shard, _death(proc.exitcode)))
                         done.add(shard)
                     del running[shard]
         _drain(events, handle)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _death(exitcode: int | None) -> str:
+    """What happened to a worker that ended without finishing its shard."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return (
+            f"its worker process was killed by {name}; the tenant it was migrating rolled back, "
+            "the rest were not tried: rerun to finish"
+        )
+    return f"its worker process exited with code {exitcode} before finishing: rerun to finish"
 
 
 def _drain(events: Any, handle: Callable[[tuple[Any, ...]], None]) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 from alembic import context as alembic_context
 from alembic.runtime.environment import EnvironmentContext
 from alembic.util import CommandError
+from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
@@ -39,7 +41,9 @@ from ppp_env.runner import (
     AlembicHooks,
     FleetResult,
     NeedsOnline,
+    Rendered,
     RunOptions,
+    StepFailed,
     migrating,
     rendering,
     run_fleet,
@@ -90,6 +94,163 @@ def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> Non
         _on_template(env, settings, options, metadata, kw)
 
 
+# -- rendering and running steps ---------------------------------------------------------------
+@contextmanager
+def _opts(env: EnvironmentContext, **overrides: Any) -> Iterator[None]:
+    """Run with some of the command's context options changed (the migration function, offline
+    mode, the starting revision), restoring them afterwards: ``configure`` reads them."""
+    saved = dict(env.context_opts)
+    env.context_opts.update(overrides)
+    try:
+        yield
+    finally:
+        env.context_opts.clear()
+        env.context_opts.update(saved)
+
+
+def step_label(step: Any) -> str:
+    """``revision <id> (<its message>)`` for a migration step, as errors and reports name it."""
+    script = getattr(step, "revision", None)
+    if script is not None and getattr(script, "revision", None):
+        doc = (getattr(script, "doc", "") or "").strip().splitlines()
+        return f"revision {script.revision}" + (f" ({doc[0]})" if doc and doc[0] else "")
+    return str(getattr(step, "short_log", step))
+
+
+def _flagged_online(step: Any) -> bool:
+    module = getattr(getattr(step, "revision", None), "module", None)
+    return bool(getattr(module, "ppp_online", False))
+
+
+def _why_not_rendered(exc: BaseException) -> str:
+    """Why a step could not be rendered offline, in words a revision author can act on."""
+    if isinstance(exc, NeedsOnline):
+        return str(exc) or "it needs a live connection"
+    text = f"{type(exc).__name__}: {db.first_line(exc)}"
+    reads = (
+        isinstance(exc, NoInspectionAvailable)
+        or (isinstance(exc, AttributeError) and "'NoneType' object has no attribute" in str(exc))
+        or "MockConnection" in str(exc)
+    )
+    if reads:
+        return f"it reads from the database ({text})"
+    return f"it cannot be rendered offline ({text})"
+
+
+#: What the default schema answers while rendering: a schema-neutral rendering cannot know the
+#: tenant, so a step whose SQL carries this name needs the tenant (rendered or run per tenant).
+UNKNOWN_SCHEMA = "ppp_default_schema_unknown_while_rendering"
+
+
+def _set_default_schema(env: EnvironmentContext, schema: str) -> None:
+    """What ``default_schema_name`` answers in the offline dialects while rendering."""
+    ctx = env.get_context()
+    for dialect in (ctx.dialect, getattr(ctx.bind, "dialect", None)):
+        if dialect is not None:
+            dialect.default_schema_name = schema
+
+
+def render_steps(
+    env: EnvironmentContext,
+    steps: list[Any],
+    heads: tuple[str, ...],
+    metadata: Any,
+    kw: dict[str, Any],
+    tenant: str | None = None,
+) -> Rendered:
+    """Render ``steps`` (the path from ``heads``) offline, as far as they can be rendered.
+
+    Without ``tenant`` the SQL is schema-neutral (search_path decides); a step that needs a
+    tenant (``current_tenant()``, the default schema) or a live connection (it reads data)
+    stops the rendering there, and the result says which step and why.
+    """
+    wanted = steps
+    for i, step in enumerate(steps):
+        if _flagged_online(step):
+            wanted = steps[:i]
+            break
+    out = Rendered()
+    if not wanted:
+        if steps:
+            out.stopped_at, out.reason = step_label(steps[0]), "it sets ppp_online = True"
+        return out
+    buf = io.StringIO()
+    marks: list[int] = [0]
+
+    def after(**_: Any) -> None:
+        marks.append(buf.tell())
+
+    options = _offline_options(buf, metadata, kw)
+    options["on_version_apply"] = (*util_to_tuple(kw.get("on_version_apply")), after)
+    with _opts(
+        env,
+        as_sql=True,
+        starting_rev=list(heads) if heads else None,
+        fn=lambda _heads, _ctx: list(wanted),
+    ):
+        env.configure(**options)
+        _set_default_schema(env, tenant or UNKNOWN_SCHEMA)
+        try:
+            with rendering() if tenant is None else migrating(tenant):
+                env.run_migrations()
+        except Exception as exc:
+            out.stopped_at, out.reason = step_label(wanted[len(marks) - 1]), _why_not_rendered(exc)
+            out.per_tenant = isinstance(exc, NeedsOnline)
+    text = buf.getvalue()
+    out.chunks = [
+        (step_label(step), text[marks[i] : marks[i + 1]])
+        for i, step in enumerate(wanted[: len(marks) - 1])
+    ]
+    for i, (label, sql) in enumerate(out.chunks):
+        if UNKNOWN_SCHEMA in sql:
+            out.chunks = out.chunks[:i]
+            out.stopped_at, out.per_tenant = label, True
+            out.reason = "it uses the default schema (the tenant)"
+            break
+    if out.stopped_at is None and len(wanted) < len(steps):
+        out.stopped_at, out.reason = step_label(steps[len(wanted)]), "it sets ppp_online = True"
+    return out
+
+
+def util_to_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def run_steps_online(
+    env: EnvironmentContext,
+    conn: Any,
+    tenant: str,
+    steps: Sequence[Any],
+    metadata: Any,
+    kw: dict[str, Any],
+) -> None:
+    """Run ``steps`` through Alembic online on ``conn`` for ``tenant`` (search_path already
+    set): the tenant's version table, the tenant as the default schema. StepFailed names the
+    step that failed."""
+    done: list[int] = []
+    options = dict(kw)
+    options["on_version_apply"] = (
+        *util_to_tuple(kw.get("on_version_apply")),
+        lambda **_: done.append(1),
+    )
+    dialect = conn.dialect
+    previous = dialect.default_schema_name
+    with _opts(env, fn=lambda _heads, _ctx: list(steps)):
+        env.configure(
+            connection=conn, target_metadata=metadata, version_table_schema=tenant, **options
+        )
+        dialect.default_schema_name = tenant
+        try:
+            env.run_migrations()
+        except Exception as exc:
+            failed = steps[min(len(done), len(steps) - 1)]
+            raise StepFailed(step_label(failed), exc) from exc
+        finally:
+            dialect.default_schema_name = previous
+
+
 # -- upgrade / downgrade / stamp ----------------------------------------------------------------
 def _fleet(
     env: EnvironmentContext,
@@ -106,22 +267,11 @@ def _fleet(
     def steps(heads: tuple[str, ...]) -> list[Any]:
         return list(fn(heads, None))
 
-    def render(heads: tuple[str, ...]) -> str | None:
-        for step in steps(heads):
-            module = getattr(getattr(step, "revision", None), "module", None)
-            if getattr(module, "ppp_online", False):
-                return None
-        try:
-            return _render(env, fn, heads, metadata, kw)
-        except NeedsOnline:
-            return None
-        except Exception:
-            log.debug("rendering from %s failed; running online", heads, exc_info=True)
-            return None
+    def render(heads: tuple[str, ...]) -> Rendered:
+        return render_steps(env, steps(heads), heads, metadata, kw)
 
-    def run_online(conn: Any, tenant: str) -> None:
-        env.configure(connection=conn, target_metadata=metadata, version_table_schema=tenant, **kw)
-        env.run_migrations()
+    def run_online(conn: Any, tenant: str, todo: Sequence[Any]) -> None:
+        run_steps_online(env, conn, tenant, todo, metadata, kw)
 
     hooks = AlembicHooks(command, steps, render, run_online)
     display = make_display(options.output, options.verbose)
@@ -150,41 +300,13 @@ def _refresh(settings: Settings, result: FleetResult) -> None:
 def _offline_options(buf: io.StringIO, metadata: Any, kw: dict[str, Any]) -> dict[str, Any]:
     """How PPP renders SQL: PostgreSQL, literal values, no BEGIN/COMMIT (PPP adds them)."""
     return {
+        **kw,
         "dialect_name": "postgresql",
         "output_buffer": buf,
         "literal_binds": True,
         "transactional_ddl": False,
         "target_metadata": metadata,
-        **kw,
     }
-
-
-def _render(
-    env: EnvironmentContext,
-    fn: Callable[..., Any],
-    heads: tuple[str, ...],
-    metadata: Any,
-    kw: dict[str, Any],
-) -> str:
-    """The SQL Alembic's offline mode writes for the steps from ``heads``, schema-neutral."""
-    buf = io.StringIO()
-    renv = EnvironmentContext(
-        env.config,
-        env.script,
-        fn=fn,
-        as_sql=True,
-        starting_rev=list(heads) if heads else None,
-        destination_rev=env.context_opts.get("destination_rev"),
-        tag=env.context_opts.get("tag"),
-    )
-    renv._install_proxy()
-    try:
-        renv.configure(**_offline_options(buf, metadata, kw))
-        with rendering():
-            renv.run_migrations()
-    finally:
-        env._install_proxy()
-    return buf.getvalue()
 
 
 # -- current ------------------------------------------------------------------------------------
@@ -218,29 +340,23 @@ def _offline(
     tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
     starting = env.context_opts.get("starting_rev")
     from_base = starting in (None, "base")
+    fn = env.context_opts["fn"]
+    heads: tuple[str, ...] = ()
+    if not from_base:
+        heads = tuple(env.script.get_revision(r).revision for r in util_to_tuple(starting))
+    steps = list(fn(heads, None))  # an unknown revision fails here, as Alembic says it
 
-    def render(tenant: str | None) -> str:
-        buf = io.StringIO()
-        env.configure(**_offline_options(buf, metadata, kw))
-        with rendering() if tenant is None else migrating(tenant):
-            env.run_migrations()
-        return buf.getvalue()
-
-    def render_or_explain(tenant: str | None) -> str:
-        try:
-            return render(tenant)
-        except NeedsOnline:
-            raise
-        except Exception as exc:
+    def render(tenant: str | None) -> Rendered:
+        rendered = render_steps(env, steps, heads, metadata, kw, tenant)
+        if rendered.stopped_at is not None and (tenant is not None or not rendered.per_tenant):
             raise PPPError(
-                f"cannot render the SQL offline ({type(exc).__name__}: {exc}); a revision on "
-                "this path reads from the database, which --sql cannot do"
-            ) from None
+                f"cannot render the SQL offline: {rendered.stopped_at}: {rendered.reason}; "
+                "--sql cannot run it (PPP runs such a revision online during upgrade)"
+            )
+        return rendered
 
-    try:
-        shared: str | None = render_or_explain(None)
-    except NeedsOnline:
-        shared = None
+    shared = render(None)
+    per_tenant = shared.stopped_at is not None  # a tenant-specific revision: render per tenant
     out_dir = Path(options.sql_dir) if options.sql_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +375,7 @@ def _offline(
                 if from_base:
                     stream.write(f"CREATE SCHEMA IF NOT EXISTS {q};\n")
                 stream.write(f"SET LOCAL search_path TO {q};\n\n")
-                stream.write(shared if shared is not None else render_or_explain(schema))
+                stream.write(render(schema).sql if per_tenant else shared.sql)
                 stream.write("COMMIT;\n\n")
         finally:
             if out_dir:

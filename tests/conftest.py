@@ -15,6 +15,7 @@ servers with :meth:`Topology.variant`.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -24,9 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.config import Config
 
+from ppp_env import db
+from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant
+from ppp_env.fleet import read_states
 from ppp_env.local import EXAMPLE_SHARDS, LocalServers
 from ppp_env.provision import provision
+from ppp_env.runner import RunOptions
 from ppp_env.settings import Settings, env_prefix, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,3 +149,66 @@ def veneer_head(topology: Topology) -> Topology:
 
     command.upgrade(alembic_config("veneer"), "head")
     return topology
+
+
+# -- a small fleet of test tenants over the test-only chain tests/scripts/fleet ------------------
+FLEET_SCRIPTS = ROOT / "tests" / "scripts" / "fleet"
+
+
+def fleet_config(script_location: Path = FLEET_SCRIPTS, **attributes) -> Config:
+    """A Config for the test-only script directory (its own tenants, prefix ft_)."""
+    cfg = Config(stdout=io.StringIO(), output_buffer=io.StringIO())
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("prepend_sys_path", str(ROOT))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+def opts(**kw) -> dict:
+    return {"ppp.options": RunOptions(output="quiet", **kw)}
+
+
+def states(settings, shard: str, schemas: list[str]) -> dict:
+    with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+        return read_states(conn.cursor(), schemas)
+
+
+def shard_sql(settings, shard: str, sql: str, params=None, role="admin"):
+    with db.connection(settings.shard(shard), role, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def register(settings, tenants: dict[str, str]) -> None:
+    with admin_connection(settings) as conn:
+        for schema, shard in tenants.items():
+            register_tenant(conn, schema, shard)
+
+
+def unregister(settings, tenants) -> None:
+    with admin_connection(settings) as conn:
+        for schema in tenants:
+            unregister_tenant(conn, schema)
+
+
+def drop_schemas(settings, tenants: dict[str, str]) -> None:
+    for schema, shard in tenants.items():
+        shard_sql(settings, shard, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def fleet(veneer_head, request):
+    """Two test tenants per shard, registered for the test and removed afterwards."""
+    settings = veneer_head.settings
+    prefix = request.node.name.split("[")[0].replace("test_", "")[:20]
+    tenants = {f"ft_{prefix}_{shard[:3]}{i}": shard for shard in settings.shards for i in range(2)}
+    register(settings, tenants)
+    yield tenants
+    unregister(settings, tenants)
+    drop_schemas(settings, tenants)
+
+
+def only(tenants) -> dict:
+    return {"tenants": sorted(tenants)}

@@ -2,83 +2,28 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from alembic.util import CommandError
 
 from ppp_env import db
-from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant
-from ppp_env.fleet import read_states
-from ppp_env.runner import RunOptions
-from tests.conftest import ROOT, alembic_config
-
-FLEET_SCRIPTS = ROOT / "tests" / "scripts" / "fleet"
-
-
-def fleet_config(script_location: Path = FLEET_SCRIPTS, **attributes) -> Config:
-    """A Config for the test-only script directory (its own tenants, prefix ft_)."""
-    cfg = Config(stdout=io.StringIO(), output_buffer=io.StringIO())
-    cfg.set_main_option("script_location", str(script_location))
-    cfg.set_main_option("prepend_sys_path", str(ROOT))
-    cfg.set_main_option("path_separator", "os")
-    cfg.attributes.update(attributes)
-    return cfg
-
-
-def opts(**kw) -> dict:
-    return {"ppp.options": RunOptions(output="quiet", **kw)}
-
-
-def states(settings, shard: str, schemas: list[str]) -> dict:
-    with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
-        return read_states(conn.cursor(), schemas)
-
-
-def shard_sql(settings, shard: str, sql: str, params=None, role="admin"):
-    with db.connection(settings.shard(shard), role, autocommit=True) as conn:
-        cur = conn.cursor()
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else None
-
-
-def register(settings, tenants: dict[str, str]) -> None:
-    with admin_connection(settings) as conn:
-        for schema, shard in tenants.items():
-            register_tenant(conn, schema, shard)
-
-
-def unregister(settings, tenants) -> None:
-    with admin_connection(settings) as conn:
-        for schema in tenants:
-            unregister_tenant(conn, schema)
-
-
-def drop_schemas(settings, tenants: dict[str, str]) -> None:
-    for schema, shard in tenants.items():
-        shard_sql(settings, shard, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def fleet(veneer_head, request):
-    """Two test tenants per shard, registered for the test and removed afterwards."""
-    settings = veneer_head.settings
-    prefix = request.node.name.split("[")[0].replace("test_", "")[:20]
-    tenants = {f"ft_{prefix}_{shard[:3]}{i}": shard for shard in settings.shards for i in range(2)}
-    register(settings, tenants)
-    yield tenants
-    unregister(settings, tenants)
-    drop_schemas(settings, tenants)
-
-
-def only(tenants) -> dict:
-    return {"tenants": sorted(tenants)}
+from tests.conftest import (
+    FLEET_SCRIPTS,
+    ROOT,
+    alembic_config,
+    drop_schemas,
+    fleet_config,
+    only,
+    opts,
+    register,
+    shard_sql,
+    states,
+    unregister,
+)
 
 
 def test_upgrade_migrates_every_tenant_and_creates_new_schemas(fleet, settings):
@@ -292,7 +237,10 @@ def test_unreachable_shard_is_reported_and_others_finish(fleet, topology, settin
     finally:
         topology.servers.start("initech", port)
     message = str(err.value)
-    assert "shard initech: cannot connect at postgresql+psycopg2://initech_admin:***@" in message
+    assert (
+        "shard initech: unreachable: cannot connect at postgresql+psycopg2://initech_admin:***@"
+        in message
+    )
     assert settings.shard("initech").admin_password not in message
     for t, shard in fleet.items():
         if shard != "initech":
