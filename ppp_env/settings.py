@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from sqlalchemy.engine import URL
 
 from ppp_env.errors import PPPError
@@ -154,12 +155,30 @@ def read_environment(
     values: dict[str, str] = {}
     if path.is_file():
         try:
+            check_dotenv(path)
             raw = dotenv_values(path, interpolate=False)
         except (OSError, UnicodeDecodeError) as exc:
             raise PPPError(f"cannot read {path}: {exc}") from None
         values = {k: v for k, v in raw.items() if v is not None}
     values.update(process)
     return values, name, path
+
+
+def check_dotenv(path: Path) -> None:
+    """PPPError naming the file and line of the first statement python-dotenv cannot parse.
+
+    python-dotenv only logs a warning and skips such a line, so a typo would silently drop a
+    setting (or a password). A line without ``=`` counts as malformed too. The line itself is
+    never shown: it may hold a password.
+    """
+    with open(path, encoding="utf-8") as stream:
+        for binding in parse_stream(stream):
+            if binding.error or (binding.key is not None and binding.value is None):
+                text = binding.original.string
+                line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
+                quote = binding.error and "=" in text
+                why = "expected NAME=value" + (" (an unterminated quote?)" if quote else "")
+                raise PPPError(f"{path}, line {line}: cannot parse this line: {why}")
 
 
 class _Reader:

@@ -348,3 +348,43 @@ def test_instance_lookup(project: Path) -> None:
         s.instance("nope")
     with pytest.raises(PPPError, match=r"^unknown shard 'veneer'; PPP_SHARDS lists: bluth_co"):
         s.shard("veneer")
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "why"),
+    [
+        ("this is junk\n", 2, "expected NAME=value"),
+        (
+            "PPP_VENEER_APP_PASSWORD='pw-open-Zq7\n",
+            2,
+            "expected NAME=value (an unterminated quote?)",
+        ),
+        ("\n\n# a comment\nPPP_SHARD_LONELY\n", 5, "expected NAME=value"),
+    ],
+)
+def test_malformed_dotenv_line_is_an_error_naming_file_and_line(
+    project: Path, body: str, line: int, why: str
+) -> None:
+    good = "".join(f"{k}={v}\n" for k, v in base_values().items())
+    path = project / ".env"
+    path.write_text("PPP_JOBS=2\n" + body + good)
+    before = path.read_text()
+    message = f"Error: {path}, line {line}: cannot parse this line: {why}"
+    for args in (["settings"], ["init"], ["local", "up", "--backend", "local"], ["local", "down"]):
+        result = run(args, {})
+        assert_error(result, message)
+        assert "pw-open-Zq7" not in result.output
+    assert path.read_text() == before  # nothing done
+    assert sorted(p.name for p in project.iterdir()) == [".env"]
+    with pytest.raises(PPPError, match=f"line {line}: cannot parse this line"):
+        load_settings(environ={"PPP_PROJECT_DIR": str(project)})
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\r", "\nacme", "ac me", "acme\x00"])
+def test_identifiers_must_match_in_full(name: str) -> None:
+    from ppp_env.identifiers import validate_identifier, validate_tenant
+
+    with pytest.raises(PPPError, match="invalid"):
+        validate_identifier(name)
+    with pytest.raises(PPPError, match="invalid tenant schema name"):
+        validate_tenant(name)
