@@ -80,9 +80,15 @@ def _environment(state: State) -> tuple[dict[str, str], str | None, Path]:
     return read_environment(state.env_name)
 
 
+LOCAL_DIR_VARIABLE = "PPP_LOCAL_DIR"
+
+
 def _local(values: dict[str, str], env_name: str | None, path: Path) -> local_servers.LocalServers:
-    """The local servers of this project: under PPP_LOCAL_DIR, else a folder in /tmp."""
-    base = values.get("PPP_LOCAL_DIR") or str(local_servers.default_base_dir(path.parent, env_name))
+    """The local servers of this project: under PPP_LOCAL_DIR (`up` records it in .env),
+    else a folder in /tmp."""
+    base = values.get(LOCAL_DIR_VARIABLE) or str(
+        local_servers.default_base_dir(path.parent, env_name)
+    )
     return local_servers.LocalServers(Path(base), local_servers.find_bindir(values))
 
 
@@ -158,9 +164,14 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
         for p in _prefixes(sorted({*wanted, *compose.SERVICES}))
         for var in ("FDW_HOST", "FDW_PORT")
     ]
-    local_servers.write_dotenv(
-        path, {**new_values, compose.BACKEND_VARIABLE: "local"}, remove=stale
-    )
+    # The servers' folder too: `down`, `status` and `logs` must find them without the
+    # PPP_LOCAL_DIR that `up` may have been given.
+    recorded = {
+        **new_values,
+        compose.BACKEND_VARIABLE: "local",
+        LOCAL_DIR_VARIABLE: str(servers.base_dir.resolve()),
+    }
+    local_servers.write_dotenv(path, recorded, remove=stale)
     for name in wanted:
         st = servers.status(name)
         what = "already running" if before[name] else "started"

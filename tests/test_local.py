@@ -250,3 +250,23 @@ def test_private_parent_folder_is_explained(work: Workdir) -> None:
         f"{private} is not searchable by others. Set PPP_LOCAL_DIR to a folder under "
         f"{tempfile.gettempdir()}, or `chmod o+x {private}`"
     ]
+
+
+def test_up_records_the_local_dir_for_down_and_status(work: Workdir) -> None:
+    """`up` with PPP_LOCAL_DIR; `status` and `down` without it find the same servers."""
+    out = lines(work.ppp("local", "up", "--backend", "local", "--shards", "solo"))
+    assert out[-1] == f"settings written to {work.project / '.env'}"
+    assert f"PPP_LOCAL_DIR={work.servers.resolve()}\n" in work.dotenv()
+    ports = {name: LocalServers(work.servers).status(name).port for name in ("veneer", "solo")}
+    no_dir = {"PPP_PROJECT_DIR": str(work.project)}
+
+    result = CliRunner().invoke(cli, ["local", "status"], env=no_dir)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("running") == 2 and str(work.servers) in result.stdout
+    result = CliRunner().invoke(cli, ["logs", "solo", "-n", "1"], env=no_dir)
+    assert result.exit_code == 0, result.output
+
+    result = CliRunner().invoke(cli, ["local", "down"], env=no_dir)
+    assert sorted(lines(result)) == ["solo: stopped", "veneer: stopped"]
+    for port in ports.values():
+        assert port is not None and not listening(port)
