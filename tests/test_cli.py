@@ -141,3 +141,46 @@ def test_settings_command_masks_every_password(topo_env: dict[str, str | None]) 
     for key, value in topo_env.items():
         if key.endswith("PASSWORD") and value:
             assert value not in result.output
+
+
+# -- exit codes of the real console scripts (the README's table) --------------------------------
+def console_script(name: str) -> str:
+    """A console script installed next to this interpreter (the venv's bin folder)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed next to {sys.executable}"
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["ppp", "--version"], 0, ""),
+        (["ppp", "settings"], 1, "Error: PPP_SHARDS is not set: "),
+        (["ppp", "tenant", "add", "acme\n", "--shard", "a"], 1, "Error: PPP_SHARDS is not set"),
+        (["ppp", "no-such-command"], 2, "Usage: ppp [OPTIONS] COMMAND [ARGS]..."),
+        (["ppp", "veneer", "downgrade"], 2, "Usage: ppp veneer downgrade"),
+        (["alembic", "-n", "veneer", "heads"], 0, ""),
+        (["alembic", "-n", "veneer", "upgrade", "head"], 255, "FAILED: PPP_SHARDS is not set: "),
+        (["alembic", "upgrade", "head"], 255, "FAILED: PPP_SHARDS is not set: "),
+        (["alembic", "--no-such-option"], 2, "usage: alembic"),
+    ],
+)
+def test_exit_codes_of_the_console_scripts(
+    tmp_path: Path, argv: list[str], code: int, message: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PPP_", "ALEMBIC_"))}
+    env.update(PPP_PROJECT_DIR=str(tmp_path), ALEMBIC_CONFIG=str(ROOT / "alembic.ini"))
+    done = subprocess.run(
+        [console_script(argv[0]), *argv[1:]],
+        cwd=ROOT if argv[0] == "alembic" else tmp_path,  # alembic from the project folder
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, (done.stdout, done.stderr)
+    if message:  # ppp writes its errors to stderr; Alembic prints `FAILED:` on stdout
+        shown = (done.stderr if argv[0] == "ppp" else done.stdout + done.stderr).splitlines()
+        assert any(line.startswith(message) for line in shown), done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
