@@ -20,16 +20,19 @@ travel through ``COPY ... FROM STDIN`` into a temporary table, and a ``DO`` bloc
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ppp_env import catalog
 from ppp_env.db import connection, first_line
@@ -48,8 +51,6 @@ FETCH_SIZE = 1000
 EXCLUDED_TABLES = ("alembic_version",)
 #: How many tenants one query on a shard covers.
 _CHUNK = 2000
-#: SQLSTATE of postgres_fdw's "schema ... is not present on foreign server".
-_SCHEMA_NOT_FOUND = "HV00B"
 
 
 def _ddl(conn: Connection, sql: str) -> None:
@@ -262,6 +263,43 @@ def drop_all_wiring(conn: Connection) -> None:
 
 
 # -- tenants' foreign tables --------------------------------------------------------------------
+#: PPP's record of what it wired, in the veneer's catalog schema (admin-only, created by the
+#: first refresh): per tenant schema, every foreign table and type PPP created there, the
+#: signature of the definition it was created from, and the object's oid (an object dropped
+#: or replaced by hand has another oid, or none, and is wired again).
+WIRED = "ppp.wired_objects"
+#: Locks one refresh transaction may take, estimated. PostgreSQL's lock table has
+#: max_locks_per_transaction (64) x max_connections slots for the whole server, shared by
+#: every session: a refresh batches tenants into transactions that stay under this.
+LOCK_BUDGET = 1000
+#: Locks taken per foreign table created; per foreign table or type dropped (it also locks
+#: its row and array types, plus one per column default: counted from the new definition,
+#: or :data:`_LOCKS_GONE` for a table gone from the shard); per tenant (schema, catalog rows).
+_LOCKS_CREATE, _LOCKS_DROP, _LOCKS_GONE, _LOCKS_TENANT = 1, 3, 6, 4
+#: Lock timeout (seconds) of a batch of tenants: a tenant whose foreign table a long query
+#: holds fails the batch quickly (then it waits ``settings.lock_timeout`` on its own).
+BATCH_LOCK_TIMEOUT = 1.0
+#: Privileges ``veneer_app`` gets on every foreign table.
+_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
+#: The wired record's kinds.
+_TABLE, _TYPE = "table", "type"
+#: Type kinds the veneer creates (pg_type.typtype): enum, domain, composite.
+CREATABLE_TYPES = {"e": "enum", "d": "domain", "c": "composite"}
+_OTHER_TYPES = {"r": "range", "b": "base", "p": "pseudo"}
+
+_CREATE_WIRED = f"""
+CREATE TABLE IF NOT EXISTS {WIRED} (
+    schema      text NOT NULL,
+    name        text NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('{_TABLE}', '{_TYPE}')),
+    signature   text NOT NULL,
+    local_oid   oid NOT NULL,
+    wired_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema, name)
+)
+"""
+
+
 @dataclass
 class RefreshReport:
     """What a refresh did: tenants wired, pending (no schema on the shard yet), failed."""
@@ -272,10 +310,37 @@ class RefreshReport:
     #: The revision recorded for each refreshed tenant (None: no alembic_version yet).
     revisions: dict[str, str | None] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Refreshed tenants that needed no DDL (their foreign tables were already in step).
+    unchanged: list[str] = field(default_factory=list)
+    #: Foreign tables created (new or changed on the shard) and dropped (changed or gone).
+    tables_created: int = 0
+    tables_dropped: int = 0
+    #: Types created, altered (an enum's new labels) or dropped.
+    types_changed: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+@dataclass(frozen=True)
+class RemoteType:
+    """A type in a tenant's schema on its shard."""
+
+    name: str
+    #: pg_type.typtype: 'e' enum, 'd' domain, 'c' composite (the veneer creates these),
+    #: 'r' range, 'b' base, 'p' pseudo (it cannot).
+    kind: str
+    signature: str
+    #: What follows ``CREATE TYPE x AS`` / ``CREATE DOMAIN x AS`` (None: not creatable).
+    body: str | None
+    labels: tuple[str, ...] = ()
+    #: Other types of the same schema this one is built from (created first).
+    depends: tuple[str, ...] = ()
+
+    @property
+    def creatable(self) -> bool:
+        return self.kind in CREATABLE_TYPES and self.body is not None
 
 
 @dataclass(frozen=True)
@@ -284,39 +349,167 @@ class RemoteTenant:
 
     exists: bool
     revision: str | None
-    #: Tables with a column default that uses an object the veneer does not have (a
-    #: sequence's nextval, a function of the tenant or of an extension): imported without
-    #: their defaults, so INSERTs through the veneer must give those columns.
-    local_defaults: tuple[str, ...] = ()
+    #: Table (view, foreign table, materialized view, partitioned table) -> signature of its
+    #: foreign table's column list.
+    tables: Mapping[str, str] = field(default_factory=dict)
+    types: Mapping[str, RemoteType] = field(default_factory=dict)
+    #: Signature -> column list (shared by every tenant of the shard, read once per signature).
+    definitions: Mapping[str, str] = field(default_factory=dict)
+
+
+# What the foreign table of each remote table looks like, as postgres_fdw's IMPORT FOREIGN
+# SCHEMA writes it (same catalog query, same search_path = pg_catalog, so types, defaults and
+# collations come schema-qualified): `name type OPTIONS (column_name 'name') [COLLATE c]
+# [DEFAULT e | GENERATED ALWAYS AS (e) STORED] [NOT NULL]`. A default is left out when it
+# uses an object the veneer lacks (a sequence, a function of the tenant or of an extension;
+# the tenant's own types are created in the veneer). The signature is the md5 of the column
+# list; the list itself is returned once per distinct signature.
+_REMOTE_TABLES = """
+WITH rel AS (
+    SELECT c.oid, c.relnamespace, n.nspname, c.relname
+    FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+    WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'v', 'f', 'm', 'p')
+      AND NOT c.relispartition AND c.relname <> ALL(%(excluded)s)
+), col AS (
+    SELECT r.oid, a.attnum,
+        format('%%I %%s OPTIONS (column_name %%L)', a.attname,
+               format_type(a.atttypid, a.atttypmod), a.attname)
+        || CASE WHEN co.oid IS NULL THEN ''
+                ELSE format(' COLLATE %%I.%%I', cn.nspname, co.collname) END
+        || CASE
+             WHEN a.attgenerated = 's'
+               THEN format(' GENERATED ALWAYS AS (%%s) STORED', pg_get_expr(ad.adbin, ad.adrelid))
+             WHEN ad.oid IS NOT NULL AND NOT EXISTS (
+                 SELECT 1 FROM pg_depend d
+                 WHERE d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                   AND d.refobjid >= 16384
+                   AND NOT (d.refclassid = 'pg_class'::regclass AND d.refobjid = r.oid)
+                   AND NOT (d.refclassid = 'pg_type'::regclass AND EXISTS (
+                       SELECT 1 FROM pg_type ty
+                       WHERE ty.oid = d.refobjid AND ty.typnamespace = r.relnamespace)))
+               THEN ' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid)
+             ELSE '' END
+        || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END AS def
+    FROM rel r
+    JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = r.oid AND ad.adnum = a.attnum
+    LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+), tab AS (
+    SELECT r.nspname, r.relname, coalesce(string_agg(c.def, ', ' ORDER BY c.attnum), '') AS cols
+    FROM rel r LEFT JOIN col c ON c.oid = r.oid
+    GROUP BY r.nspname, r.relname
+), sig AS (
+    SELECT nspname, relname, md5(cols) AS sig, cols,
+           row_number() OVER (PARTITION BY md5(cols) ORDER BY nspname, relname) AS nth
+    FROM tab
+)
+SELECT nspname, relname, sig, CASE WHEN nth = 1 THEN cols END FROM sig
+"""
+
+_COLLATE = """coalesce((SELECT format(' COLLATE %%I.%%I', cn.nspname, co.collname)
+    FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+    WHERE co.oid = {coll} AND {coll} <> 0 AND {coll} IS DISTINCT FROM {base}), '')"""
+
+# The types of tenant schemas: enums, domains and standalone composite types (with what the
+# veneer needs to create them), ranges and base types (only named, in errors). Array types
+# and tables' row types come with their owners.
+_REMOTE_TYPES = f"""
+SELECT n.nspname, t.typname, t.typtype,
+    CASE t.typtype
+    WHEN 'e' THEN 'ENUM (' || coalesce((SELECT string_agg(quote_literal(e.enumlabel), ', '
+        ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid), '') || ')'
+    WHEN 'd' THEN format_type(t.typbasetype, t.typtypmod)
+        || {_COLLATE.format(coll="t.typcollation", base="bt.typcollation")}
+        || coalesce(' DEFAULT ' || pg_get_expr(t.typdefaultbin, 0), '')
+        || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
+        || coalesce((SELECT string_agg(format(' CONSTRAINT %%I %%s', k.conname,
+               pg_get_constraintdef(k.oid)), '' ORDER BY k.conname)
+           FROM pg_constraint k WHERE k.contypid = t.oid AND k.contype = 'c'), '')
+    WHEN 'c' THEN '(' || coalesce((SELECT string_agg(format('%%I %%s', a.attname,
+            format_type(a.atttypid, a.atttypmod))
+            || {_COLLATE.format(coll="a.attcollation", base="at.typcollation")},
+            ', ' ORDER BY a.attnum)
+        FROM pg_attribute a JOIN pg_type at ON at.oid = a.atttypid
+        WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '') || ')'
+    END AS body,
+    ARRAY(SELECT e.enumlabel FROM pg_enum e WHERE e.enumtypid = t.oid
+          ORDER BY e.enumsortorder) AS labels,
+    ARRAY(SELECT DISTINCT rt.typname
+          FROM pg_type xt
+          JOIN pg_type rt ON rt.oid = CASE WHEN xt.typcategory = 'A' AND xt.typelem <> 0
+                                           THEN xt.typelem ELSE xt.oid END
+          WHERE rt.typnamespace = t.typnamespace AND rt.oid <> t.oid
+            AND xt.oid IN (SELECT t.typbasetype UNION ALL
+                           SELECT a.atttypid FROM pg_attribute a
+                           WHERE t.typrelid <> 0 AND a.attrelid = t.typrelid AND a.attnum > 0
+                             AND NOT a.attisdropped)) AS depends
+FROM pg_type t
+JOIN pg_namespace n ON n.oid = t.typnamespace
+LEFT JOIN pg_type bt ON bt.oid = t.typbasetype
+LEFT JOIN pg_class rc ON rc.oid = t.typrelid
+WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b', 'p')
+  AND (t.typrelid = 0 OR rc.relkind = 'c')
+  AND NOT (t.typcategory = 'A' AND t.typelem <> 0)
+"""
 
 
 def read_remote(
-    inst: Instance, schemas: Sequence[str], connect_timeout: int = 5
+    inst: Instance,
+    schemas: Sequence[str],
+    connect_timeout: int = 5,
+    revisions: Mapping[str, str | None] | None = None,
 ) -> dict[str, RemoteTenant]:
-    """Whether each tenant schema exists on its shard, its revision there, and which of its
-    tables have defaults the veneer cannot have. One connection to the shard, a few queries.
+    """Each tenant schema as its shard has it: whether it exists, its revision, the signature
+    of every table's foreign-table definition and its types. One connection to the shard,
+    three or four queries per 2,000 tenants, whatever their number of tables.
 
     The revision is :attr:`ppp_env.fleet.TenantState.revision` (heads joined by a space), the
-    form ``ppp status`` compares ``wired_revision`` with.
+    form ``ppp status`` compares ``wired_revision`` with; a tenant in ``revisions`` takes its
+    revision from there instead (what the caller just migrated it to).
     """
+    known = dict(revisions or {})
     out: dict[str, RemoteTenant] = {}
     with connection(inst, "admin", connect_timeout=connect_timeout) as conn, conn.cursor() as cur:
-        states = read_states(cur, schemas)
+        cur.execute("SET LOCAL search_path = pg_catalog")
         for i in range(0, len(schemas), _CHUNK):
-            cur.execute(
-                "SELECT n.nspname, array_agg(DISTINCT c.relname ORDER BY c.relname) "
-                "FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
-                "WHERE n.nspname = ANY(%s::text[]) AND dep.refobjid >= 16384 "
-                "AND NOT (dep.refclassid = 'pg_class'::regclass AND dep.refobjid = d.adrelid) "
-                "GROUP BY n.nspname",
-                (list(schemas[i : i + _CHUNK]),),
-            )
-            local = {name: tuple(tables) for name, tables in cur.fetchall()}
-            for name in schemas[i : i + _CHUNK]:
-                st = states[name]
-                out[name] = RemoteTenant(st.exists, st.revision, local.get(name, ()))
+            chunk = list(schemas[i : i + _CHUNK])
+            unknown = [s for s in chunk if s not in known]
+            # The revision first: a migration that lands after it leaves the veneer marked
+            # stale (the next refresh catches up), never falsely in step.
+            states = read_states(cur, unknown) if unknown else {}
+            exists = {s for s, st in states.items() if st.exists}
+            revision = {s: st.revision for s, st in states.items()}
+            if len(unknown) < len(chunk):
+                cur.execute(
+                    "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                    ([s for s in chunk if s in known],),
+                )
+                exists.update(r[0] for r in cur.fetchall())
+                revision.update({s: known[s] for s in chunk if s in known})
+            args = {"schemas": chunk, "excluded": list(EXCLUDED_TABLES)}
+            cur.execute(_REMOTE_TABLES, args)
+            tables: dict[str, dict[str, str]] = {}
+            definitions: dict[str, str] = {}
+            for schema, table, sig, cols in cur.fetchall():
+                tables.setdefault(schema, {})[table] = sig
+                if cols is not None:
+                    definitions[sig] = cols
+            cur.execute(_REMOTE_TYPES, args)
+            types: dict[str, dict[str, RemoteType]] = {}
+            for schema, name, kind, body, labels, depends in cur.fetchall():
+                sig = hashlib.md5(f"{kind} {body}".encode()).hexdigest()
+                types.setdefault(schema, {})[name] = RemoteType(
+                    name, kind, sig, body, tuple(labels or ()), tuple(depends or ())
+                )
+            for schema in chunk:
+                out[schema] = RemoteTenant(
+                    schema in exists,
+                    revision.get(schema),
+                    tables.get(schema, {}),
+                    types.get(schema, {}),
+                    definitions,
+                )
         conn.rollback()
     return out
 
@@ -325,193 +518,600 @@ def _pgcode(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "pgcode", None)
 
 
-def _names(tables: Sequence[str]) -> str:
-    return ", ".join(quote_ident(t) for t in tables)
+def _names(schema: str, names: Sequence[str]) -> str:
+    q = quote_ident(schema)
+    return ", ".join(f"{q}.{quote_ident(n)}" for n in names)
 
 
-def _import_statements(
-    schema: str, shard: str, stage: str, remote: RemoteTenant, *, defaults: bool = True
-) -> list[str]:
-    """IMPORT FOREIGN SCHEMA into ``stage``, with the remote column defaults where possible.
+# -- the veneer's side --------------------------------------------------------------------------
+@dataclass
+class _Live:
+    """A tenant's veneer schema as it is now, and PPP's record of what it wired there."""
 
-    Defaults matter: postgres_fdw sends every column of an INSERT, so without the local
-    default a remote ``DEFAULT gen_random_uuid()`` would receive NULL. A default that uses an
-    object the veneer lacks (a sequence) would make the import fail: those tables come
-    without their defaults (``defaults=False``: every table does).
-    """
-    source = f"IMPORT FOREIGN SCHEMA {quote_ident(schema)}"
-    target = f"FROM SERVER {quote_ident(shard)} INTO {quote_ident(stage)}"
-    if not defaults:
-        return [
-            f"{source} EXCEPT ({_names(EXCLUDED_TABLES)}) {target} OPTIONS (import_default 'false')"
-        ]
-    plain = [*EXCLUDED_TABLES, *remote.local_defaults]
-    out = [f"{source} EXCEPT ({_names(plain)}) {target} OPTIONS (import_default 'true')"]
-    if remote.local_defaults:
-        out.append(
-            f"{source} LIMIT TO ({_names(remote.local_defaults)}) {target} "
-            "OPTIONS (import_default 'false')"
+    exists: bool = False
+    tables: dict[str, int] = field(default_factory=dict)  # foreign table -> oid
+    types: dict[str, tuple[int, str]] = field(default_factory=dict)  # type -> (oid, typtype)
+    wired: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # -> kind, sig, oid
+
+
+def _ensure_wired(conn: Connection, settings: Settings) -> None:
+    """Create PPP's record of the wiring if missing, closed to ``veneer_app``."""
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+        return
+    _ddl(conn, _CREATE_WIRED)
+    _ddl(conn, f"REVOKE ALL ON {WIRED} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
+
+
+def _read_live(conn: Connection, schemas: Sequence[str]) -> dict[str, _Live]:
+    """The veneer schemas of ``schemas``: foreign tables, types, the wired record (3 queries)."""
+    live = {s: _Live() for s in schemas}
+    raw: Any = conn.connection.driver_connection
+    cur = raw.cursor()
+    try:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
+            "WHERE n.nspname = ANY(%s)",
+            (list(schemas),),
         )
+        for schema, table, oid in cur.fetchall():
+            live[schema].exists = True
+            if table is not None:
+                live[schema].tables[table] = oid
+        cur.execute(
+            "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
+            "WHERE n.nspname = ANY(%s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b') "
+            "AND (t.typrelid = 0 OR rc.relkind = 'c') "
+            "AND NOT (t.typcategory = 'A' AND t.typelem <> 0)",
+            (list(schemas),),
+        )
+        for schema, name, oid, kind in cur.fetchall():
+            live[schema].types[name] = (oid, kind)
+        cur.execute(
+            f"SELECT schema, name, kind, signature, local_oid::bigint FROM {WIRED} "
+            "WHERE schema = ANY(%s)",
+            (list(schemas),),
+        )
+        for schema, name, kind, sig, oid in cur.fetchall():
+            live[schema].wired[name] = (kind, sig, oid)
+    finally:
+        cur.close()
+    return live
+
+
+def _read_labels(
+    conn: Connection, wanted: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """The labels of these enums in the veneer, in order."""
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        text(
+            "SELECT n.nspname, t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) "
+            "FROM unnest(CAST(:s AS text[]), CAST(:n AS text[])) AS w(schema, name) "
+            "JOIN pg_namespace n ON n.nspname = w.schema "
+            "JOIN pg_type t ON t.typnamespace = n.oid AND t.typname = w.name "
+            "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY n.nspname, t.typname"
+        ),
+        {"s": [s for s, _n in wanted], "n": [n for _s, n in wanted]},
+    ).all()
+    return {(r[0], r[1]): list(r[2]) for r in rows}
+
+
+def _enum_additions(
+    schema: str, name: str, old: Sequence[str], new: Sequence[str]
+) -> list[str] | None:
+    """``ALTER TYPE ... ADD VALUE`` statements turning enum ``old`` into ``new``, or None when
+    ``new`` is not ``old`` with labels added (a label renamed, removed or moved)."""
+    if len(set(new)) != len(new):
+        return None
+    rest = iter(new)
+    if not all(any(label == x for x in rest) for label in old):
+        return None
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
+    present = set(old)
+    out = []
+    for i, label in enumerate(new):
+        if label in present:
+            continue
+        if i > 0:
+            where = f" AFTER {quote_literal(new[i - 1])}"
+        elif old:
+            where = f" BEFORE {quote_literal(old[0])}"
+        else:
+            where = ""
+        out.append(f"ALTER TYPE {target} ADD VALUE {quote_literal(label)}{where}")
+        present.add(label)
     return out
 
 
-_SAVEPOINT = "ppp_tenant"
+def _in_order(types: Sequence[RemoteType]) -> list[RemoteType]:
+    """Types ordered so that each comes after the types it is built from."""
+    pending = {t.name: t for t in types}
+    out: list[RemoteType] = []
+    while pending:
+        ready = [t for t in pending.values() if not any(d in pending for d in t.depends)]
+        for t in ready or list(pending.values()):  # a cycle: let PostgreSQL name it
+            out.append(t)
+            del pending[t.name]
+    return out
 
 
-def _in_savepoint(conn: Connection, statements: Sequence[str]) -> None:
-    """Run one tenant's statements in one round trip, undone together if one fails."""
-    try:
-        _ddl(conn, ";\n".join([f"SAVEPOINT {_SAVEPOINT}", *statements, f"RELEASE {_SAVEPOINT}"]))
-    except DBAPIError:
-        _ddl(conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
-        raise
+@dataclass
+class _Plan:
+    """What one tenant's refresh does in the veneer."""
+
+    tenant: catalog.Tenant
+    revision: str | None
+    statements: list[str] = field(default_factory=list)
+    #: Wired records to write: (name, kind, signature); and names whose record goes.
+    record: list[tuple[str, str, str]] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    tables_created: int = 0
+    tables_dropped: int = 0
+    types_changed: int = 0
+    #: Estimated locks (see :data:`LOCK_BUDGET`).
+    locks: int = _LOCKS_TENANT
+    #: Remote types this tenant's tables may need that the veneer cannot create.
+    others: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> str:
+        return self.tenant.schema
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.statements or self.record or self.forget)
 
 
-def _stage(
-    conn: Connection, tenant: catalog.Tenant, stage: str, remote: RemoteTenant, app: str
+def _plan(
+    tenant: catalog.Tenant,
+    remote: RemoteTenant,
+    live: _Live,
+    labels: Mapping[tuple[str, str], list[str]],
+    app: str,
+    full: bool,
+) -> _Plan:
+    """Compare a tenant's remote definitions with its veneer schema and PPP's record: the DDL
+    that brings the veneer in step (none when the signatures match)."""
+    schema, shard = tenant.schema, tenant.shard
+    plan = _Plan(tenant, remote.revision)
+    q = quote_ident(schema)
+    wanted_types = {n: t for n, t in remote.types.items() if t.creatable}
+    plan.others = {
+        n: _OTHER_TYPES.get(t.kind, t.kind) for n, t in remote.types.items() if not t.creatable
+    }
+
+    def intact(name: str, kind: str, sig: str, oid: int | None) -> bool:
+        return not full and oid is not None and live.wired.get(name) == (kind, sig, oid)
+
+    # Types: kept when in step; an enum that only gained labels gets them; any other change
+    # (or a type PPP did not record) means dropping and re-creating the tenant's types, and
+    # so its foreign tables, which use them.
+    keep: set[str] = set()
+    create_types: list[RemoteType] = []
+    alter: list[str] = []
+    rebuild = False
+    for name, ty in wanted_types.items():
+        have = live.types.get(name)
+        if have is None:
+            create_types.append(ty)
+        elif intact(name, _TYPE, ty.signature, have[0]):
+            keep.add(name)
+        else:
+            old = labels.get((schema, name))
+            recorded = live.wired.get(name)
+            adds = None
+            if ty.kind == "e" and have[1] == "e" and old is not None and recorded is not None:
+                adds = _enum_additions(schema, name, old, ty.labels)
+            if adds is None:
+                rebuild = True
+            else:
+                alter.extend(adds)
+                plan.record.append((name, _TYPE, ty.signature))
+                plan.types_changed += 1
+                keep.add(name)
+    ours = {n for n, (kind, _s, _o) in live.wired.items() if kind == _TYPE}
+    if rebuild:
+        drop_types = [n for n in live.types if n in wanted_types or n in ours]
+        create_types = list(wanted_types.values())
+        alter = []
+        plan.record = []
+        keep = set()
+        plan.types_changed = 0
+    else:
+        drop_types = [n for n in live.types if n in ours and n not in wanted_types]
+
+    drop_tables: list[str] = []
+    create_tables: list[tuple[str, str]] = []
+    for name, sig in remote.tables.items():
+        signature = f"{sig}@{shard}"  # the server is part of the definition
+        have_table = live.tables.get(name)
+        if not rebuild and intact(name, _TABLE, signature, have_table):
+            keep.add(name)
+            continue
+        if have_table is not None:
+            drop_tables.append(name)
+            cols = remote.definitions.get(sig, "")
+            plan.locks += _LOCKS_DROP + cols.count(" DEFAULT ") + cols.count(" GENERATED ")
+        create_tables.append((name, sig))
+    gone = [n for n in live.tables if n not in remote.tables]
+    drop_tables.extend(gone)
+    plan.locks += _LOCKS_GONE * len(gone)
+
+    if not live.exists:
+        plan.statements += [f"CREATE SCHEMA {q}", f"GRANT USAGE ON SCHEMA {q} TO {app}"]
+    if drop_tables:
+        plan.statements.append(f"DROP FOREIGN TABLE {_names(schema, sorted(drop_tables))}")
+    if drop_types:
+        plan.statements.append(f"DROP TYPE {_names(schema, sorted(drop_types))}")
+    for ty in _in_order(create_types):
+        verb = "DOMAIN" if ty.kind == "d" else "TYPE"
+        plan.statements.append(f"CREATE {verb} {q}.{quote_ident(ty.name)} AS {ty.body}")
+        plan.record.append((ty.name, _TYPE, ty.signature))
+    plan.statements.extend(alter)
+    server = quote_ident(shard)
+    for name, sig in create_tables:
+        cols = remote.definitions[sig]
+        plan.statements.append(
+            f"CREATE FOREIGN TABLE {q}.{quote_ident(name)} ({cols}) SERVER {server} "
+            f"OPTIONS (schema_name {quote_literal(schema)}, table_name {quote_literal(name)})"
+        )
+        plan.record.append((name, _TABLE, f"{sig}@{shard}"))
+    if create_tables:
+        names = _names(schema, [n for n, _s in create_tables])
+        plan.statements.append(f"GRANT {_PRIVILEGES} ON {names} TO {app}")
+    written = {n for n, _k, _s in plan.record}
+    plan.forget = [n for n in live.wired if n not in keep and n not in written]
+    plan.tables_created = len(create_tables)
+    plan.tables_dropped = len(drop_tables)
+    plan.types_changed += len(create_types) + len(drop_types)
+    plan.locks += _LOCKS_CREATE * len(create_tables) + _LOCKS_DROP * plan.types_changed
+    return plan
+
+
+_RECORD = f"""
+INSERT INTO {WIRED} (schema, name, kind, signature, local_oid)
+SELECT w.schema, w.name, w.kind, w.signature,
+       CASE w.kind WHEN '{_TABLE}' THEN to_regclass(format('%I.%I', w.schema, w.name))::oid
+                   ELSE to_regtype(format('%I.%I', w.schema, w.name))::oid END
+FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[]), CAST(:kinds AS text[]),
+            CAST(:signatures AS text[])) AS w(schema, name, kind, signature)
+ON CONFLICT (schema, name) DO UPDATE SET kind = excluded.kind,
+    signature = excluded.signature, local_oid = excluded.local_oid, wired_at = now()
+"""
+_FORGET = f"""
+DELETE FROM {WIRED} w USING unnest(CAST(:schemas AS text[]), CAST(:names AS text[]))
+    AS g(schema, name) WHERE w.schema = g.schema AND w.name = g.name
+"""
+
+
+def _run(conn: Connection, plans: Sequence[_Plan]) -> None:
+    """The DDL of ``plans`` in one round trip, then their records and revisions."""
+    sql = ";\n".join(s for p in plans for s in p.statements)
+    if sql:
+        _ddl(conn, sql)
+    rows = [(p.schema, *r) for p in plans for r in p.record]
+    if rows:
+        conn.execute(
+            text(_RECORD),
+            {
+                "schemas": [r[0] for r in rows],
+                "names": [r[1] for r in rows],
+                "kinds": [r[2] for r in rows],
+                "signatures": [r[3] for r in rows],
+            },
+        )
+    gone = [(p.schema, n) for p in plans for n in p.forget]
+    if gone:
+        conn.execute(
+            text(_FORGET), {"schemas": [g[0] for g in gone], "names": [g[1] for g in gone]}
+        )
+    catalog.mark_wired(conn, {p.schema: p.revision for p in plans})
+
+
+def _batches(plans: Sequence[_Plan]) -> Iterator[list[_Plan]]:
+    """Consecutive plans whose estimated locks stay under :data:`LOCK_BUDGET` together (a
+    tenant above it alone goes in a batch of its own)."""
+    batch: list[_Plan] = []
+    locks = 0
+    for plan in plans:
+        if batch and locks + plan.locks > LOCK_BUDGET:
+            yield batch
+            batch, locks = [], 0
+        batch.append(plan)
+        locks += plan.locks
+    if batch:
+        yield batch
+
+
+@contextmanager
+def _unit(conn: Connection, own: bool, lock_timeout: float) -> Iterator[None]:
+    """A transaction of the refresh's own (with a lock timeout), or a savepoint in the
+    caller's transaction; undone if the block fails."""
+    if own:
+        with conn.begin():
+            _ddl(conn, f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout * 1000))}ms'")
+            yield
+    else:
+        with conn.begin_nested():
+            yield
+
+
+def _explain(plan: _Plan, exc: DBAPIError) -> str:
+    """One line naming why a tenant's foreign tables could not be replaced."""
+    code, msg = _pgcode(exc), first_line(exc)
+    kept = "its foreign tables are unchanged"
+    if code == "55P03":
+        return f"a session held its foreign tables longer than the lock timeout ({msg}); {kept}"
+    if code == "53200":
+        return f"the veneer ran out of lock space ({msg}); {kept}"
+    if code == "2BP01":
+        return (
+            f"cannot replace its foreign tables: {msg} (the veneer schema {plan.schema!r} must "
+            f"hold nothing but PPP's foreign tables and types); {kept}"
+        )
+    if code in ("42704", "3F000"):
+        named = [n for n in plan.others if f"{plan.schema}.{n}" in msg or f'"{n}"' in msg]
+        hint = (
+            f"{plan.schema}.{named[0]} is a {plan.others[named[0]]} type; the veneer creates a "
+            "tenant's enum, domain and composite types only"
+            if named
+            else "a column type outside pg_catalog and the tenant schema must exist in the "
+            "veneer under the same name"
+        )
+        return f"cannot create its foreign tables: {msg} ({hint}); {kept}"
+    return f"cannot replace its foreign tables: {msg}; {kept}"
+
+
+class _VeneerLost(Exception):
+    pass
+
+
+def _failed(conn: Connection, exc: DBAPIError) -> None:
+    """Raise if the veneer itself is gone (not a tenant's problem)."""
+    if exc.connection_invalidated or conn.invalidated or conn.closed:
+        raise _VeneerLost(first_line(exc)) from exc
+
+
+def _apply(
+    conn: Connection, plans: Sequence[_Plan], settings: Settings, report: RefreshReport, own: bool
 ) -> None:
-    """Import a tenant into a new schema ``stage``, with veneer_app's privileges."""
-    qs = quote_ident(stage)
-    grants = [
-        f"GRANT USAGE ON SCHEMA {qs} TO {app}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {qs} TO {app}",
-    ]
-    create = f"CREATE SCHEMA {qs}"
-    try:
-        _in_savepoint(
-            conn, [create, *_import_statements(tenant.schema, tenant.shard, stage, remote), *grants]
-        )
-    except DBAPIError as exc:
-        if _pgcode(exc) == _SCHEMA_NOT_FOUND:
-            raise
-        # A default that still cannot exist here: import the tenant without defaults.
+    """Run the plans in batches of bounded locks; a failed batch is run again tenant by
+    tenant, each on its own, so that one tenant's failure leaves the others refreshed."""
+
+    def done(batch: Sequence[_Plan]) -> None:
+        for p in batch:
+            report.revisions[p.schema] = p.revision
+            if not p.statements:
+                report.unchanged.append(p.schema)
+            report.tables_created += p.tables_created
+            report.tables_dropped += p.tables_dropped
+            report.types_changed += p.types_changed
+
+    for batch in _batches(plans):
         try:
-            statements = _import_statements(
-                tenant.schema, tenant.shard, stage, remote, defaults=False
-            )
-            _in_savepoint(conn, [create, *statements, *grants])
-        except DBAPIError:
-            raise exc from None
-        log.warning(
-            "tenant %s: imported without column defaults (%s)", tenant.schema, first_line(exc)
-        )
+            with _unit(conn, own, min(BATCH_LOCK_TIMEOUT, settings.lock_timeout)):
+                _run(conn, batch)
+        except DBAPIError as exc:
+            _failed(conn, exc)
+            log.info("refresh: a batch of %d tenant(s) failed (%s)", len(batch), first_line(exc))
+            for plan in batch:
+                try:
+                    with _unit(conn, own, settings.lock_timeout):
+                        _run(conn, [plan])
+                except DBAPIError as exc2:
+                    _failed(conn, exc2)
+                    report.errors[plan.schema] = _explain(plan, exc2)
+                    continue
+                done([plan])
+            continue
+        done(batch)
 
 
-def _existing(conn: Connection, schemas: Sequence[str]) -> dict[str, list[str]]:
-    """The veneer schemas among ``schemas`` that exist, with their foreign tables."""
-    rows = conn.execute(
-        text(
-            "SELECT n.nspname, coalesce(array_agg(c.relname ORDER BY c.relname) "
-            "FILTER (WHERE c.relkind = 'f'), '{}') FROM pg_namespace n "
-            "LEFT JOIN pg_class c ON c.relnamespace = n.oid "
-            "WHERE n.nspname = ANY(CAST(:s AS text[])) GROUP BY n.nspname"
-        ),
-        {"s": list(schemas)},
-    ).all()
-    return {name: list(tables) for name, tables in rows}
-
-
-def _swap(conn: Connection, schema: str, stage: str, old: str, tables: list[str] | None) -> None:
-    """Put ``stage`` in place of the tenant's schema; drop the old foreign tables (RESTRICT:
-    anything else in the schema, or depending on its tables, makes this tenant fail)."""
-    q, qs, qo = quote_ident(schema), quote_ident(stage), quote_ident(old)
-    if tables is None:
-        _in_savepoint(conn, [f"ALTER SCHEMA {qs} RENAME TO {q}"])
-        return
-    statements = [f"ALTER SCHEMA {q} RENAME TO {qo}", f"ALTER SCHEMA {qs} RENAME TO {q}"]
-    if tables:
-        statements.append(
-            "DROP FOREIGN TABLE " + ", ".join(f"{qo}.{quote_ident(t)}" for t in tables)
-        )
-    statements.append(f"DROP SCHEMA {qo}")
-    _in_savepoint(conn, statements)
-
-
-def refresh_in(
-    conn: Connection, settings: Settings, tenants: Sequence[str] | None = None
-) -> RefreshReport:
-    """(Re-)import tenants' foreign tables in the caller's transaction; see :func:`refresh`."""
-    started = time.monotonic()
-    report = RefreshReport()
-    lock(conn)
-    wanted = catalog.find_tenants(conn, tenants=tenants)
-    app = quote_ident(settings.veneer.app_role)
-
-    # 1. Each tenant's state on its shard, read before the import: a migration that lands
-    #    in between leaves the veneer marked stale, never falsely in step.
+def _read_shards(
+    settings: Settings,
+    wanted: Sequence[catalog.Tenant],
+    revisions: Mapping[str, str | None] | None,
+    report: RefreshReport,
+) -> dict[str, RemoteTenant]:
+    """Every wanted tenant as its shard has it, shards read in parallel; an unreachable
+    shard or one missing from the settings is an error for each of its tenants."""
     by_shard = group_by_shard(wanted)
     remote: dict[str, RemoteTenant] = {}
+
+    def read(shard: str, schemas: list[str]) -> dict[str, RemoteTenant]:
+        inst = settings.shards[shard]
+        mine = {s: r for s, r in (revisions or {}).items() if s in set(schemas)}
+        return read_remote(inst, schemas, settings.connect_timeout, mine)
+
+    reachable = {s: names for s, names in by_shard.items() if s in settings.shards}
     for shard, schemas in by_shard.items():
-        inst = settings.shards.get(shard)
-        if inst is None:
+        if shard not in reachable:
             for schema in schemas:
                 report.errors[schema] = (
                     f"its shard {shard!r} is not in the settings (PPP_SHARDS lists "
                     f"{', '.join(settings.shards) or 'none'})"
                 )
-            continue
-        try:
-            remote.update(read_remote(inst, schemas, settings.connect_timeout))
-        except PPPError as exc:
-            for schema in schemas:
-                report.errors[schema] = str(exc)
-        except Exception as exc:  # reported per tenant, the others go on
-            for schema in schemas:
-                report.errors[schema] = f"cannot read shard {shard!r}: {first_line(exc)}"
+    if not reachable:
+        return remote
+    workers = max(1, min(len(reachable), settings.jobs))
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {shard: pool.submit(read, shard, names) for shard, names in reachable.items()}
+        for shard, future in futures.items():
+            try:
+                remote.update(future.result())
+            except PPPError as exc:
+                for schema in reachable[shard]:
+                    report.errors[schema] = str(exc)
+            except Exception as exc:  # reported per tenant, the others go on
+                for schema in reachable[shard]:
+                    report.errors[schema] = f"cannot read shard {shard!r}: {first_line(exc)}"
+    return remote
 
-    # 2. Import into staging schemas: no lock on any live table while the shards answer.
-    staged: list[tuple[str, str, str | None]] = []
+
+@contextmanager
+def _reading(conn: Connection, own: bool) -> Iterator[None]:
+    if own:
+        with conn.begin():
+            yield
+    else:
+        yield
+
+
+def _refresh(
+    conn: Connection,
+    settings: Settings,
+    tenants: Sequence[str] | None,
+    revisions: Mapping[str, str | None] | None,
+    full: bool,
+    own: bool,
+) -> RefreshReport:
+    started = time.monotonic()
+    report = RefreshReport()
+    app = quote_ident(settings.veneer.app_role)
+    with _reading(conn, own):
+        wanted = catalog.find_tenants(conn, tenants=tenants)
+        _ensure_wired(conn, settings)
+        if tenants is None:  # records of tenants no longer in the catalog
+            conn.execute(
+                text(
+                    f"DELETE FROM {WIRED} w WHERE NOT EXISTS "
+                    "(SELECT 1 FROM ppp.tenants t WHERE t.schema = w.schema)"
+                )
+            )
+
+    # 1. The shards: one connection each, in parallel, no veneer transaction open meanwhile.
+    remote = _read_shards(settings, wanted, revisions, report)
+    ready: list[catalog.Tenant] = []
     for t in wanted:
         if t.schema in report.errors:
             continue
-        state = remote[t.schema]
-        if not state.exists:
+        if not remote[t.schema].exists:
             report.pending.append(t.schema)
             continue
-        stage = f"ppp-stage-{len(staged)}"  # '-': never a valid tenant name
-        try:
-            _stage(conn, t, stage, state, app)
-        except DBAPIError as exc:
-            if _pgcode(exc) == _SCHEMA_NOT_FOUND:
-                report.pending.append(t.schema)
-            else:
-                report.errors[t.schema] = f"cannot import from shard {t.shard!r}: {first_line(exc)}"
-            continue
-        staged.append((t.schema, stage, state.revision))
+        ready.append(t)
 
-    # 3. Swap: the staging schema takes the tenant's name, the old foreign tables go.
-    existing = _existing(conn, [schema for schema, _stage, _rev in staged])
-    wired: dict[str, str | None] = {}
-    for i, (schema, stage, revision) in enumerate(staged):
+    # 2. The veneer as it is, and what to change, tenant by tenant.
+    plans: list[_Plan] = []
+    with _reading(conn, own):
+        live = _read_live(conn, [t.schema for t in ready])
+        enums = [
+            (t.schema, n)
+            for t in ready
+            for n, ty in remote[t.schema].types.items()
+            if ty.kind == "e"
+            and n in live[t.schema].types
+            and live[t.schema].types[n][1] == "e"
+            and live[t.schema].wired.get(n, ("", "", 0))[1] != ty.signature
+        ]
+        labels = _read_labels(conn, enums)
+    for t in ready:
         try:
-            _swap(conn, schema, stage, f"ppp-old-{i}", existing.get(schema))
-        except DBAPIError as exc:
-            report.errors[schema] = (
-                f"cannot replace its foreign tables: {first_line(exc)} (the veneer schema "
-                f"{schema!r} must hold nothing but PPP's foreign tables)"
-            )
-            _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(stage)} CASCADE")
-            continue
-        wired[schema] = revision
-    catalog.mark_wired(conn, wired)
-    report.refreshed = list(wired)
-    report.revisions = wired
+            plans.append(_plan(t, remote[t.schema], live[t.schema], labels, app, full))
+        except KeyError as exc:  # a definition the shard did not return: changed meanwhile
+            report.errors[t.schema] = f"its tables changed on shard {t.shard!r} while read ({exc})"
+
+    # 3. Apply: tenants with changes in batches of bounded locks, each tenant atomically.
+    changing = [p for p in plans if p.changes]
+    _apply(conn, changing, settings, report, own)
+    still = [p for p in plans if not p.changes]
+    if still:
+        with _reading(conn, own):
+            catalog.mark_wired(conn, {p.schema: p.revision for p in still})
+        for p in still:
+            report.revisions[p.schema] = p.revision
+            report.unchanged.append(p.schema)
+    order = {t.schema: i for i, t in enumerate(wanted)}
+    report.refreshed = sorted(report.revisions, key=order.__getitem__)
+    report.revisions = {s: report.revisions[s] for s in report.refreshed}
+    report.unchanged.sort(key=order.__getitem__)
     report.seconds = time.monotonic() - started
+    log.info(
+        "refresh: %d tenant(s) in step (%d unchanged), %d pending, %d failed; %d foreign "
+        "table(s) created, %d dropped, %d type change(s) in %.2f s",
+        len(report.refreshed),
+        len(report.unchanged),
+        len(report.pending),
+        len(report.errors),
+        report.tables_created,
+        report.tables_dropped,
+        report.types_changed,
+        report.seconds,
+    )
     return report
 
 
-def refresh(settings: Settings, tenants: Sequence[str] | None = None) -> RefreshReport:
-    """Re-import the foreign tables of ``tenants`` (None: every tenant) in one transaction.
+def refresh_in(
+    conn: Connection,
+    settings: Settings,
+    tenants: Sequence[str] | None = None,
+    *,
+    revisions: Mapping[str, str | None] | None = None,
+    full: bool = False,
+) -> RefreshReport:
+    """:func:`refresh` inside the caller's transaction (e.g. a veneer migration's): every
+    tenant in a savepoint of it, nothing committed here. Its locks last until the caller
+    commits: meant for a few tenants."""
+    lock(conn)
+    try:
+        return _refresh(conn, settings, tenants, revisions, full, own=False)
+    except _VeneerLost as exc:
+        raise PPPError(
+            f"lost the connection to the veneer at {settings.veneer.masked_url('admin')}: {exc}"
+        ) from None
 
-    Grants USAGE and SELECT/INSERT/UPDATE/DELETE to ``veneer_app``, leaves the shard's
-    ``alembic_version`` out, and records each tenant's revision on its shard as
-    ``wired_revision``. A tenant whose schema is not on its shard yet is reported as
-    pending; a failed tenant is reported with its error and the others are still wired.
+
+def refresh(
+    settings: Settings,
+    tenants: Sequence[str] | None = None,
+    *,
+    revisions: Mapping[str, str | None] | None = None,
+    full: bool = False,
+) -> RefreshReport:
+    """Bring the foreign tables of ``tenants`` (None: every tenant) in step with their shards.
+
+    Reads every tenant's tables on its shard (one connection per shard, shards in parallel)
+    and, per table, the signature of its foreign-table definition; compares it with PPP's
+    record of what it wired (``ppp.wired_objects``) and re-creates only the foreign tables
+    that are new or changed, drops those whose remote table is gone, and creates the
+    tenant's enums, domains and composite types first (an enum's new labels are added). A
+    tenant already in step costs no DDL. Tenants are changed in transactions of bounded
+    locks (:data:`LOCK_BUDGET`), each tenant atomically: a reader sees its old or its new
+    foreign tables, never none.
+
+    ``veneer_app`` gets SELECT/INSERT/UPDATE/DELETE; the shard's ``alembic_version`` is left
+    out. Each refreshed tenant's revision on its shard is recorded as ``wired_revision``
+    (state pending -> active). A tenant whose schema is not on its shard yet is pending; a
+    tenant that fails is in ``errors`` with the cause and keeps its old foreign tables, and
+    the others are refreshed. Only an unreachable veneer or a missing catalog is a PPPError.
+
+    ``revisions``: tenant -> revision the caller already knows (it just migrated them), so
+    their version tables are not read again. ``full``: ignore the record, re-create every
+    foreign table (after changing the veneer's wiring by hand).
     """
-    with catalog.admin_connection(settings) as conn:
-        return refresh_in(conn, settings, tenants)
+    with catalog.admin_connection(settings, begin=False) as conn:
+        try:
+            with conn.begin():
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": VENEER_LOCK_KEY})
+            try:
+                return _refresh(conn, settings, tenants, revisions, full, own=True)
+            finally:
+                if not (conn.invalidated or conn.closed):
+                    with conn.begin():
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": VENEER_LOCK_KEY})
+        except (_VeneerLost, OperationalError) as exc:
+            raise PPPError(
+                f"lost the connection to the veneer at {settings.veneer.masked_url('admin')}: "
+                f"{exc if isinstance(exc, _VeneerLost) else first_line(exc)}"
+            ) from None
 
 
 def unwire(conn: Connection, schema: str) -> None:
-    """Drop a tenant's foreign tables (its veneer schema); its data on the shard stays."""
+    """Drop a tenant's foreign tables and types (its veneer schema) and PPP's record of
+    them; its data on the shard stays."""
     _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+        conn.execute(text(f"DELETE FROM {WIRED} WHERE schema = :s"), {"s": schema})

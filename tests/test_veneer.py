@@ -306,13 +306,17 @@ def test_refresh_failure_of_one_tenant_leaves_it_intact_and_others_refreshed(
     tenants: Settings,
 ) -> None:
     settings = tenants
+    shard = settings.shards["bluth_co"]
     with catalog.admin_connection(settings) as conn:
         conn.exec_driver_sql(f"CREATE VIEW {ALPHA}.ernest AS SELECT * FROM {ALPHA}.authors")
+    # authors changes on the shard: its foreign table must be replaced, and the view blocks it.
+    shard_sql(shard, f"ALTER TABLE {ALPHA}.authors ADD COLUMN nickname text")
     try:
         report = veneer.refresh(settings, [ALPHA, BETA])
         assert report.refreshed == [BETA]
         assert ALPHA in report.errors and "depend" in report.errors[ALPHA], report.errors
         assert app_rows(settings, f"SELECT count(*) FROM {ALPHA}.authors") == [(3,)]
+        assert app_rows(settings, f"SELECT count(*) FROM {ALPHA}.ernest") == [(3,)]
         leftovers = app_rows(
             settings, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ppp-%%'"
         )
@@ -320,24 +324,30 @@ def test_refresh_failure_of_one_tenant_leaves_it_intact_and_others_refreshed(
     finally:
         with catalog.admin_connection(settings) as conn:
             conn.exec_driver_sql(f"DROP VIEW {ALPHA}.ernest")
+        shard_sql(shard, f"ALTER TABLE {ALPHA}.authors DROP COLUMN nickname")
+    assert veneer.refresh(settings, [ALPHA]).ok
 
 
-def test_refresh_import_failure_of_one_tenant_is_reported(tenants: Settings) -> None:
-    """A column of a type only the shard has (a tenant's enum) cannot be imported."""
+def test_refresh_of_a_type_only_the_shard_has_is_reported(tenants: Settings) -> None:
+    """A column of a type outside the tenant schema (a shared schema of the shard) that the
+    veneer lacks: that tenant fails with the cause, the other is refreshed."""
     settings = tenants
     shard = settings.shards["cyberdyne"]
     shard_sql(
         shard,
-        f"CREATE TYPE {BETA}.mood AS ENUM ('ok', 'sad');"
-        f"CREATE TABLE {BETA}.moods (id int PRIMARY KEY, m {BETA}.mood)",
+        "CREATE SCHEMA vt_shared; CREATE TYPE vt_shared.mood AS ENUM ('ok', 'sad');"
+        f"CREATE TABLE {BETA}.moods (id int PRIMARY KEY, m vt_shared.mood)",
     )
     try:
         report = veneer.refresh(settings, [ALPHA, BETA])
         assert report.refreshed == [ALPHA]
-        assert report.errors[BETA].startswith("cannot import from shard 'cyberdyne': type ")
+        assert report.errors[BETA].startswith(
+            'cannot create its foreign tables: schema "vt_shared" does not exist (a column '
+            "type outside pg_catalog and the tenant schema must exist in the veneer"
+        ), report.errors
         assert app_rows(settings, f"SELECT count(*) FROM {BETA}.authors") == [(3,)]
     finally:
-        shard_sql(shard, f"DROP TABLE {BETA}.moods; DROP TYPE {BETA}.mood")
+        shard_sql(shard, f"DROP TABLE {BETA}.moods; DROP SCHEMA vt_shared CASCADE")
     assert veneer.refresh(settings, [BETA]).refreshed == [BETA]
 
 
