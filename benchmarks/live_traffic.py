@@ -412,8 +412,9 @@ def run_figures(
     samples = [s for c in load.clients for s in c.samples]
     quiet_end, migrating_from = window
     alone = latency([s for s in samples if s[1] < quiet_end], quiet_end - load.started)
-    during = [s for s in samples if s[1] >= migrating_from]
-    under = latency(during, load.stopped - migrating_from)
+    # Every query started from the long transactions' start to the migration's end.
+    during = [s for s in samples if migrating_from <= s[1] <= migration.ended]
+    under = latency(during, migration.ended - migrating_from)
     by_tenant: dict[int, list[float]] = {}
     for i, _begun, end in samples:
         by_tenant.setdefault(i, []).append(end)
@@ -422,7 +423,8 @@ def run_figures(
     }
     worst = max(stalls, key=lambda i: stalls[i])
     under.stall, under.stall_tenant = stalls[worst], names[worst]
-    under.fleet_stall = longest_gap(sorted(e for _i, _b, e in during), migrating_from, load.stopped)
+    ends = sorted(e for _i, _b, e in samples)
+    under.fleet_stall = longest_gap(ends, migrating_from, load.stopped)
     under.migration = migration.seconds
     under.retries = migration.retries
     under.at_head = at_head
@@ -462,13 +464,10 @@ def check_at(settings: Settings, by_shard: dict[str, list[str]], revision: str) 
 def pick_long(by_shard: dict[str, list[str]], count: int) -> list[tuple[str, str]]:
     """``count`` tenants, one shard after the other, from the middle of each shard's list."""
     picked: list[tuple[str, str]] = []
-    depth = 0
-    while len(picked) < count:
+    for depth in range(max(len(schemas) for schemas in by_shard.values())):
         for shard, schemas in by_shard.items():
-            i = len(schemas) // 2 + depth
-            if len(picked) < count and i < len(schemas):
-                picked.append((shard, schemas[i]))
-        depth += 1
+            if len(picked) < count and depth < len(schemas):
+                picked.append((shard, schemas[(len(schemas) // 2 + depth) % len(schemas)]))
     return picked
 
 
