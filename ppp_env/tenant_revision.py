@@ -26,6 +26,7 @@ foreign tables and its catalog row, never its data).
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic import context, op
 from alembic import util as alembic_util
@@ -155,7 +157,6 @@ def add_tenant_revision(
     cfg = config or veneer_config(settings)
     try:
         script = ScriptDirectory.from_config(cfg)  # loads no revision
-        folder = Path(script.versions)
     except CommandError as exc:
         raise PPPError(str(exc)) from exc
     existing = find_tenant_revisions(script, schema)
@@ -176,20 +177,42 @@ def add_tenant_revision(
                 f"tenant {schema!r} is already in the catalog (on shard {placed.shard!r}) "
                 "without an onboarding revision"
             )
-    down = structural_head(script)
+    return write_tenant_revision(script, schema, shard, structural_head(script), config=cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _template(path: str, mtime_ns: int) -> Any:
+    """The compiled template (compiling it costs more than rendering it)."""
+    return Template(filename=path)
+
+
+def write_tenant_revision(
+    script: ScriptDirectory,
+    schema: str,
+    shard: str,
+    down_revision: str,
+    *,
+    config: Config | None = None,
+) -> Path:
+    """Render the tenant branch of ``script.py.mako`` into ``<rev>_<schema>.py`` (a new
+    file: an existing one is never overwritten). No check beyond the names: see
+    :func:`add_tenant_revision`."""
+    validate_tenant(schema)
+    validate_identifier(shard, "shard name")
     rev = new_revision_id()
     template = Path(script.dir) / "script.py.mako"
     try:
-        body = Template(filename=str(template)).render_unicode(
+        folder = Path(script.versions)
+        body = _template(str(template), template.stat().st_mtime_ns).render_unicode(
             up_revision=rev,
-            down_revision=down,
+            down_revision=down_revision,
             branch_labels=None,
             depends_on=None,
             create_date=datetime.datetime.now(),
             message=f"Tenant {schema} on shard {shard}.",
             tenant=schema,
             shard=shard,
-            config=cfg,
+            config=config,
             comma=alembic_util.format_as_comma,
         )
     except Exception as exc:

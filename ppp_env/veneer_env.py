@@ -5,11 +5,17 @@ revision (upgrade, downgrade, stamp) does, in one transaction as ``veneer_admin`
 
 1. wait for other veneer runs and refreshes (advisory lock);
 2. reconcile foreign servers and user mappings with the settings (when the catalog exists);
-3. the pending revisions: the catalog's base revision, then the tenant onboarding
-   revisions; the servers are reconciled as soon as the catalog appears, so a tenant
-   revision of the same run finds its shard's server;
+3. the pending revisions: the veneer's own (the catalog first), then the tenant onboarding
+   revisions, each a head of its own; ``upgrade head`` and ``upgrade heads`` both apply
+   every head, planned by :func:`plan_upgrade_to_heads` in linear time. The servers are
+   reconciled as soon as the catalog appears. Onboarding revisions only queue their tenant
+   (:class:`ppp_env.tenant_revision.Onboarding`): the queue is registered in bulk before
+   any non-tenant revision and at the end;
 4. reconcile again, now dropping servers of shards gone from the settings (an error naming
    the tenants if some still live there), and keep ``veneer_app`` out of the catalog.
+
+After the commit, the tenants the run registered are wired once, through
+:func:`ppp_env.veneer.refresh` (unless ``config.attributes["ppp.wire_onboarded"]`` is False).
 
 The version table is ``ppp.alembic_version``. Settings come from the environment (``-x
 env=NAME`` or ``PPP_ENV`` selects ``.env.NAME``), or from ``config.attributes["ppp.settings"]``
@@ -249,6 +255,8 @@ def _run_online() -> None:
         if conn is not None and not reconciled and catalog.catalog_exists(conn):
             _record(veneer.reconcile(conn, settings, remove=False))
             reconciled = True
+            # Done: Alembic copies every head for each callback of each step.
+            ctx.on_version_apply_callbacks = ()
 
     env_ctx = _environment()
     alembic_fn = env_ctx.context_opts.get("fn")  # the command's step function
@@ -274,7 +282,7 @@ def _run_online() -> None:
             connection=conn,
             version_table_schema=catalog.CATALOG_SCHEMA,
             transaction_per_migration=False,
-            # Only until the catalog exists: Alembic copies every head for each callback.
+            # Only until the catalog exists (see after_step).
             on_version_apply=after_step if moving and not has_catalog else None,
             fn=steps if moving and alembic_fn is not None else alembic_fn,
         )
