@@ -53,6 +53,9 @@ class QuietDisplay:
     def shard_failed(self, shard: str, error: str) -> None:
         return None
 
+    def tenant_retry(self, shard: str, tenant: str, attempt: int, error: str) -> None:
+        return None
+
     def summary(self, result: FleetResult) -> None:
         return None
 
@@ -93,6 +96,10 @@ class PlainDisplay(QuietDisplay):
 
     def shard_failed(self, shard: str, error: str) -> None:
         self._print(f"FAILED shard {shard}: {error}")
+
+    def tenant_retry(self, shard: str, tenant: str, attempt: int, error: str) -> None:
+        if self.verbose:
+            self._print(f"retry {shard}/{tenant}: attempt {attempt} hit the lock timeout ({error})")
 
     def summary(self, result: FleetResult) -> None:
         for online in result.online_lines():

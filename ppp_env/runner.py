@@ -20,15 +20,18 @@ Shape of a run (see DESIGN.md, "What the libraries allow"):
 
 from __future__ import annotations
 
+import heapq
 import multiprocessing
 import os
 import queue as queue_module
+import random
 import signal
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psycopg2
@@ -64,6 +67,14 @@ class RunOptions:
     verbose: bool = False
     sql_dir: str | None = None
     template: str | None = None
+    #: The environment (.env.NAME) whose settings the run uses; None: PPP_ENV or .env.
+    env: str | None = None
+    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
+    lock_timeout: float | None = None
+    #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
+    retries: int | None = None
+    #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
+    statement_timeout: float | None = None
 
     X_KEYS = (
         "shard",
@@ -77,6 +88,10 @@ class RunOptions:
         "verbose",
         "sql_dir",
         "template",
+        "env",
+        "lock_timeout",
+        "retries",
+        "statement_timeout",
     )
 
     @classmethod
@@ -103,6 +118,12 @@ class RunOptions:
                 if value not in ("wait", "skip"):
                     raise PPPError(f"-x lock={value!r}: expected wait or skip")
                 opts.lock = value
+            elif key in ("lock_timeout", "statement_timeout"):
+                setattr(opts, key, _seconds(key, value))
+            elif key == "retries":
+                if not value.isdigit() or int(value) > 100:
+                    raise PPPError(f"-x retries={value!r}: expected a number from 0 to 100")
+                opts.retries = int(value)
             elif key == "output":
                 if value not in ("auto", "plain", "rich", "json", "quiet"):
                     raise PPPError(
@@ -112,6 +133,16 @@ class RunOptions:
             else:
                 setattr(opts, key, value)
         return opts
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:
+        raise PPPError(f"-x {key}={value!r}: expected a number of seconds (0-86400)")
+    return seconds
 
 
 def _boolean(key: str, value: str) -> bool:
@@ -132,6 +163,8 @@ class TenantResult:
     after: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    #: How many times PPP tried it (more than 1: it hit the lock timeout and was retried).
+    attempts: int = 1
 
 
 @dataclass
@@ -168,7 +201,9 @@ class FleetResult:
             f"{self.count('failed')} failed",
         ]
         if self.count("locked"):
-            parts.append(f"{self.count('locked')} locked by another run")
+            parts.append(f"{self.count('locked')} locked")
+        if retried := sum(t.attempts - 1 for t in self.tenants):
+            parts.append(f"{retried} lock retr{'y' if retried == 1 else 'ies'}")
         if self.count("not_run"):
             parts.append(f"{self.count('not_run')} not run")
         if self.shard_errors:
@@ -205,6 +240,7 @@ class FleetResult:
             "counts": {
                 s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
             },
+            "retries": sum(t.attempts - 1 for t in self.tenants),
             "shard_errors": self.shard_errors,
             "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
             "tenants": [asdict(t) for t in self.tenants],
@@ -243,10 +279,15 @@ class AlembicHooks:
     command: str
     #: The steps from these heads to the command's destination.
     steps: Callable[[tuple[str, ...]], list[Any]]
-    #: Render as many of those steps as can be rendered offline.
-    render: Callable[[tuple[str, ...]], Rendered]
+    #: Render as many of these steps (the path from these heads) as can be rendered offline.
+    render: Callable[[Sequence[Any], tuple[str, ...]], Rendered]
     #: Run these steps online for a tenant on a SQLAlchemy connection; StepFailed on error.
-    run_online: Callable[[Any, str, Sequence[Any]], None]
+    #: The flag: Alembic owns the transaction (for ``autocommit_block``).
+    run_online: Callable[[Any, str, Sequence[Any], bool], None]
+    #: Whether a step must run outside a transaction (it uses ``autocommit_block``).
+    autocommit: Callable[[Any], bool]
+    #: ``revision <id> (<message>)``: how errors and reports name a step.
+    label: Callable[[Any], str]
 
 
 class StepFailed(Exception):
@@ -350,19 +391,40 @@ def migrating(tenant: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class _Segment:
-    """The next part of a tenant's path from some heads: rendered SQL of consecutive steps, or
-    steps that run online through Alembic."""
+    """The next part of a tenant's path: rendered SQL of consecutive steps, or steps that run
+    online through Alembic (``autocommit``: alone, outside the tenant's transaction)."""
 
     chunks: tuple[tuple[str, str], ...] = ()
     online: tuple[Any, ...] = ()
+    autocommit: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.chunks) or len(self.online)
 
     @property
     def sql(self) -> str:
         return "".join(sql for _label, sql in self.chunks)
 
 
-#: More segments than this in one tenant's path means a step made no progress.
-_MAX_SEGMENTS = 10_000
+class _Blocked(Exception):
+    """A migration statement of a tenant hit the lock timeout (the tenant rolled back)."""
+
+    def __init__(self, error: BaseException, blocker: str) -> None:
+        super().__init__(db.first_line(error))
+        self.blocker = blocker
+
+
+_BLOCKER_SQL = """
+SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), a.state,
+       to_char(a.xact_start, 'HH24:MI:SS'), to_char(a.query_start, 'HH24:MI:SS')
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE c.relnamespace = to_regnamespace(%s) AND l.granted AND a.pid <> pg_backend_pid()
+ORDER BY a.xact_start NULLS LAST
+LIMIT 1
+"""
 
 
 @dataclass
@@ -377,48 +439,72 @@ class _ShardRun:
     states: dict[str, TenantState] = field(default_factory=dict)
     #: Revisions that ran online on this shard, and why (reported once per run).
     online: dict[str, str] = field(default_factory=dict)
-    _segments: dict[tuple[str, ...], _Segment | None] = field(default_factory=dict)
-    _steps: dict[tuple[str, ...], bool] = field(default_factory=dict)
+    _paths: dict[tuple[str, ...], list[Any]] = field(default_factory=dict)
+    _segments: dict[tuple[tuple[str, ...], int], _Segment] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inst = self.settings.shard(self.job.shard)
         self.raw: Any = self.conn.connection.dbapi_connection
         self.raw.autocommit = True
         self.cur = self.raw.cursor()
+        opts, st = self.options, self.settings
+        self.lock_timeout = (
+            st.migration_lock_timeout if opts.lock_timeout is None else opts.lock_timeout
+        )
+        self.retries = st.lock_retries if opts.retries is None else opts.retries
+        self.statement_timeout = (
+            st.statement_timeout if opts.statement_timeout is None else opts.statement_timeout
+        )
+        #: Whether the tenant in progress holds its advisory lock (its migration is running).
+        self.migrating = False
+
+    def path(self, heads: tuple[str, ...]) -> list[Any]:
+        """The steps from ``heads`` to the destination, worked out once per starting heads (a
+        relative destination such as ``-3`` counts from where the tenant started)."""
+        if heads not in self._paths:
+            self._paths[heads] = self.hooks.steps(heads)
+        return self._paths[heads]
 
     def has_steps(self, heads: tuple[str, ...]) -> bool:
-        if heads not in self._steps:
-            self._steps[heads] = bool(self.hooks.steps(heads))
-        return self._steps[heads]
+        return bool(self.path(heads))
 
     def not_run(self, tenants: Sequence[str]) -> list[TenantResult]:
         return [
             TenantResult(self.job.shard, t, "not_run", self.states[t].revision) for t in tenants
         ]
 
-    def segment(self, heads: tuple[str, ...]) -> _Segment | None:
-        """What to run next from ``heads`` (None: nothing left); planned once per worker.
+    def segment(self, start: tuple[str, ...], pos: int, heads: tuple[str, ...]) -> _Segment:
+        """What to run at step ``pos`` of the path from ``start`` (the tenant is at ``heads``);
+        planned once per worker.
 
-        Renderable steps are rendered (once, then replayed for every tenant at these heads);
-        a step that cannot be rendered runs online, alone, and rendering resumes after it.
+        Renderable steps are rendered (once, then replayed for every tenant on that path); a
+        step that cannot be rendered runs online, alone, and rendering resumes after it; a step
+        that needs to run outside a transaction (``autocommit_block``) runs alone, online.
         """
-        if heads in self._segments:
-            return self._segments[heads]
-        steps = self.hooks.steps(heads)
-        seg: _Segment | None
-        if not steps:
-            seg = None
-        elif not (self.options.render and self.hooks.command in RENDERABLE):
-            seg = _Segment(online=tuple(steps))
+        key = (start, pos)
+        if key in self._segments:
+            return self._segments[key]
+        rest = self.path(start)[pos:]
+        auto = [self.hooks.autocommit(step) for step in rest]
+        seg: _Segment
+        if auto[0]:
+            seg = _Segment(online=(rest[0],), autocommit=True)
+            self.online[self.hooks.label(rest[0])] = (
+                "it runs outside a transaction (autocommit_block)"
+            )
         else:
-            rendered = self.hooks.render(heads)
-            if rendered.chunks:
-                seg = _Segment(chunks=tuple(rendered.chunks))
+            plain = rest[: auto.index(True)] if True in auto else rest
+            if not (self.options.render and self.hooks.command in RENDERABLE):
+                seg = _Segment(online=tuple(plain))
             else:
-                seg = _Segment(online=(steps[0],))
-                if rendered.stopped_at:
-                    self.online[rendered.stopped_at] = rendered.reason or "cannot be rendered"
-        self._segments[heads] = seg
+                rendered = self.hooks.render(plain, heads)
+                if rendered.chunks:
+                    seg = _Segment(chunks=tuple(rendered.chunks))
+                else:
+                    seg = _Segment(online=(plain[0],))
+                    if rendered.stopped_at:
+                        self.online[rendered.stopped_at] = rendered.reason or "cannot be rendered"
+        self._segments[key] = seg
         return seg
 
     def reread(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
@@ -432,25 +518,53 @@ class _ShardRun:
             return _heads(self.cur.fetchone()[0]), True
         return (), False
 
+    def timeouts_sql(self, scope: str = "LOCAL") -> str:
+        """The bounds for the migration's own statements (after the advisory lock)."""
+        sql = f"SET {scope} lock_timeout = '{int(self.lock_timeout * 1000)}ms';\n"
+        if self.statement_timeout:
+            sql += f"SET {scope} statement_timeout = '{int(self.statement_timeout * 1000)}ms';\n"
+        return sql
+
+    def begin(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
+        """BEGIN, lock the tenant (waiting for another run at most PPP_LOCK_TIMEOUT), bound the
+        migration's lock waits, re-read the tenant's heads."""
+        prepare = _prepare_sql(tenant, state, self.options, self.settings.lock_timeout)
+        self.cur.execute("BEGIN;\n" + prepare)
+        self.migrating = True
+        found = self.reread(tenant, state)
+        self.cur.execute(self.timeouts_sql())
+        return found
+
     def migrate(self, tenant: str, *, diagnose: bool = False) -> tuple[str, ...]:
         """One tenant, one transaction: lock, re-read, apply; return its heads afterwards.
 
-        With ``diagnose``, rendered steps are sent one at a time (so a failure names its
-        revision) and the transaction is always rolled back.
+        A revision that must run outside a transaction splits it: what came before commits,
+        the revision runs alone, and a new transaction takes the rest. With ``diagnose``,
+        rendered steps are sent one at a time (so a failure names its revision) and the
+        transaction is always rolled back.
         """
         state, cur = self.states[tenant], self.cur
-        prepare = _prepare_sql(tenant, state, self.options, self.settings.lock_timeout)
         track = "" if state.tracked else track_sql(tenant, self.inst.app_role)
+        self.migrating = False
         try:
-            cur.execute("BEGIN;\n" + prepare)
-            heads, has_table = self.reread(tenant, state)
-            if not self.has_steps(heads):
+            heads, has_table = self.begin(tenant, state)
+            start = heads
+            path = self.path(start)
+            if not path:
                 raise _Skip(" ".join(heads))
-            for _ in range(_MAX_SEGMENTS):
-                seg = self.segment(heads)
-                if seg is None:
-                    break
+            pos = 0
+            while pos < len(path):
+                seg = self.segment(start, pos, heads)
                 before = heads
+                if seg.autocommit:
+                    if diagnose:
+                        break  # never commit while diagnosing
+                    cur.execute(f"{track if has_table else ''}COMMIT")
+                    track = "" if has_table else track
+                    self.run_autocommit(tenant, seg.online)
+                    heads, has_table = self.begin(tenant, replace(state, exists=True, heads=()))
+                    pos += seg.size
+                    continue
                 if seg.chunks:
                     # A rendered path from base creates the version table: an empty one left
                     # by `downgrade base` goes first (its index trigger is re-attached below).
@@ -470,27 +584,69 @@ class _ShardRun:
                         cur.execute(f"{pre}{seg.sql}\n{_versions_sql(tenant)}")
                 else:
                     with migrating(tenant):
-                        self.hooks.run_online(self.conn, tenant, seg.online)
+                        self.hooks.run_online(self.conn, tenant, seg.online, False)
                     cur.execute(_versions_sql(tenant))
                 heads, has_table = _heads(cur.fetchone()[0]), True
                 if heads == before:
                     raise PPPError(f"no progress from {' '.join(heads) or 'base'}")
-            else:
-                raise PPPError(f"more than {_MAX_SEGMENTS} segments: a step made no progress")
+                pos += seg.size
             if diagnose:
                 cur.execute("ROLLBACK")
             else:
                 cur.execute(f"{track}COMMIT")
             return heads
-        except BaseException:
+        except BaseException as exc:
             if not self.raw.closed:
                 with suppress(psycopg2.Error):  # the original error is the one to report
                     cur.execute("ROLLBACK")
+            if self.migrating and _lock_timeout(exc) and not self.raw.closed:
+                raise _Blocked(exc, self.blocker(tenant)) from exc
             raise
         finally:
+            self.migrating = False
             if not self.raw.closed:
                 with suppress(Exception):
                     self.conn.rollback()  # SQLAlchemy's view of the connection: idle again
+
+    def run_autocommit(self, tenant: str, steps: Sequence[Any]) -> None:
+        """Steps that commit mid-way (``autocommit_block``, e.g. CREATE INDEX CONCURRENTLY):
+        through Alembic, outside PPP's transaction, under a session advisory lock."""
+        q, qt = quote_literal(tenant), quote_ident(tenant)
+        key = f"{LOCK_NAMESPACE}, hashtext({q})"
+        self.cur.execute(
+            f"SET lock_timeout = '{int(self.settings.lock_timeout * 1000)}ms';\n"
+            f"SELECT pg_advisory_lock({key});\n"
+            f"SET search_path TO {qt};\n" + self.timeouts_sql("SESSION")
+        )
+        try:
+            self.conn.rollback()  # SQLAlchemy's view: no transaction (the server has none)
+            self.raw.autocommit = False
+            with migrating(tenant):
+                self.hooks.run_online(self.conn, tenant, steps, True)
+        finally:
+            with suppress(Exception):
+                self.conn.rollback()
+            if not self.raw.closed:
+                self.raw.autocommit = True
+                self.cur.execute(
+                    f"SELECT pg_advisory_unlock({key});\n"
+                    "RESET search_path; RESET lock_timeout; RESET statement_timeout"
+                )
+
+    def blocker(self, tenant: str) -> str:
+        """Who holds a lock on the tenant's tables: the session its migration waited for."""
+        try:
+            self.cur.execute(_BLOCKER_SQL, (quote_ident(tenant),))
+            row = self.cur.fetchone()
+        except psycopg2.Error:
+            return "the blocking session could not be read"
+        if row is None:
+            return "the blocking session has ended"
+        pid, app, state, xact, query = row
+        return (
+            f"blocked by pid {pid} (application {app!r}, {state}, transaction since {xact}, "
+            f"query since {query})"
+        )
 
     def explain(self, tenant: str, error: BaseException) -> str:
         """The error of a failed tenant, naming the revision that failed when it can."""
@@ -505,6 +661,21 @@ class _ShardRun:
             except Exception:  # the replay is only for the message
                 pass
         return db.error_text(error)
+
+
+def _lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (maybe wrapped by SQLAlchemy or StepFailed) is a lock timeout."""
+    for candidate in (exc, getattr(exc, "error", None), getattr(exc, "orig", None)):
+        inner = getattr(candidate, "orig", candidate)
+        if isinstance(inner, psycopg2.errors.LockNotAvailable):
+            return True
+    return False
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): doubling from 0.5 s, at most 15 s, with
+    jitter so that retries of many tenants do not line up."""
+    return float(min(15.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5))
 
 
 def _watch_parent(parent: int, interval: float = 0.5) -> None:
@@ -578,32 +749,61 @@ def run_shard(
         emit(("shard_start", job.shard, len(job.tenants), len(todo)))
         if current:
             emit(("results", job.shard, current))
-        for i, tenant in enumerate(todo):
+        queue: deque[str] = deque(todo)
+        later: list[tuple[float, int, str]] = []  # (ready at, order, tenant): lock retries
+        attempts: Counter[str] = Counter()
+        finished = 0
+        while queue or later:
             if stop.is_set():
-                emit(("results", job.shard, run.not_run(todo[i:])))
+                emit(("results", job.shard, run.not_run([*queue, *(t for _, _, t in later)])))
                 break
+            if queue:
+                tenant = queue.popleft()
+            else:
+                ready, _, tenant = heapq.heappop(later)
+                while (wait := ready - time.monotonic()) > 0 and not stop.is_set():
+                    time.sleep(min(wait, 0.2))
+                if stop.is_set():
+                    queue.appendleft(tenant)
+                    continue
+            attempts[tenant] += 1
             started = time.perf_counter()
             result = TenantResult(job.shard, tenant, "migrated", run.states[tenant].revision)
+            result.attempts = attempts[tenant]
             try:
                 heads = run.migrate(tenant)
                 result.after = " ".join(heads) if heads else None
             except _Skip as skip:
                 result.status, result.after = "current", str(skip) or None
+            except _Blocked as blocked:
+                if attempts[tenant] <= run.retries:
+                    # Rolled back; others go on meanwhile, this one comes back later.
+                    ready = time.monotonic() + _backoff(attempts[tenant])
+                    heapq.heappush(later, (ready, len(todo) + finished, tenant))
+                    emit(("retry", job.shard, tenant, attempts[tenant], str(blocked)))
+                    continue
+                result.status = "locked"
+                result.error = (
+                    f"could not get its locks in {attempts[tenant]} attempt(s) (lock_timeout "
+                    f"{run.lock_timeout:g} s): {blocked.blocker}; rerun to finish"
+                )
             except psycopg2.errors.LockNotAvailable as exc:
                 result.status, result.error = "locked", db.first_line(exc)
             except Exception as exc:
                 result.status, result.error = "failed", run.explain(tenant, exc)
+            finished += 1
             result.seconds = time.perf_counter() - started
             emit(("results", job.shard, [result]))
             if run.raw.closed:
                 # The shard went away mid-fleet: this tenant rolled back with its session;
                 # the rest were not tried. A rerun does what is left.
-                emit(("results", job.shard, run.not_run(todo[i + 1 :])))
+                rest = [*queue, *(t for _, _, t in later)]
+                emit(("results", job.shard, run.not_run(rest)))
                 emit(
                     (
                         "shard_error",
                         job.shard,
-                        f"connection to {inst.masked_url('admin')} lost after {i} of "
+                        f"connection to {inst.masked_url('admin')} lost after {finished - 1} of "
                         f"{len(todo)} tenants: {result.error}",
                     )
                 )
@@ -686,6 +886,8 @@ def run_fleet(
                     stop.set()
         elif kind == "online":
             result.online.update(event[2])
+        elif kind == "retry":
+            display.tenant_retry(shard, event[2], event[3], event[4])
         elif kind == "shard_error":
             result.shard_errors[shard] = event[2]
             display.shard_failed(shard, event[2])

@@ -102,7 +102,15 @@ class Settings:
     veneer: Instance
     shards: dict[str, Instance]
     jobs: int = 4
+    #: Seconds a run waits for a tenant that another PPP run is migrating.
     lock_timeout: float = 10.0
+    #: Seconds any statement of a tenant's migration may wait for a table lock: the longest an
+    #: application query can queue behind the migration.
+    migration_lock_timeout: float = 2.0
+    #: Further attempts for a tenant whose migration hit that timeout (rolled back, retried).
+    lock_retries: int = 5
+    #: Seconds any statement of a tenant's migration may run (0: no limit).
+    statement_timeout: float = 0.0
     connect_timeout: int = 5
     source: str = ""
 
@@ -303,6 +311,13 @@ def load_settings(
         shards=shards,
         jobs=r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
         lock_timeout=r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
+        migration_lock_timeout=r.number(
+            "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0
+        ),
+        lock_retries=r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
+        statement_timeout=r.number(
+            "PPP_STATEMENT_TIMEOUT", "seconds a migration statement may run (0: no limit)", 0.0
+        ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
         source=str(path) if path.is_file() else "process environment",
     )

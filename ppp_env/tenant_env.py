@@ -79,7 +79,7 @@ def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> Non
     options = RunOptions.from_x(
         env.get_x_argument(as_dictionary=True), config.attributes.get("ppp.options")
     )
-    settings: Settings = config.attributes.get("ppp.settings") or load_settings()
+    settings: Settings = config.attributes.get("ppp.settings") or load_settings(options.env)
     command, fn = _command(env)
     if env.is_offline_mode():
         _offline(env, settings, options, metadata, kw)
@@ -115,6 +115,25 @@ def step_label(step: Any) -> str:
         doc = (getattr(script, "doc", "") or "").strip().splitlines()
         return f"revision {script.revision}" + (f" ({doc[0]})" if doc and doc[0] else "")
     return str(getattr(step, "short_log", step))
+
+
+def uses_autocommit(step: Any) -> bool:
+    """Whether a step's revision runs statements outside a transaction (Alembic's
+    ``autocommit_block``, e.g. for CREATE INDEX CONCURRENTLY): it cannot share the tenant's
+    transaction, so PPP commits before it and runs it alone."""
+    script = getattr(step, "revision", None)
+    path = getattr(script, "path", None)
+    if not path:
+        return False
+    if path not in _AUTOCOMMIT:
+        try:
+            _AUTOCOMMIT[path] = "autocommit_block" in Path(path).read_text(errors="replace")
+        except OSError:
+            _AUTOCOMMIT[path] = False
+    return _AUTOCOMMIT[path]
+
+
+_AUTOCOMMIT: dict[str, bool] = {}
 
 
 def _flagged_online(step: Any) -> bool:
@@ -225,10 +244,12 @@ def run_steps_online(
     steps: Sequence[Any],
     metadata: Any,
     kw: dict[str, Any],
+    own_transaction: bool = False,
 ) -> None:
     """Run ``steps`` through Alembic online on ``conn`` for ``tenant`` (search_path already
     set): the tenant's version table, the tenant as the default schema. StepFailed names the
-    step that failed."""
+    step that failed. With ``own_transaction``, Alembic begins and commits the transaction
+    itself (steps with ``autocommit_block`` need that); otherwise it runs in the caller's."""
     done: list[int] = []
     options = dict(kw)
     options["on_version_apply"] = (
@@ -243,7 +264,11 @@ def run_steps_online(
         )
         dialect.default_schema_name = tenant
         try:
-            env.run_migrations()
+            if own_transaction:
+                with env.begin_transaction():
+                    env.run_migrations()
+            else:
+                env.run_migrations()
         except Exception as exc:
             failed = steps[min(len(done), len(steps) - 1)]
             raise StepFailed(step_label(failed), exc) from exc
@@ -267,13 +292,13 @@ def _fleet(
     def steps(heads: tuple[str, ...]) -> list[Any]:
         return list(fn(heads, None))
 
-    def render(heads: tuple[str, ...]) -> Rendered:
-        return render_steps(env, steps(heads), heads, metadata, kw)
+    def render(todo: Sequence[Any], heads: tuple[str, ...]) -> Rendered:
+        return render_steps(env, list(todo), heads, metadata, kw)
 
-    def run_online(conn: Any, tenant: str, todo: Sequence[Any]) -> None:
-        run_steps_online(env, conn, tenant, todo, metadata, kw)
+    def run_online(conn: Any, tenant: str, todo: Sequence[Any], own: bool = False) -> None:
+        run_steps_online(env, conn, tenant, todo, metadata, kw, own)
 
-    hooks = AlembicHooks(command, steps, render, run_online)
+    hooks = AlembicHooks(command, steps, render, run_online, uses_autocommit, step_label)
     display = make_display(options.output, options.verbose)
     result = run_fleet(settings, group_by_shard(tenants), options, hooks, display)
     if options.refresh and result.changed:
