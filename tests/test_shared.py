@@ -452,14 +452,25 @@ def test_env_selects_the_settings_file(ini, shards, topology, tmp_path):
     assert "FAILED: PPP_SHARDS is not set" in proc.stdout
 
 
-def test_ppp_migrate_narrowed_to_a_shard_runs_shared_there_only(ini, tenants, settings):
-    result = run("migrate", "-c", str(ini), "--shard", "cyberdyne", "--json")
+def test_ppp_migrate_narrowed_runs_shared_on_those_shards_only(ini, tenants, settings):
+    mine = sorted(tenants)
+    on_cyberdyne = [t for t in mine if tenants[t] == "cyberdyne"]
+    # --tenant: the shared step runs on the shards of those tenants.
+    result = run("migrate", "-c", str(ini), "--tenant", ",".join(on_cyberdyne), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [s["shard"] for s in report["shared"]["shards"]] == ["cyberdyne"]
-    assert {t["tenant"] for t in report["tenants"]} >= {
-        t for t, s in tenants.items() if s == "cyberdyne"
-    }
-    assert {t["shard"] for t in report["tenants"]} == {"cyberdyne"}
+    assert [(t["tenant"], t["status"]) for t in report["tenants"]] == [
+        (on_cyberdyne[0], "migrated")
+    ]
+    assert shared_state(settings, "bluth_co") == ([], False)
+    # --shard with --tenant: the selected shard only (the example tenants stay out of it).
+    result = run(
+        "migrate", "-c", str(ini), "--shard", "initech", "--tenant", ",".join(mine), "--json"
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["shard"] for s in report["shared"]["shards"]] == ["initech"]
+    assert {t["shard"] for t in report["tenants"]} == {"initech"}
     assert shared_state(settings, "bluth_co") == ([], False)
     drop_schemas(settings, tenants)
