@@ -111,10 +111,15 @@ def alembic_config(path: str | Path, section: str = "alembic", settings: Any = N
 
 
 def upgrade_veneer(settings: Settings, config_path: str | Path) -> None:
-    """Step 1 as a library call: ``alembic -n veneer upgrade head``."""
+    """Step 1 as a library call: ``alembic -n veneer upgrade heads`` (every onboarding
+    revision is a head); the tenants it registers are wired by the refresh step, once the
+    tenant step created their schemas. ``ppp migrate`` passes its own ``veneer_step``
+    (the same call, with its message)."""
+    from ppp_env import veneer_env
+
     try:
-        command.upgrade(alembic_config(config_path, "veneer", settings), "head")
-    except CommandError as exc:
+        veneer_env.upgrade(settings, "heads", alembic_config(config_path, "veneer"), wire=False)
+    except PPPError as exc:
         raise PPPError(f"veneer upgrade failed: {exc}") from None
 
 
@@ -144,7 +149,7 @@ def migrate(
     alembic_config(config_path)  # a missing ini fails before anything runs too
 
     if veneer_step is None:
-        say("1/4 veneer", "alembic -n veneer upgrade head")
+        say("1/4 veneer", "alembic -n veneer upgrade heads")
         upgrade_veneer(settings, config_path)
     else:
         veneer_step()

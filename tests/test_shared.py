@@ -474,3 +474,31 @@ def test_ppp_migrate_narrowed_runs_shared_on_those_shards_only(ini, tenants, set
     assert {t["shard"] for t in report["tenants"]} == {"initech"}
     assert shared_state(settings, "bluth_co") == ([], False)
     drop_schemas(settings, tenants)
+
+
+def test_operations_migrate_is_the_library_call_behind_ppp_migrate(ini, tenants, settings):
+    from ppp_env.operations import MigrateOptions, migrate
+
+    heard: list[tuple[str, str]] = []
+    result = migrate(
+        settings,
+        ini,
+        MigrateOptions(tenants=sorted(tenants), output="quiet"),
+        say=lambda step, detail: heard.append((step, detail)),
+    )
+    assert result.ok, result.failure_message()
+    assert [step for step, _ in heard] == [
+        "1/4 veneer",
+        "2/4 shared",
+        *(f"shared {s}" for s in settings.shards),
+        "3/4 tenants",
+        "4/4 veneer refresh",
+    ]
+    assert [(s.shard, s.before, s.after) for s in result.shared.shards] == [
+        (s, None, "sx02") for s in settings.shards
+    ]
+    assert sorted(t.tenant for t in result.tenants.tenants if t.status == "migrated") == sorted(
+        tenants
+    )
+    assert sorted(result.tenants.refreshed) == sorted(tenants)
+    drop_schemas(settings, tenants)
