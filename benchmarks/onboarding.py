@@ -178,7 +178,8 @@ def main() -> None:
             shard = shards[i % len(shards)]
             write_tenant_revision(script, name, shard, base)
             by_shard[shard].append(name)
-        print(f"wrote {len(names)} onboarding revisions in {time.perf_counter() - started:.1f} s")
+        took = time.perf_counter() - started
+        print(f"wrote {len(names)} onboarding revisions in {took:.1f} s", flush=True)
 
         # (a) ppp tenant add with N existing, against none existing and the bare start.
         start, add_n, add_0 = [], [], []
@@ -208,12 +209,16 @@ def main() -> None:
         assert len(ours) == len(theirs) == args.tenants, (len(ours), len(theirs))
 
         # (b) ppp veneer upgrade with N pending; (c) ppp migrate end to end.
+        print(f"(a) ppp tenant add: {fmt(add_n)}; with none existing {fmt(add_0)}", flush=True)
+        print(f"(d) plan: PPP {ours_s:.3f} s, Alembic {theirs_s:.2f} s, load {load_s:.2f} s")
         upgrade, migrate = [], []
         for _ in range(args.repeat):
             reset(settings, names, by_shard, base)
             upgrade.append(run([ppp, "veneer", "upgrade"], env, work))
+            print(f"(b) ppp veneer upgrade: {upgrade[-1]:.2f} s", flush=True)
             reset(settings, names, by_shard, base)
             migrate.append(run([ppp, "migrate", "-c", str(ini)], env, work))
+            print(f"(c) ppp migrate: {migrate[-1]:.2f} s", flush=True)
         with admin_connection(settings) as conn:
             active = conn.exec_driver_sql(
                 "SELECT count(*) FROM ppp.tenants WHERE state = 'active' AND wired_revision "
