@@ -324,6 +324,8 @@ def _run_shard(
                 env.run_migrations()
                 if moving:
                     outcome.after = _read_on(conn)
+                if moving and (outcome.before is None or outcome.before != outcome.after):
+                    # A new version table got the app role's DML from default privileges.
                     conn.exec_driver_sql(
                         f"REVOKE ALL ON {VERSION_SCHEMA}.{VERSION_TABLE} "
                         f"FROM {quote_ident(inst.app_role)}",
