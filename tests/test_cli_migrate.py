@@ -8,8 +8,7 @@ from alembic import command
 from click.testing import CliRunner
 
 from ppp_env.cli import cli
-from tests.conftest import ROOT
-from tests.test_migrations import fleet, fleet_config, only, opts  # noqa: F401 - fixture
+from tests.conftest import ROOT, fleet_config, opts
 
 INI = str(ROOT / "alembic.ini")
 EXAMPLE = ("bluth_co", "cyberdyne", "initech")
@@ -88,7 +87,7 @@ def test_migrate_and_status_without_a_shared_section(veneer_head, tmp_path):
     assert json.loads(result.stdout)["shared"] is None
 
 
-def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet, tmp_path):  # noqa: F811
+def test_status_shows_a_stale_veneer_and_migrate_refreshes_it(fleet, tmp_path):
     tenant = sorted(fleet)[0]
     command.upgrade(fleet_config(**opts(tenants=[tenant], refresh=False)), "f001")
     cfg_dir = fleet_config().get_main_option("script_location")
