@@ -28,8 +28,7 @@ from ppp_env import db
 from ppp_env.cli import cli
 from ppp_env.errors import PPPError
 from ppp_env.shared_env import LOCK_KEY, RESULT_KEY, SharedOptions, current_shard
-from tests.conftest import ROOT
-from tests.test_migrations import drop_schemas, register, shard_sql, states, unregister
+from tests.conftest import ROOT, drop_schemas, register, shard_sql, states, unregister
 
 SHARED_SCRIPTS = ROOT / "tests" / "scripts" / "shared_example"
 TENANT_SCRIPTS = ROOT / "tests" / "scripts" / "shared_tenant"
