@@ -262,10 +262,18 @@ def _run_online() -> None:
     alembic_fn = env_ctx.context_opts.get("fn")  # the command's step function
     script: ScriptDirectory = env_ctx.script
 
+    deferred: list[Any] = []
+
     def steps(heads: tuple[str, ...], ctx: MigrationContext) -> Any:
         """The run's steps; tenants registered before any veneer revision that follows."""
         if _is_upgrade_to_heads(alembic_fn):
             planned = plan_upgrade_to_heads(script, heads)
+            own = [s for s in planned if not _is_tenant_step(s)]
+            if planned[: len(own)] == own:
+                # Every tenant after the veneer's own revisions: PPP applies them itself,
+                # in bulk, once Alembic is done with those (see apply_tenant_steps).
+                deferred.extend(planned[len(own) :])
+                planned = own
         else:
             planned = alembic_fn(heads, ctx)
         for step in planned:
@@ -293,6 +301,8 @@ def _run_online() -> None:
                     _record(veneer.reconcile(conn, settings, remove=False))
                     reconciled = True
             context.run_migrations()
+            if deferred:
+                apply_tenant_steps(conn, deferred)
             if moving:
                 onboarding.flush(conn)
                 if catalog.catalog_exists(conn):
@@ -301,6 +311,38 @@ def _run_online() -> None:
                     _record(veneer.lock_down_catalog(conn, settings))
     if onboarding.registered:
         _wire_onboarded(settings, onboarding.registered)
+
+
+def apply_tenant_steps(conn: Connection, steps: list[Any]) -> None:
+    """Run pending onboarding revisions and record them in ``ppp.alembic_version`` with two
+    statements, in the run's transaction.
+
+    Alembic writes the version table once per step (one round trip each: most of the time
+    of 10,000 pending tenants). The result is the same as Alembic's: every tenant revision
+    becomes a head and a parent that was a head stops being one.
+    """
+    import logging
+
+    from alembic.operations import Operations
+
+    log = logging.getLogger("alembic.runtime.migration")
+    parents: set[str] = set()
+    with Operations.context(context.get_context()):
+        for step in steps:
+            log.debug("Running %s", step)
+            step.migration_fn()
+            parents.update(step.revision._all_down_revisions)
+    revisions = [step.revision.revision for step in steps]
+    conn.execute(
+        text("DELETE FROM ppp.alembic_version WHERE version_num = ANY(CAST(:p AS text[]))"),
+        {"p": sorted(parents)},
+    )
+    conn.execute(
+        text("INSERT INTO ppp.alembic_version (version_num) SELECT unnest(CAST(:r AS text[]))"),
+        {"r": revisions},
+    )
+    n = len(revisions)
+    log.info("Running upgrade of %d tenant onboarding revision%s", n, "s" if n != 1 else "")
 
 
 def _wire_onboarded(settings: Settings, tenants: list[str]) -> None:
