@@ -384,7 +384,12 @@ class LocalServers:
             if not st.running:
                 wanted = self._port(name) or _int(prev.get(f"{p}PORT"))
                 st = self.start(name, free_port(wanted))
-            assert st.port is not None
+            if st.port is None:
+                raise PPPError(
+                    f"the local server {name!r} runs from {st.data_dir} but its port is not in "
+                    f"{st.data_dir / 'ppp.conf'}: stop it (pg_ctl -D {st.data_dir} stop) and run "
+                    "`ppp local up` again"
+                )
             if not created and not known:
                 # The cluster exists but its password was lost with the .env file: set a new
                 # one over the server's private Unix socket.
