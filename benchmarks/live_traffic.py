@@ -267,7 +267,12 @@ class Load:
             t = threading.Thread(target=self._run, args=(i, client), name=f"app-{i}", daemon=True)
             t.start()
             self.threads.append(t)
-        self.connected.wait()  # every client connected: the load is on from here
+        try:
+            self.connected.wait()  # every client connected: the load is on from here
+        except threading.BrokenBarrierError:
+            self.stop.set()
+            errors = [c.first_error for c in self.clients if c.first_error]
+            fail(f"the application clients could not connect: {errors[:1]}")
         self.started = time.monotonic()
 
     def finish(self) -> None:
