@@ -327,6 +327,8 @@ def _offline_options(buf: io.StringIO, metadata: Any, kw: dict[str, Any]) -> dic
     return {
         **kw,
         "dialect_name": "postgresql",
+        # Literal SQL as written: with the driver's paramstyle a '%' would come out as '%%'.
+        "dialect_opts": {"paramstyle": "named"},
         "output_buffer": buf,
         "literal_binds": True,
         "transactional_ddl": False,

@@ -63,7 +63,7 @@ def write_revision(scripts: Path, rev: str, down: str, doc: str, up: str, down_b
 def scripts(tmp_path):
     """A private copy of the fleet chain (f001 table, f002 unique, f003 reads data) plus
     f004 (renderable), f005 (uses the default schema), f006 (inspects: reads the database),
-    f007 (renderable)."""
+    f007 (renderable, with a '%' in its SQL)."""
     dest = tmp_path / "scripts"
     shutil.copytree(FLEET_SCRIPTS, dest, ignore=shutil.ignore_patterns("__pycache__"))
     write_revision(
@@ -103,7 +103,8 @@ def scripts(tmp_path):
         "f007",
         "f006",
         "a late column",
-        '    op.add_column("seen", sa.Column("note", sa.Text))',
+        '    op.add_column("seen", sa.Column("note", sa.Text))\n'
+        '    op.execute("UPDATE items SET price = (price + 9) % 7")',
         '    op.drop_column("seen", "note")',
     )
     return dest
