@@ -61,6 +61,24 @@ def fleet_options(f: F) -> F:
     show_default=True,
     help="A tenant another run is migrating: wait (PPP_LOCK_TIMEOUT) or skip it.",
 )
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(0, 86_400),
+    metavar="SECONDS",
+    help="Longest wait of a migration statement for a table lock (PPP_MIGRATION_LOCK_TIMEOUT, "
+    "default 2): the longest an application query queues behind the migration.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 100),
+    help="Further attempts for a tenant that hit the lock timeout (PPP_LOCK_RETRIES, default 5).",
+)
+@click.option(
+    "--statement-timeout",
+    type=click.FloatRange(0, 86_400),
+    metavar="SECONDS",
+    help="Longest run of a migration statement, 0 no limit (PPP_STATEMENT_TIMEOUT, default 0).",
+)
 @click.option("--revision", default="head", show_default=True, help="Target tenant revision.")
 @click.option("-v", "--verbose", is_flag=True, help="A line per migrated tenant.")
 @pass_state
@@ -73,6 +91,9 @@ def migrate(
     fail_fast: bool,
     jobs: int | None,
     lock: str,
+    lock_timeout: float | None,
+    retries: int | None,
+    statement_timeout: float | None,
     revision: str,
     verbose: bool,
 ) -> None:
@@ -99,6 +120,9 @@ def migrate(
         fail_fast=fail_fast,
         jobs=jobs,
         lock=lock,
+        lock_timeout=lock_timeout,
+        retries=retries,
+        statement_timeout=statement_timeout,
         output="json" if as_json else "auto",
         verbose=verbose,
     )

@@ -41,6 +41,12 @@ class MigrateOptions:
     fail_fast: bool = False
     jobs: int | None = None
     lock: str = "wait"
+    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
+    lock_timeout: float | None = None
+    #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
+    retries: int | None = None
+    #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
+    statement_timeout: float | None = None
     #: The tenant step's display: auto (bars or plain lines), plain, rich, json, quiet.
     output: str = "auto"
     verbose: bool = False
@@ -189,6 +195,9 @@ def migrate(
             fail_fast=options.fail_fast,
             jobs=options.jobs,
             lock=options.lock,
+            lock_timeout=options.lock_timeout,
+            retries=options.retries,
+            statement_timeout=options.statement_timeout,
             refresh=False,
             output=options.output,
             verbose=options.verbose,

@@ -122,3 +122,34 @@ def test_migrate_bad_input_is_one_error_line(veneer_head):
     result = run("migrate", "-c", "/nonexistent/alembic.ini")
     assert result.exit_code == 1
     assert "Error: no Alembic configuration at /nonexistent/alembic.ini" in result.output
+
+
+def test_migrate_lock_timeout_and_retries_reach_the_run(fleet, settings, tmp_path):
+    from ppp_env import db
+
+    command.upgrade(fleet_config(**opts(tenants=sorted(fleet), refresh=False)), "f001")
+    victim = sorted(fleet)[0]
+    ini = tmp_path / "fleet.ini"
+    ini.write_text(
+        f"[alembic]\nscript_location = {fleet_config().get_main_option('script_location')}\n"
+        f"prepend_sys_path = {ROOT}\npath_separator = os\n\n[veneer]\n"
+        f"script_location = {ROOT / 'veneer_migrations'}\nprepend_sys_path = {ROOT}\n"
+        "path_separator = os\n"
+    )
+    reader = db.connect(settings.shard(fleet[victim]), "app", application_name="test-reader")
+    try:
+        reader.cursor().execute(f"SELECT 1 FROM {victim}.items")
+        result = run(
+            "migrate", "-c", str(ini), "--tenant", ",".join(sorted(fleet)), "--json",
+            "--lock-timeout", "0.2", "--retries", "1",
+        )  # fmt: skip
+    finally:
+        reader.close()
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    (locked,) = [t for t in report["tenants"] if t["status"] == "locked"]
+    assert (locked["tenant"], locked["attempts"]) == (victim, 2)
+    assert "lock_timeout 0.2 s" in locked["error"] and "test-reader" in locked["error"]
+    assert report["retries"] == 1
+    bad = run("migrate", "-c", str(ini), "--lock-timeout", "soon")
+    assert bad.exit_code == 2 and "'soon' is not a valid float range" in bad.output
