@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -86,6 +87,26 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     if res.returncode != 0:
         sys.exit(f"command failed: {' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return took
+
+
+def run_steps(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, dict[str, float]]:
+    """Run ``ppp migrate``; its total time and the seconds of each step (`N/M name` lines)."""
+    started = time.perf_counter()
+    marks: list[tuple[str, float]] = []
+    out: list[str] = []
+    with subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if re.match(r"\d/\d \w", line):
+                marks.append((line.split(":")[0].strip(), time.perf_counter()))
+    took = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{''.join(out)[-3000:]}")
+    ends = [t for _, t in marks[1:]] + [started + took]
+    return took, {name: end - t for (name, t), end in zip(marks, ends, strict=True)}
 
 
 def scripts_with_catalog_only(dest: Path) -> Path:
@@ -212,13 +233,17 @@ def main() -> None:
         print(f"(a) ppp tenant add: {fmt(add_n)}; with none existing {fmt(add_0)}", flush=True)
         print(f"(d) plan: PPP {ours_s:.3f} s, Alembic {theirs_s:.2f} s, load {load_s:.2f} s")
         upgrade, migrate = [], []
+        steps: list[dict[str, float]] = []
         for _ in range(args.repeat):
             reset(settings, names, by_shard, base)
             upgrade.append(run([ppp, "veneer", "upgrade"], env, work))
             print(f"(b) ppp veneer upgrade: {upgrade[-1]:.2f} s", flush=True)
             reset(settings, names, by_shard, base)
-            migrate.append(run([ppp, "migrate", "-c", str(ini)], env, work))
-            print(f"(c) ppp migrate: {migrate[-1]:.2f} s", flush=True)
+            took, parts = run_steps([ppp, "migrate", "-c", str(ini)], env, work)
+            migrate.append(took)
+            steps.append(parts)
+            shown = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+            print(f"(c) ppp migrate: {took:.2f} s ({shown})", flush=True)
         with admin_connection(settings) as conn:
             active = conn.exec_driver_sql(
                 "SELECT count(*) FROM ppp.tenants WHERE state = 'active' AND wired_revision "
@@ -245,7 +270,11 @@ def main() -> None:
         )
         print(
             f"| (c) | `ppp migrate` end to end, {n} pending: veneer, tenant chain, refresh | "
-            f"{fmt(migrate)} | target < 30 s |"
+            f"{fmt(migrate)} | target < 30 s; by step (median): "
+            + ", ".join(
+                f"{k} {statistics.median(p.get(k, 0.0) for p in steps):.1f} s" for k in steps[0]
+            )
+            + " |"
         )
         print(
             f"| (d) | planning `upgrade heads` from the catalog ({len(heads):,} heads) | "
