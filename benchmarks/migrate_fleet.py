@@ -409,11 +409,24 @@ def main() -> None:
 
         fleet = [alembic, "-c", str(ini[FLEET.ini])]
         body = rendered_body(fleet, env, names[0])
+        # The arguments each PPP row runs (after `alembic -c <its ini>`), also its label.
+        upgrade = ["upgrade", "head"]
+        no_refresh = ["-x", "refresh=false", *upgrade]
+        argv = {
+            "a": upgrade,
+            "a2": no_refresh,
+            "d": upgrade,
+            "e": ["-x", "refresh=false", "-x", "render=false", *upgrade],
+            "f": no_refresh,
+            "g": no_refresh,
+        }
+
+        def label(key: str) -> str:
+            return " ".join(["alembic", *argv[key]])
+
         rows = {
-            "a": Row("(a)", "PPP, the default command (veneer refresh on)", "alembic upgrade head"),
-            "a2": Row(
-                "(a2)", "PPP without the veneer refresh", "alembic -x refresh=false upgrade head"
-            ),
+            "a": Row("(a)", "PPP, the default command (veneer refresh on)", label("a")),
+            "a2": Row("(a2)", "PPP without the veneer refresh", label("a2")),
             "b": Row(
                 "(b)",
                 "naive: Alembic cookbook env.py, a process per tenant, extrapolated",
@@ -424,18 +437,12 @@ def main() -> None:
                 "floor: rendered SQL, psycopg2, a connection per shard, 1 query per tenant",
                 "BEGIN; CREATE SCHEMA t; SET LOCAL search_path TO t; <the --sql body>; COMMIT",
             ),
-            "d": Row("(d)", "PPP, every tenant already at head", "alembic upgrade head"),
+            "d": Row("(d)", "PPP, every tenant already at head", label("d")),
             "e": Row(
-                "(e)",
-                "PPP online, tenant by tenant (no render-once, no refresh)",
-                "alembic -x refresh=false -x render=false upgrade head",
+                "(e)", "PPP online, tenant by tenant (no render-once, no refresh)", label("e")
             ),
-            "f": Row(
-                "(f)",
-                "PPP, 14-revision chain, 2 revisions read the database",
-                "alembic upgrade head",
-            ),
-            "g": Row("(g)", "PPP, its all-renderable twin (same effect)", "alembic upgrade head"),
+            "f": Row("(f)", "PPP, 14-revision chain, 2 revisions read the database", label("f")),
+            "g": Row("(g)", "PPP, its all-renderable twin (same effect)", label("g")),
         }
 
         def ppp(row: str, cmd: list[str], chain: Chain, *, wired: bool) -> None:
@@ -451,17 +458,12 @@ def main() -> None:
             rows["c"].runs.append(floor(settings, by_shard, body))
             check_at_head(settings, by_shard, FLEET.head)
 
-            ppp("a", [*fleet, "upgrade", "head"], FLEET, wired=True)
-            took, _ = sh([*fleet, "upgrade", "head"], env)
+            ppp("a", [*fleet, *argv["a"]], FLEET, wired=True)
+            took, _ = sh([*fleet, *argv["d"]], env)
             check_at_head(settings, by_shard, FLEET.head, wired=True)
             rows["d"].runs.append(took)
-            ppp("a2", [*fleet, "-x", "refresh=false", "upgrade", "head"], FLEET, wired=False)
-            ppp(
-                "e",
-                [*fleet, "-x", "refresh=false", "-x", "render=false", "upgrade", "head"],
-                FLEET,
-                wired=False,
-            )
+            ppp("a2", [*fleet, *argv["a2"]], FLEET, wired=False)
+            ppp("e", [*fleet, *argv["e"]], FLEET, wired=False)
 
             reset(settings, sample_by_shard, veneer=False)
             naive_cmd = [alembic, "-c", str(ini[NAIVE.ini])]
@@ -470,8 +472,7 @@ def main() -> None:
             rows["b"].runs.append(per_tenant[-1] * len(names))
 
             for key, chain in (("f", MIXED), ("g", RENDERABLE)):
-                cmd = [alembic, "-c", str(ini[chain.ini]), "-x", "refresh=false", "upgrade", "head"]
-                ppp(key, cmd, chain, wired=False)
+                ppp(key, [alembic, "-c", str(ini[chain.ini]), *argv[key]], chain, wired=False)
                 prints[key] = fingerprint(settings, by_shard)
             if prints["f"] != prints["g"]:
                 fail(f"the twins left different data: {prints['f']} != {prints['g']}")
