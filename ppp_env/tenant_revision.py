@@ -77,17 +77,24 @@ def version_dirs(script: ScriptDirectory) -> list[Path]:
     return [Path(p) for p in script._version_locations]
 
 
-def _python_files(script: ScriptDirectory) -> list[Path]:
-    found: list[Path] = []
+def _scan(script: ScriptDirectory) -> tuple[list[TenantRevision], list[Path]]:
+    """One listing of the version folders: the onboarding revisions (by file name, no
+    module loaded) and the other revision files (the veneer's own)."""
+    tenants: list[TenantRevision] = []
+    others: list[Path] = []
+    match = TENANT_FILE.fullmatch
     for folder in version_dirs(script):
-        if folder.is_dir():
-            with os.scandir(folder) as entries:
-                found += [
-                    Path(e.path)
-                    for e in entries
-                    if e.name.endswith(".py") and not e.name.startswith((".#", "__init__"))
-                ]
-    return found
+        if not folder.is_dir():
+            continue
+        for name in os.listdir(folder):
+            if not name.endswith(".py") or name.startswith((".#", "__init__")):
+                continue
+            m = match(name)
+            if m:
+                tenants.append(TenantRevision(m.group(2), m.group(1), folder / name))
+            else:
+                others.append(folder / name)
+    return tenants, others
 
 
 def find_tenant_revisions(
@@ -95,12 +102,17 @@ def find_tenant_revisions(
 ) -> list[TenantRevision]:
     """The onboarding revisions in the script directory (of ``schema`` only, if given), found
     by file name without loading any module."""
-    out = []
-    for path in _python_files(script):
-        m = TENANT_FILE.fullmatch(path.name)
-        if m and (schema is None or m.group(2) == schema):
-            out.append(TenantRevision(m.group(2), m.group(1), path))
-    return sorted(out, key=lambda t: (t.schema, t.path.name))
+    if schema is not None:  # the common case: only this tenant's candidates get a Path
+        out = []
+        suffix = f"_{schema}.py"
+        for folder in version_dirs(script):
+            if folder.is_dir():
+                for name in os.listdir(folder):
+                    m = TENANT_FILE.fullmatch(name) if name.endswith(suffix) else None
+                    if m and m.group(2) == schema:
+                        out.append(TenantRevision(schema, m.group(1), folder / name))
+        return sorted(out, key=lambda t: t.path.name)
+    return sorted(_scan(script)[0], key=lambda t: (t.schema, t.path.name))
 
 
 def tenant_revisions(script: ScriptDirectory) -> dict[str, Path]:
@@ -112,9 +124,7 @@ def structural_head(script: ScriptDirectory) -> str:
     """The head of the veneer's own revisions (the catalog and what follows it), loading
     only their few files. PPPError unless there is exactly one."""
     revisions: dict[str, tuple[str, ...]] = {}
-    for path in _python_files(script):
-        if TENANT_FILE.fullmatch(path.name):
-            continue
+    for path in _scan(script)[1]:
         try:
             module = alembic_util.load_python_file(path.parent, path.name)
         except Exception as exc:
