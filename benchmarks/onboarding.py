@@ -118,7 +118,7 @@ def scripts_with_catalog_only(dest: Path) -> Path:
 
 def reset(settings: Settings, names: list[str], by_shard: dict[str, list[str]], base: str) -> None:
     """The veneer back at the catalog revision with no tenant; no tenant schema on a shard."""
-    with admin_connection(settings) as conn:
+    with admin_connection(settings, begin=False) as conn:
         wired = list(
             conn.execute(
                 text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :p"), {"p": "bo\\_%"}
@@ -131,6 +131,7 @@ def reset(settings: Settings, names: list[str], by_shard: dict[str, list[str]], 
         conn.exec_driver_sql("DELETE FROM ppp.tenants")
         conn.exec_driver_sql("DELETE FROM ppp.alembic_version")
         conn.execute(text("INSERT INTO ppp.alembic_version (version_num) VALUES (:v)"), {"v": base})
+        conn.commit()
     for shard, schemas in by_shard.items():
         with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
             cur = conn.cursor()
