@@ -267,7 +267,8 @@ def main() -> None:
         )
         print(
             f"| (b) | `ppp veneer upgrade`, {n} onboarding revisions pending | {fmt(upgrade)} | "
-            f"{med(upgrade) / args.tenants * 1000:.2f} ms per revision (was about 13 ms) |"
+            f"{med(upgrade) / args.tenants * 1000:.2f} ms per revision "
+            "(previous design: about 13 ms, not measured here) |"
         )
         print(
             f"| (c) | `ppp migrate` end to end, {n} pending: veneer, tenant chain, refresh | "
