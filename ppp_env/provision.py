@@ -183,8 +183,10 @@ def _provision_instance(inst: Instance, settings: Settings) -> Report:
             (
                 # A migration that waits for a lock names who holds it: the admin role must
                 # see other roles' sessions in pg_stat_activity.
-                lambda: not _has_privilege(
-                    cur, "SELECT pg_has_role(%s, 'pg_read_all_stats', 'MEMBER')", admin
+                lambda: (
+                    not _has_privilege(
+                        cur, "SELECT pg_has_role(%s, 'pg_read_all_stats', 'MEMBER')", admin
+                    )
                 ),
                 f"GRANT pg_read_all_stats TO {qa}",
                 f"granted pg_read_all_stats to {admin} (to name sessions that block a migration)",
