@@ -57,14 +57,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ppp_env import db  # noqa: E402
-from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant  # noqa: E402
-from ppp_env.fleet import read_states  # noqa: E402
-from ppp_env.identifiers import quote_ident  # noqa: E402
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
-from ppp_env.provision import provision  # noqa: E402
-from ppp_env.runner import RunOptions  # noqa: E402
-from ppp_env.settings import Settings, load_settings  # noqa: E402
+from ppp_env import db
+from ppp_env.fleet.options import RunOptions
+from ppp_env.fleet.version_index import read_states
+from ppp_env.identifiers import quote_ident
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
+from ppp_env.servers.provision import provision
+from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer.catalog import (
+    admin_connection,
+    register_tenant,
+    unregister_tenant,
+)
 
 CHAIN = ROOT / "benchmarks" / "live_chain"
 FIRST, HEAD = "l001", "l004"
@@ -129,7 +133,7 @@ def migrate_main(ini: str, xs: list[str]) -> None:
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
-    import ppp_env.tenant_env  # noqa: F401  (imported before the clock starts, as env.py does)
+    import ppp_env.fleet.env  # noqa: F401  (imported before the clock starts, as env.py does)
 
     cfg = AlembicConfig(ini, cmd_opts=argparse.Namespace(x=["output=quiet", *xs]))
     print(READY_MARK, flush=True)

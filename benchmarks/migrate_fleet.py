@@ -62,18 +62,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ppp_env import db  # noqa: E402
-from ppp_env.catalog import (  # noqa: E402
+from ppp_env import db
+from ppp_env.fleet.version_index import read_states
+from ppp_env.identifiers import quote_ident
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
+from ppp_env.servers.provision import provision
+from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer.catalog import (
     admin_connection,
     find_tenants,
     register_tenant,
     unregister_tenant,
 )
-from ppp_env.fleet import read_states  # noqa: E402
-from ppp_env.identifiers import quote_ident  # noqa: E402
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
-from ppp_env.provision import provision  # noqa: E402
-from ppp_env.settings import Settings, load_settings  # noqa: E402
 
 BENCH = ROOT / "benchmarks"
 

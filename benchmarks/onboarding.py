@@ -4,7 +4,7 @@
 Builds a throwaway topology (veneer + 3 shards, local servers), copies veneer_migrations
 into a temporary folder (the repository's is never touched) with only the catalog
 revision, writes N onboarding revisions there the way `ppp tenant add` does
-(ppp_env.tenant_revision.write_tenant_revision, round robin over the shards), and times:
+(ppp_env.veneer.onboarding.write_tenant_revision, round robin over the shards), and times:
 
   (a) `ppp tenant add` with N revisions existing           target < 0.5 s
       baseline: the same with no tenant revision, and `ppp --version` (process start)
@@ -37,17 +37,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from alembic.script import ScriptDirectory  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
-from ppp_env import db  # noqa: E402
-from ppp_env.catalog import admin_connection  # noqa: E402
-from ppp_env.identifiers import quote_ident  # noqa: E402
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
-from ppp_env.provision import provision  # noqa: E402
-from ppp_env.settings import Settings, load_settings  # noqa: E402
-from ppp_env.tenant_revision import structural_head, write_tenant_revision  # noqa: E402
-from ppp_env.veneer_env import plan_upgrade_to_heads  # noqa: E402
+from ppp_env import db
+from ppp_env.identifiers import quote_ident
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
+from ppp_env.servers.provision import provision
+from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer.catalog import admin_connection
+from ppp_env.veneer.env import plan_upgrade_to_heads
+from ppp_env.veneer.onboarding import structural_head, write_tenant_revision
 
 INI = """\
 [alembic]

@@ -38,11 +38,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ppp_env import catalog, db, veneer, veneer_env  # noqa: E402
-from ppp_env.identifiers import quote_ident  # noqa: E402
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir  # noqa: E402
-from ppp_env.provision import provision  # noqa: E402
-from ppp_env.settings import Settings, load_settings  # noqa: E402
+from ppp_env import db
+from ppp_env.identifiers import quote_ident
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
+from ppp_env.servers.provision import provision
+from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer import tables as veneer
 
 #: One tenant's tables, created on its shard in one transaction (a DO block).
 TABLES = """

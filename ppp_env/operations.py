@@ -25,12 +25,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 
-from ppp_env import shared_env
-from ppp_env.catalog import list_tenants
 from ppp_env.errors import PPPError
-from ppp_env.runner import FleetResult, RunOptions, TenantResult
+from ppp_env.fleet.options import RunOptions
+from ppp_env.fleet.results import FleetResult, TenantResult
 from ppp_env.settings import Settings
-from ppp_env.shared_env import SharedResult
+from ppp_env.shared import env as shared_env
+from ppp_env.shared.env import SharedResult
+from ppp_env.veneer.catalog import list_tenants
 
 
 @dataclass
@@ -121,7 +122,7 @@ def upgrade_veneer(settings: Settings, config_path: str | Path) -> None:
     revision is a head); the tenants it registers are wired by the refresh step, once the
     tenant step created their schemas. ``ppp migrate`` passes its own ``veneer_step``
     (the same call, with its message)."""
-    from ppp_env import veneer_env
+    from ppp_env.veneer import env as veneer_env
 
     try:
         veneer_env.upgrade(settings, "heads", alembic_config(config_path, "veneer"), wire=False)
@@ -147,7 +148,7 @@ def migrate(
     PPPError when a step could not run at all (bad input, the veneer failed); otherwise the
     result says what happened, failures included (``result.ok``).
     """
-    from ppp_env.veneer import refresh
+    from ppp_env.veneer.tables import refresh
 
     started = time.perf_counter()
     for shard in options.shards or []:

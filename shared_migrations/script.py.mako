@@ -9,7 +9,7 @@ with search_path = public. Schema-qualify every object (shared.users, not users)
 functions `SET search_path = pg_catalog` or fully qualified bodies (postgres_fdw sessions
 run with search_path = pg_catalog). Tenant schemas are owned by the same admin role, so
 their foreign keys to shared tables need no extra grant; the application role does need
-USAGE on a shared schema: grant it to ppp_env.shared_env.current_shard().app_role.
+USAGE on a shared schema: grant it to ppp_env.shared.current_shard().app_role.
 """
 from typing import Sequence, Union
 
@@ -17,7 +17,7 @@ from alembic import op
 import sqlalchemy as sa
 ${imports if imports else ""}
 from ppp_env.identifiers import quote_ident
-from ppp_env.shared_env import current_shard
+from ppp_env.shared.env import current_shard
 
 # revision identifiers, used by Alembic.
 revision: str = ${repr(up_revision)}

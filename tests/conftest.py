@@ -1,7 +1,7 @@
 """One real PostgreSQL topology (veneer + 3 shards) for the whole test session.
 
 Backends, chosen with PPP_TEST_BACKEND:
-- ``local`` (default): throwaway servers from this machine's binaries (ppp_env.local),
+- ``local`` (default): throwaway servers from this machine's binaries (ppp_env.servers.local),
   the same code as ``ppp local up``; as root they run as the ``postgres`` OS user.
 - ``docker``: four testcontainers PostgreSQL containers.
 - ``env``: servers already described by PPP_* settings in the environment.
@@ -28,12 +28,12 @@ import pytest
 from alembic.config import Config
 
 from ppp_env import db
-from ppp_env.catalog import admin_connection, register_tenant, unregister_tenant
-from ppp_env.fleet import read_states
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers
-from ppp_env.provision import provision
-from ppp_env.runner import RunOptions
+from ppp_env.fleet.options import RunOptions
+from ppp_env.fleet.version_index import read_states
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers
+from ppp_env.servers.provision import provision
 from ppp_env.settings import Settings, env_prefix, load_settings
+from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCES = ["veneer", *EXAMPLE_SHARDS]

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from ppp_env import catalog, veneer_env
 from ppp_env.errors import PPPError
-from ppp_env.provision import provision_instance, teardown_instance
+from ppp_env.servers.provision import provision_instance, teardown_instance
 from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
 from tests.test_veneer_fixtures import EXAMPLE, register, unregister, veneer_ready
 
 __all__ = ["veneer_ready"]

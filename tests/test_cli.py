@@ -12,7 +12,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent

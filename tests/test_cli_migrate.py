@@ -7,7 +7,7 @@ import json
 from alembic import command
 from click.testing import CliRunner
 
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from tests.conftest import ROOT, fleet_config, opts
 
 INI = str(ROOT / "alembic.ini")

@@ -1,7 +1,7 @@
 """docker-compose.yml and the Docker backend of `ppp local`.
 
 No Docker engine runs here, so the compose file is parsed and checked against what ppp
-expects (ppp_env.settings.env_prefix, ppp_env.compose), and the CLI's Docker path runs
+expects (ppp_env.settings.env_prefix, ppp_env.servers.compose), and the CLI's Docker path runs
 against a stand-in ``docker`` command that records how it was called.
 """
 
@@ -18,8 +18,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from ppp_env import compose
-from ppp_env.cli import _backend_for_up, cli
+from ppp_env.cli.main import _backend_for_up, cli
+from ppp_env.servers import compose
 from ppp_env.settings import env_prefix, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ppp_env.local import EXAMPLE_SHARDS
+from ppp_env.servers.local import EXAMPLE_SHARDS
 from ppp_env.settings import env_prefix, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.util import CommandError
 
 from ppp_env import db
-from ppp_env.runner import RunOptions
+from ppp_env.fleet.options import RunOptions
 from tests.conftest import FLEET_SCRIPTS, fleet_config, only, opts, shard_sql, states
 
 

@@ -20,10 +20,10 @@ import psycopg2
 import pytest
 from click.testing import CliRunner, Result
 
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.db import connection
 from ppp_env.errors import PPPError
-from ppp_env.local import EXAMPLE_SHARDS, LocalServers, find_bindir, port_is_free
+from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir, port_is_free
 from ppp_env.settings import Settings, load_settings
 
 INSTANCES = ["veneer", *EXAMPLE_SHARDS]

@@ -395,7 +395,7 @@ TENANT_AWARE = '''"""a row naming the tenant (tenant-specific: runs online, per 
 import sqlalchemy as sa
 from alembic import op
 
-from ppp_env.runner import current_tenant
+from ppp_env.fleet.hooks import current_tenant
 
 revision = "f004"
 down_revision = "f003"

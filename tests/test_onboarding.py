@@ -19,15 +19,12 @@ import pytest
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 
-from ppp_env import catalog, veneer_env
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.settings import Settings
-from ppp_env.tenant_revision import (
-    add_tenant_revision,
-    find_tenant_revisions,
-    structural_head,
-)
-from ppp_env.veneer_env import plan_upgrade_to_heads
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer.env import plan_upgrade_to_heads
+from ppp_env.veneer.onboarding import add_tenant_revision, find_tenant_revisions, structural_head
 from tests.test_veneer_fixtures import (
     EXAMPLE,
     ROOT,

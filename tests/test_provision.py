@@ -17,10 +17,10 @@ import psycopg2.errors
 import pytest
 from click.testing import CliRunner, Result
 
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.db import connection
 from ppp_env.errors import PPPError
-from ppp_env.provision import provision_instance, teardown
+from ppp_env.servers.provision import provision_instance, teardown
 from ppp_env.settings import Instance, Settings, env_prefix, load_settings
 
 INSTANCES = ["veneer", "bluth_co", "cyberdyne", "initech"]

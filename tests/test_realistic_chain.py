@@ -25,8 +25,8 @@ def realistic_fleet(veneer_head, tmp_path) -> Iterator[tuple[Path, dict[str, str
     """30 tenants (10 per shard) registered for the realistic chain; afterwards the tenants,
     their schemas and the shared chain are gone from every shard and the veneer."""
     pytest.importorskip(
-        "ppp_env.shared_env",
-        reason="ppp_env.shared_env (the shard-wide shared chain's environment) is not there yet",
+        "ppp_env.shared.env",
+        reason="ppp_env.shared.env (the shard-wide shared chain's environment) is not there yet",
     )
     settings: Settings = veneer_head.settings
     ini = rc.write_ini(tmp_path)
@@ -54,7 +54,7 @@ def test_realistic_chain_end_to_end(realistic_fleet, settings):
     names = sorted(tenants)
 
     # 1. ppp migrate: veneer, shared chain on every shard, 30 tenants from base, refresh.
-    from ppp_env.cli import cli
+    from ppp_env.cli.main import cli
 
     result = CliRunner().invoke(cli, ["migrate", "-c", str(ini), "--tenant", ",".join(names)])
     assert result.exit_code == 0, result.output

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.errors import PPPError
-from ppp_env.local import write_dotenv
+from ppp_env.servers.local import write_dotenv
 from ppp_env.settings import env_prefix, load_settings
 
 INSTANCES = {"veneer": 15432, "bluth_co": 15433, "cyberdyne": 15434, "initech": 15435}

@@ -25,9 +25,9 @@ from alembic.util import CommandError
 from click.testing import CliRunner
 
 from ppp_env import db
-from ppp_env.cli import cli
+from ppp_env.cli.main import cli
 from ppp_env.errors import PPPError
-from ppp_env.shared_env import LOCK_KEY, RESULT_KEY, SharedOptions, current_shard
+from ppp_env.shared.env import LOCK_KEY, RESULT_KEY, SharedOptions, current_shard
 from tests.conftest import ROOT, drop_schemas, register, shard_sql, states, unregister
 
 SHARED_SCRIPTS = ROOT / "tests" / "scripts" / "shared_example"

@@ -21,12 +21,13 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from click.testing import CliRunner
 
-from ppp_env import catalog, veneer_env
-from ppp_env.cli_veneer import tenant_group, veneer_group
-from ppp_env.clitools import PPPGroup, State
+from ppp_env.cli.common import PPPGroup, State
+from ppp_env.cli.veneer import tenant_group, veneer_group
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
-from ppp_env.tenant_revision import (
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer.onboarding import (
     TENANT_FILE,
     add_tenant_revision,
     downgrade_tenant,

@@ -14,12 +14,14 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 
-from ppp_env import catalog, veneer, veneer_env
+from ppp_env import veneer
 from ppp_env.db import connection
 from ppp_env.errors import PPPError
-from ppp_env.local import free_port
-from ppp_env.provision import provision_instance, scram_verifier, teardown_instance
+from ppp_env.servers.local import free_port
+from ppp_env.servers.provision import provision_instance, scram_verifier, teardown_instance
 from ppp_env.settings import Settings, load_settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
 from tests.test_veneer_fixtures import (
     EXAMPLE,
     ROOT,

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from alembic.config import Config
 
-from ppp_env import catalog, veneer, veneer_env
+from ppp_env import veneer
 from ppp_env.db import connection
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Instance, Settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ("bluth_co", "cyberdyne", "initech")

@@ -20,12 +20,13 @@ import psycopg2.errors
 import pytest
 from sqlalchemy import text
 
-from ppp_env import catalog, veneer
 from ppp_env.db import connect
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
-from ppp_env.local import free_port
+from ppp_env.servers.local import free_port
 from ppp_env.settings import Settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer import tables as veneer
 from tests.test_veneer_fixtures import app_conn, shard_sql, veneer_ready
 
 __all__ = ["veneer_ready"]

@@ -18,7 +18,7 @@ ${tenant}`) drops those foreign tables and its catalog row, never its data on th
 Hosts and passwords come from the settings, never from this file.
 """
 
-from ppp_env.tenant_revision import offboard, onboard
+from ppp_env.veneer.onboarding import offboard, onboard
 
 # revision identifiers, used by Alembic.
 revision = ${repr(up_revision)}
@@ -44,7 +44,7 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 A veneer revision: runs as veneer_admin in the veneer database. Never put a host or a
-password here; those come from the settings (ppp_env.veneer_env.current_settings()).
+password here; those come from the settings (ppp_env.veneer.env.current_settings()).
 """
 
 from collections.abc import Sequence

@@ -5,6 +5,6 @@ hold the two that differ (same revision ids, same effect): the ini chooses one o
 through ``version_locations`` (see benchmarks/migrate_fleet.py).
 """
 
-from ppp_env.tenant_env import run_migrations
+from ppp_env.fleet.env import run_migrations
 
 run_migrations()

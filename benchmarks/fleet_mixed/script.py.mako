@@ -6,7 +6,7 @@ Create Date: ${create_date}
 
 A tenant revision: PPP applies it to every tenant schema on every shard, with
 search_path set to the tenant. Do not schema-qualify tenant tables. Keep it tenant-
-agnostic; if it must know the tenant, call ppp_env.runner.current_tenant() (it then
+agnostic; if it must know the tenant, call ppp_env.fleet.current_tenant() (it then
 runs online, tenant by tenant, instead of being rendered once for all).
 """
 from typing import Sequence, Union

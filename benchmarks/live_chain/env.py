@@ -1,5 +1,5 @@
 """The live-traffic benchmark's tenant environment: the same PPP runner as migrations/env.py."""
 
-from ppp_env.tenant_env import run_migrations
+from ppp_env.fleet.env import run_migrations
 
 run_migrations()

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from alembic import op
 
 from ppp_env.identifiers import quote_ident
-from ppp_env.veneer import drop_all_wiring
-from ppp_env.veneer_env import current_settings
+from ppp_env.veneer.wiring import drop_all_wiring
+from ppp_env.veneer.env import current_settings
 
 # revision identifiers, used by Alembic.
 revision: str = "fac2511dbcce"

@@ -13,7 +13,7 @@ initech`) drops those foreign tables and its catalog row, never its data on the 
 Hosts and passwords come from the settings, never from this file.
 """
 
-from ppp_env.tenant_revision import offboard, onboard
+from ppp_env.veneer.onboarding import offboard, onboard
 
 # revision identifiers, used by Alembic.
 revision = 't5165e4418fb'

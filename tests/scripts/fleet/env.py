@@ -2,7 +2,7 @@
 
 import sqlalchemy as sa
 
-from ppp_env.tenant_env import run_migrations
+from ppp_env.fleet.env import run_migrations
 
 metadata = sa.MetaData()
 sa.Table(

@@ -1,5 +1,5 @@
 """A test-only shared script directory: the same environment as shared_migrations/env.py."""
 
-from ppp_env.shared_env import run_migrations
+from ppp_env.shared.env import run_migrations
 
 run_migrations()

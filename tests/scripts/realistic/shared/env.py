@@ -1,5 +1,5 @@
 """The realistic shard-wide shared chain: run once per shard database, as its admin role."""
 
-from ppp_env.shared_env import run_migrations
+from ppp_env.shared.env import run_migrations
 
 run_migrations()

@@ -5,7 +5,7 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 A shared revision: PPP applies it once per shard database (not per tenant), as the
-shard's admin role. Schema-qualify everything; ppp_env.shared_env.current_shard() is the
+shard's admin role. Schema-qualify everything; ppp_env.shared.current_shard() is the
 shard being migrated (e.g. to grant to its app role).
 """
 from typing import Sequence, Union

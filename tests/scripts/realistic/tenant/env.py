@@ -1,5 +1,5 @@
 """The realistic tenant chain's environment: the same runner as migrations/env.py."""
 
-from ppp_env.tenant_env import run_migrations
+from ppp_env.fleet.env import run_migrations
 
 run_migrations(target_metadata=None)

@@ -3,7 +3,7 @@
 from alembic import op
 
 from ppp_env.identifiers import quote_ident
-from ppp_env.shared_env import current_shard
+from ppp_env.shared.env import current_shard
 
 revision = "sx01"
 down_revision = None

@@ -15,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    from ppp_env.shared_env import current_shard
+    from ppp_env.shared.env import current_shard
 
     app = quote_ident(current_shard().app_role)
     op.execute("CREATE SCHEMA shared_rt")

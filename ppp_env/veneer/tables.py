@@ -1,4 +1,4 @@
-"""The veneer's postgres_fdw wiring: foreign servers, user mappings, per-tenant foreign tables.
+"""Tenants' foreign tables in the veneer, kept in step with their shards.
 
 Everything here runs as ``veneer_admin`` (never a superuser) on a SQLAlchemy connection whose
 transaction the caller owns: Alembic's in ``veneer_migrations/env.py``, or :func:`refresh`'s.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,233 +38,20 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ppp_env import catalog
 from ppp_env.db import connect, first_line
 from ppp_env.errors import PPPError
-from ppp_env.fleet import group_by_shard, read_states
+from ppp_env.fleet.status import group_by_shard
+from ppp_env.fleet.version_index import read_states
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Instance, Settings
+from ppp_env.veneer import catalog
+from ppp_env.veneer.wiring import VENEER_LOCK_KEY, _ddl, lock
 
 log = logging.getLogger("ppp.veneer")
-
-#: Advisory lock (veneer database) serializing veneer migrations and refreshes.
-VENEER_LOCK_KEY = 0x50505F76656E  # "PPP_ven"
-#: Rows per remote fetch (postgres_fdw's default is 100: too many round trips for scans).
-FETCH_SIZE = 1000
 #: Remote tables never imported: the shard's per-tenant Alembic version table.
 EXCLUDED_TABLES = ("alembic_version",)
 #: How many tenants one query on a shard covers.
 _CHUNK = 2000
-
-
-def _ddl(conn: Connection, sql: str) -> None:
-    """Run a statement with no parameters (so ``%`` is never taken for a placeholder)."""
-    conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
-
-
-def lock(conn: Connection) -> None:
-    """Wait for other veneer migrations and refreshes; held until the transaction ends."""
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": VENEER_LOCK_KEY})
-
-
-# -- foreign servers and user mappings ----------------------------------------------------------
-def server_options(inst: Instance) -> dict[str, str]:
-    """The postgres_fdw options PPP manages on a shard's foreign server."""
-    return {
-        "host": inst.fdw_host,
-        "port": str(inst.fdw_port),
-        "dbname": inst.dbname,
-        "async_capable": "true",
-        "fetch_size": str(FETCH_SIZE),
-    }
-
-
-def _options(raw: Sequence[str] | None) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in raw or ())
-
-
-def _copy_text(value: str) -> str:
-    """Escape a value for COPY's text format."""
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
-
-
-_SET_MAPPINGS = """
-DO $ppp$
-DECLARE
-    m record;
-BEGIN
-    FOR m IN SELECT * FROM pg_temp.ppp_user_mapping LOOP
-        BEGIN
-            EXECUTE format('DROP USER MAPPING IF EXISTS FOR %I SERVER %I', m.local_role, m.server);
-            EXECUTE format('CREATE USER MAPPING FOR %I SERVER %I OPTIONS (user %L, password %L)',
-                           m.local_role, m.server, m.remote_user, m.password);
-        EXCEPTION WHEN others THEN
-            -- SQLERRM only: the failed statement (with its password) must not reach a log.
-            RAISE EXCEPTION 'cannot set the user mapping of role % on server %: %',
-                m.local_role, m.server, SQLERRM;
-        END;
-    END LOOP;
-END
-$ppp$
-"""
-
-
-def _set_user_mappings(conn: Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Create or replace user mappings (server, local role, remote user, password)."""
-    raw: Any = conn.connection.driver_connection
-    data = "".join("\t".join(_copy_text(v) for v in row) + "\n" for row in rows)
-    with raw.cursor() as cur:
-        cur.execute(
-            "CREATE TEMP TABLE ppp_user_mapping "
-            "(server text, local_role text, remote_user text, password text) ON COMMIT DROP"
-        )
-        cur.copy_expert("COPY pg_temp.ppp_user_mapping FROM STDIN", io.StringIO(data))
-        cur.execute(_SET_MAPPINGS)
-        cur.execute("DROP TABLE pg_temp.ppp_user_mapping")
-
-
-def _servers(conn: Connection) -> dict[str, Any]:
-    rows = conn.execute(
-        text(
-            "SELECT s.srvname, w.fdwname, pg_get_userbyid(s.srvowner) AS owner, s.srvoptions "
-            "FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw"
-        )
-    ).all()
-    return {r.srvname: r for r in rows}
-
-
-def lock_down_catalog(conn: Connection, settings: Settings) -> list[str]:
-    """Revoke every privilege ``veneer_app`` would have on schema ``ppp`` (default privileges
-    grant DML on whatever ``veneer_admin`` creates)."""
-    app = settings.veneer.app_role
-    if conn.execute(text("SELECT to_regnamespace('ppp')")).scalar() is None:
-        return []
-    exposed = conn.execute(
-        text(
-            "SELECT has_schema_privilege(:app, 'ppp', 'USAGE') "
-            "OR has_schema_privilege(:app, 'ppp', 'CREATE') "
-            "OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'ppp'::regnamespace "
-            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND has_table_privilege(:app, c.oid, "
-            "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))"
-        ),
-        {"app": app},
-    ).scalar()
-    if not exposed:
-        return []
-    qa = quote_ident(app)
-    _ddl(conn, f"REVOKE ALL ON SCHEMA ppp FROM PUBLIC, {qa}")
-    _ddl(conn, f"REVOKE ALL ON ALL TABLES IN SCHEMA ppp FROM PUBLIC, {qa}")
-    _ddl(conn, f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA ppp FROM PUBLIC, {qa}")
-    return [f"revoked every privilege of {app} on the catalog (schema ppp)"]
-
-
-def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> list[str]:
-    """Make the foreign servers and user mappings match the settings; return what changed.
-
-    One postgres_fdw server per shard, named after it, with host/port/dbname from the
-    settings (``fdw_host``/``fdw_port``: how the veneer's server reaches the shard),
-    ``async_capable`` and a larger ``fetch_size``; user mappings from ``veneer_admin`` and
-    ``veneer_app`` to the shard's app role with its password. The shards are recorded in
-    ``ppp.shards``. With ``remove``, a shard in the catalog but no longer in the settings
-    loses its server, unless tenants still live on it: that is a PPPError naming them.
-    """
-    catalog.require_catalog(conn)
-    admin, app = settings.veneer.admin_role, settings.veneer.app_role
-    me = conn.execute(text("SELECT current_user")).scalar_one()
-    changes: list[str] = []
-    servers = _servers(conn)
-    for name, inst in settings.shards.items():
-        want = server_options(inst)
-        where = f"{inst.fdw_host}:{inst.fdw_port}/{inst.dbname}"
-        row = servers.get(name)
-        if row is None:
-            opts = ", ".join(f"{k} {quote_literal(v)}" for k, v in want.items())
-            _ddl(
-                conn,
-                f"CREATE SERVER {quote_ident(name)} FOREIGN DATA WRAPPER postgres_fdw "
-                f"OPTIONS ({opts})",
-            )
-            changes.append(f"created foreign server {name} for {where}")
-        else:
-            if row.fdwname != "postgres_fdw" or row.owner != me:
-                raise PPPError(
-                    f"a foreign server named {name!r} already exists in the veneer but is not "
-                    f"PPP's (wrapper {row.fdwname}, owner {row.owner}; PPP's are postgres_fdw "
-                    f"servers owned by {me}): drop or rename it, or rename the shard"
-                )
-            have = _options(row.srvoptions)
-            diff = {k: v for k, v in want.items() if have.get(k) != v}
-            if diff:
-                opts = ", ".join(
-                    f"{'SET' if k in have else 'ADD'} {k} {quote_literal(v)}"
-                    for k, v in diff.items()
-                )
-                _ddl(conn, f"ALTER SERVER {quote_ident(name)} OPTIONS ({opts})")
-                shown = ", ".join(f"{k}={v}" for k, v in diff.items())
-                changes.append(f"updated foreign server {name}: {shown}")
-        catalog.upsert_shard(conn, name, inst.fdw_host, inst.fdw_port, inst.dbname)
-
-    mappings = conn.execute(
-        text(
-            "SELECT srvname, usename, umoptions FROM pg_user_mappings "
-            "WHERE srvname = ANY(CAST(:s AS text[])) AND usename IN (:admin, :app)"
-        ),
-        {"s": list(settings.shards), "admin": admin, "app": app},
-    ).all()
-    found = {(m.srvname, m.usename): m.umoptions for m in mappings}
-    stale: list[tuple[str, str, str, str]] = []
-    for name, inst in settings.shards.items():
-        # veneer_admin may read its own mapping's options (not veneer_app's): PPP always
-        # writes both together, so the admin's tells whether both are current.
-        mine = _options(found.get((name, admin)))
-        current = (
-            (name, admin) in found
-            and (name, app) in found
-            and mine.get("user") == inst.app_role
-            and mine.get("password") == inst.app_password
-        )
-        if not current:
-            for role in (admin, app):
-                stale.append((name, role, inst.app_role, inst.app_password))
-            changes.append(
-                f"set the user mappings of {admin} and {app} on {name} to {inst.app_role}"
-            )
-    if stale:
-        _set_user_mappings(conn, stale)
-
-    if remove:
-        gone = [s.name for s in catalog.list_shards(conn) if s.name not in settings.shards]
-        living = catalog.tenants_on(conn, gone)
-        if living:
-            detail = "; ".join(
-                f"shard {shard}: {catalog._plural(names)}" for shard, names in living.items()
-            )
-            raise PPPError(
-                f"shard{'s' if len(living) > 1 else ''} {', '.join(living)} "
-                f"{'are' if len(living) > 1 else 'is'} no longer in the settings (PPP_SHARDS) "
-                f"but tenants still live there ({detail}): add the shard back, or move or "
-                "remove those tenants first"
-            )
-        for shard in gone:
-            if shard in servers:
-                _ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard)} CASCADE")
-            catalog.delete_shard(conn, shard)
-            changes.append(f"dropped foreign server {shard} (no longer in the settings)")
-    changes.extend(lock_down_catalog(conn, settings))
-    for change in changes:
-        log.info("%s", change)
-    return changes
-
-
-def drop_all_wiring(conn: Connection) -> None:
-    """Unwire every tenant and drop every shard's server (the base revision's downgrade)."""
-    for tenant in catalog.find_tenants(conn):
-        _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
-    for shard in catalog.list_shards(conn):
-        _ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard.name)} CASCADE")
-
 
 # -- tenants' foreign tables --------------------------------------------------------------------
 #: PPP's record of what it wired, in the veneer's catalog schema (admin-only, created by the

@@ -9,7 +9,7 @@ revision (upgrade, downgrade, stamp) does, in one transaction as ``veneer_admin`
    revisions, each a head of its own; ``upgrade head`` and ``upgrade heads`` both apply
    every head, planned by :func:`plan_upgrade_to_heads` in linear time. The servers are
    reconciled as soon as the catalog appears. Onboarding revisions only queue their tenant
-   (:class:`ppp_env.tenant_revision.Onboarding`): the queue is registered in bulk before
+   (:class:`ppp_env.veneer.onboarding.Onboarding`): the queue is registered in bulk before
    any non-tenant revision and at the end;
 4. reconcile again, now dropping servers of shards gone from the settings (an error naming
    the tenants if some still live there), and keep ``veneer_app`` out of the catalog.
@@ -40,15 +40,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 import ppp_env
-from ppp_env import catalog, veneer
+from ppp_env import veneer
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings, project_dir
+from ppp_env.veneer import catalog
 
 INI_SECTION = "veneer"
 SETTINGS_KEY = "ppp.settings"  # the same key the tenant environment reads
 CHANGES_KEY = "ppp_changes"
-#: The run's :class:`ppp_env.tenant_revision.Onboarding` (tenants registered by this run).
+#: The run's :class:`ppp_env.veneer.onboarding.Onboarding` (tenants registered by this run).
 ONBOARDING_KEY = "ppp.onboarding"
 #: False: do not wire the tenants this run registered (``ppp migrate`` refreshes them after
 #: the tenant upgrade created their schemas).
@@ -157,7 +158,7 @@ def run_migrations() -> None:
 
 # -- planning: every head, in linear time ------------------------------------------------------
 def _is_tenant_step(step: Any) -> bool:
-    from ppp_env.tenant_revision import is_tenant_revision
+    from ppp_env.veneer.onboarding import is_tenant_revision
 
     revision = getattr(step, "revision", None)
     return is_tenant_revision(getattr(revision, "revision", "") or "")
@@ -215,7 +216,7 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
 
 
 def _is_tenant_id(revision: str) -> bool:
-    from ppp_env.tenant_revision import is_tenant_revision
+    from ppp_env.veneer.onboarding import is_tenant_revision
 
     return is_tenant_revision(revision)
 
@@ -234,7 +235,7 @@ def _is_upgrade_to_heads(fn: Any) -> bool:
 
 
 def _run_online() -> None:
-    from ppp_env.tenant_revision import Onboarding
+    from ppp_env.veneer.onboarding import Onboarding
 
     settings = current_settings()
     config = context.config

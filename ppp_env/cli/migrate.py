@@ -12,13 +12,15 @@ from alembic.script import ScriptDirectory
 from rich.markup import escape
 from rich.table import Table
 
-from ppp_env import db, operations, shared_env, veneer_env
-from ppp_env.catalog import list_tenants
-from ppp_env.clitools import State, console, pass_state
+from ppp_env import db, operations
+from ppp_env.cli.common import State, console, pass_state
 from ppp_env.errors import PPPError
-from ppp_env.fleet import fleet_status
+from ppp_env.fleet.status import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
+from ppp_env.shared import env as shared_env
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer.catalog import list_tenants
 
 EXAMPLE_QUERY = "SELECT * FROM {schema}.authors WHERE first_name = 'Ernest'"
 

@@ -9,7 +9,7 @@ Every onboarding revision is its own branch: its ``down_revision`` is the head o
 veneer's own (structural) revisions when it was written, never another tenant. Two
 branches of a team that each ran ``ppp tenant add`` therefore merge without an Alembic
 merge revision: the veneer simply has one head per tenant, and ``upgrade head`` in the
-veneer's environment applies all of them (see :mod:`ppp_env.veneer_env`). One tenant is
+veneer's environment applies all of them (see :mod:`ppp_env.veneer.env`). One tenant is
 taken back with ``alembic -n veneer downgrade <rev>@-1`` (or ``ppp veneer downgrade
 --tenant NAME``), leaving every other tenant in place.
 
@@ -45,11 +45,13 @@ from mako.template import Template  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from ppp_env import catalog, veneer, veneer_env
+from ppp_env import veneer
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_identifier, validate_tenant
 from ppp_env.settings import Settings
-from ppp_env.veneer_env import ONBOARDING_KEY, veneer_config
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer.env import ONBOARDING_KEY, veneer_config
 
 log = logging.getLogger("ppp.veneer")
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ppp_env.runner import FleetResult, TenantResult
+from ppp_env.fleet.results import FleetResult, TenantResult
 
 
 def _tenants(n: int) -> str:

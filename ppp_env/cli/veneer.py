@@ -1,6 +1,6 @@
 """``ppp veneer ...`` and ``ppp tenant ...``: the veneer's wiring and the tenant catalog.
 
-Thin: parse, call ppp_env.veneer_env / veneer / catalog / tenant_revision, print.
+Thin: parse, call the veneer room (env, tables, catalog, onboarding), print.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import sys
 import click
 from rich.table import Table
 
-from ppp_env import catalog, tenant_revision, veneer, veneer_env
-from ppp_env.clitools import State, console, pass_state
+from ppp_env import veneer
+from ppp_env.cli.common import State, console, pass_state
+from ppp_env.veneer import catalog
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer import onboarding as tenant_revision
 
 
 def _show_alembic_progress() -> None:

@@ -21,17 +21,14 @@ Shape of a run (see DESIGN.md, "What the libraries allow"):
 from __future__ import annotations
 
 import heapq
-import multiprocessing
 import os
-import queue as queue_module
 import random
-import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg2
@@ -39,295 +36,25 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet import VERSION_TABLE, TenantState, ensure_index, read_states, track_sql
+from ppp_env.fleet.hooks import (
+    AlembicHooks,
+    StepFailed,
+    migrating,
+)
+from ppp_env.fleet.options import RENDERABLE, RunOptions
+from ppp_env.fleet.results import TenantResult
+from ppp_env.fleet.version_index import (
+    VERSION_TABLE,
+    TenantState,
+    ensure_index,
+    read_states,
+    track_sql,
+)
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Settings
 
 #: First key of the per-tenant advisory lock (the second is hashtext(schema)).
 LOCK_NAMESPACE = 0x505050  # "PPP"
-#: Commands whose steps can be rendered once and replayed per tenant.
-RENDERABLE = frozenset({"upgrade", "downgrade"})
-#: Commands that change tenants' revisions (and so trigger a veneer refresh).
-MUTATING = frozenset({"upgrade", "downgrade", "stamp"})
-
-
-# -- options and results ------------------------------------------------------------------------
-@dataclass
-class RunOptions:
-    """How a fleet run behaves; from ``-x key=value`` or ``ppp migrate`` options."""
-
-    shards: list[str] | None = None
-    tenants: list[str] | None = None
-    fail_fast: bool = False
-    jobs: int | None = None
-    render: bool = True
-    lock: str = "wait"
-    refresh: bool = True
-    output: str = "auto"
-    verbose: bool = False
-    sql_dir: str | None = None
-    template: str | None = None
-    #: The environment (.env.NAME) whose settings the run uses; None: PPP_ENV or .env.
-    env: str | None = None
-    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
-    lock_timeout: float | None = None
-    #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
-    retries: int | None = None
-    #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
-    statement_timeout: float | None = None
-
-    X_KEYS = (
-        "shard",
-        "tenant",
-        "fail_fast",
-        "jobs",
-        "render",
-        "lock",
-        "refresh",
-        "output",
-        "verbose",
-        "sql_dir",
-        "template",
-        "env",
-        "lock_timeout",
-        "retries",
-        "statement_timeout",
-    )
-
-    @classmethod
-    def from_x(cls, x: Mapping[str, str], base: RunOptions | None = None) -> RunOptions:
-        opts = RunOptions(**asdict(base)) if base else RunOptions()
-        for key, raw in x.items():
-            if key not in cls.X_KEYS:
-                raise PPPError(
-                    f"unknown -x option {key!r}: expected one of {', '.join(cls.X_KEYS)}"
-                )
-            value = raw.strip()
-            if key in ("shard", "tenant"):
-                items = [v.strip() for v in value.split(",") if v.strip()]
-                if not items:
-                    raise PPPError(f"-x {key}= needs at least one name")
-                setattr(opts, key + "s", items)
-            elif key in ("fail_fast", "render", "refresh", "verbose"):
-                setattr(opts, key, _boolean(key, value))
-            elif key == "jobs":
-                if not value.isdigit() or not 1 <= int(value) <= 64:
-                    raise PPPError(f"-x jobs={value!r}: expected a number from 1 to 64")
-                opts.jobs = int(value)
-            elif key == "lock":
-                if value not in ("wait", "skip"):
-                    raise PPPError(f"-x lock={value!r}: expected wait or skip")
-                opts.lock = value
-            elif key in ("lock_timeout", "statement_timeout"):
-                setattr(opts, key, _seconds(key, value))
-            elif key == "retries":
-                if not value.isdigit() or int(value) > 100:
-                    raise PPPError(f"-x retries={value!r}: expected a number from 0 to 100")
-                opts.retries = int(value)
-            elif key == "output":
-                if value not in ("auto", "plain", "rich", "json", "quiet"):
-                    raise PPPError(
-                        f"-x output={value!r}: expected auto, plain, rich, json or quiet"
-                    )
-                opts.output = value
-            else:
-                setattr(opts, key, value)
-        return opts
-
-
-def _seconds(key: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= 86_400:
-        raise PPPError(f"-x {key}={value!r}: expected a number of seconds (0-86400)")
-    return seconds
-
-
-def _boolean(key: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise PPPError(f"-x {key}={value!r}: expected true or false")
-
-
-@dataclass
-class TenantResult:
-    shard: str
-    tenant: str
-    status: str  # migrated | current | failed | locked | not_run
-    before: str | None = None
-    after: str | None = None
-    error: str | None = None
-    seconds: float = 0.0
-    #: How many times PPP tried it (more than 1: it hit the lock timeout and was retried).
-    attempts: int = 1
-
-
-@dataclass
-class FleetResult:
-    command: str
-    tenants: list[TenantResult] = field(default_factory=list)
-    shard_errors: dict[str, str] = field(default_factory=dict)
-    refreshed: list[str] = field(default_factory=list)
-    refresh_pending: list[str] = field(default_factory=list)
-    refresh_error: str | None = None
-    #: Revisions that ran online (through Alembic, tenant by tenant) and why.
-    online: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def count(self, status: str) -> int:
-        return sum(1 for t in self.tenants if t.status == status)
-
-    @property
-    def problems(self) -> list[TenantResult]:
-        return [t for t in self.tenants if t.status in ("failed", "locked", "not_run")]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and not self.shard_errors and not self.refresh_error
-
-    @property
-    def changed(self) -> list[str]:
-        return [t.tenant for t in self.tenants if t.status == "migrated" and t.before != t.after]
-
-    def summary(self) -> str:
-        parts = [
-            f"{self.count('migrated')} migrated",
-            f"{self.count('current')} already current",
-            f"{self.count('failed')} failed",
-        ]
-        if self.count("locked"):
-            parts.append(f"{self.count('locked')} locked")
-        if retried := sum(t.attempts - 1 for t in self.tenants):
-            parts.append(f"{retried} lock retr{'y' if retried == 1 else 'ies'}")
-        if self.count("not_run"):
-            parts.append(f"{self.count('not_run')} not run")
-        if self.shard_errors:
-            parts.append(f"{len(self.shard_errors)} shard(s) failed")
-        return ", ".join(parts) + f" in {self.seconds:.2f} s"
-
-    def veneer_summary(self) -> str | None:
-        """One line on the veneer refresh that followed the run, if one did."""
-        if not (self.refreshed or self.refresh_pending):
-            return None
-        pending = f", pending: {', '.join(self.refresh_pending)}" if self.refresh_pending else ""
-        return f"veneer: {len(self.refreshed)} tenant(s) refreshed{pending}"
-
-    def online_lines(self) -> list[str]:
-        """One line per revision that could not be rendered and ran online, with why."""
-        return [f"ran online: {label}: {why}" for label, why in sorted(self.online.items())]
-
-    def failure_message(self) -> str:
-        lines = [self.summary()]
-        for name, error in self.shard_errors.items():
-            lines.append(f"shard {name}: {error}")
-        for t in self.problems:
-            if t.status != "not_run":
-                lines.append(f"{t.shard}/{t.tenant}: {t.error}")
-        if self.refresh_error:
-            lines.append(f"veneer refresh: {self.refresh_error}")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "command": self.command,
-            "ok": self.ok,
-            "seconds": round(self.seconds, 3),
-            "counts": {
-                s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
-            },
-            "retries": sum(t.attempts - 1 for t in self.tenants),
-            "shard_errors": self.shard_errors,
-            "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
-            "tenants": [asdict(t) for t in self.tenants],
-            "veneer": {
-                "refreshed": self.refreshed,
-                "pending": self.refresh_pending,
-                "error": self.refresh_error,
-            },
-        }
-
-
-# -- the Alembic side a worker needs ------------------------------------------------------------
-@dataclass
-class Rendered:
-    """The first steps of a path rendered offline, and where (and why) rendering stopped.
-
-    ``chunks`` holds one ``(label, sql)`` per rendered step, in order; ``stopped_at`` is the
-    label of the first step that cannot be rendered (None: the whole path rendered).
-    """
-
-    chunks: list[tuple[str, str]] = field(default_factory=list)
-    stopped_at: str | None = None
-    reason: str | None = None
-    #: The step stopped because it needs the tenant (it can be rendered per tenant).
-    per_tenant: bool = False
-
-    @property
-    def sql(self) -> str:
-        return "".join(sql for _label, sql in self.chunks)
-
-
-@dataclass
-class AlembicHooks:
-    """What the runner needs from the Alembic environment it runs in (see tenant_env)."""
-
-    command: str
-    #: The steps from these heads to the command's destination.
-    steps: Callable[[tuple[str, ...]], list[Any]]
-    #: Render as many of these steps (the path from these heads) as can be rendered offline.
-    render: Callable[[Sequence[Any], tuple[str, ...]], Rendered]
-    #: Run these steps online for a tenant on a SQLAlchemy connection; StepFailed on error.
-    #: The flag: Alembic owns the transaction (for ``autocommit_block``).
-    run_online: Callable[[Any, str, Sequence[Any], bool], None]
-    #: Whether a step must run outside a transaction (it uses ``autocommit_block``).
-    autocommit: Callable[[Any], bool]
-    #: ``revision <id> (<message>)``: how errors and reports name a step.
-    label: Callable[[Any], str]
-
-
-class StepFailed(Exception):
-    """A step of a tenant's path failed: which revision, and the original error."""
-
-    def __init__(self, label: str, error: BaseException) -> None:
-        super().__init__(f"{label}: {db.error_text(error)}")
-        self.label = label
-        self.error = error
-
-
-_current_tenant: str | None = None
-_rendering = False
-
-
-class NeedsOnline(Exception):
-    """Raised while rendering when a revision needs a live, tenant-specific run."""
-
-
-def current_tenant() -> str:
-    """The tenant schema being migrated; for revisions that must know it.
-
-    Calling it marks the revision as tenant-specific: it then runs online per tenant
-    instead of being rendered once for all.
-    """
-    if _rendering:
-        raise NeedsOnline("it calls current_tenant()")
-    if _current_tenant is None:
-        raise PPPError("current_tenant() is only available while PPP migrates a tenant")
-    return _current_tenant
-
-
-@contextmanager
-def rendering() -> Iterator[None]:
-    global _rendering
-    _rendering = True
-    try:
-        yield
-    finally:
-        _rendering = False
 
 
 # -- worker -------------------------------------------------------------------------------------
@@ -376,17 +103,6 @@ def _prepare_sql(tenant: str, state: TenantState, options: RunOptions, lock_time
     if state.heads:
         return sql + _versions_sql(tenant)
     return sql + f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
-
-
-@contextmanager
-def migrating(tenant: str) -> Iterator[None]:
-    """Make :func:`current_tenant` answer ``tenant`` for the duration."""
-    global _current_tenant
-    _current_tenant = tenant
-    try:
-        yield
-    finally:
-        _current_tenant = None
 
 
 @dataclass(frozen=True)
@@ -841,115 +557,3 @@ def _track_current(
             )
         except psycopg2.Error:
             cur.execute("ROLLBACK")
-
-
-# -- parent -------------------------------------------------------------------------------------
-def run_fleet(
-    settings: Settings,
-    by_shard: Mapping[str, Sequence[str]],
-    options: RunOptions,
-    hooks: AlembicHooks,
-    display: Any,
-) -> FleetResult:
-    """Run ``hooks`` over every tenant of ``by_shard``: shards in parallel, bounded by jobs."""
-    started = time.perf_counter()
-    result = FleetResult(hooks.command)
-    mp = multiprocessing.get_context("fork")
-    events: Any = mp.Queue()
-    stop = mp.Event()
-    jobs = options.jobs or settings.jobs
-    pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
-    running: dict[str, Any] = {}
-    done: set[str] = set()
-    parent = os.getpid()
-
-    def worker(job: ShardJob) -> None:  # runs in the forked child
-        _watch_parent(parent)
-        try:
-            run_shard(job, settings, options, hooks, events.put, stop)
-        except BaseException as exc:
-            events.put(("shard_error", job.shard, f"{type(exc).__name__}: {exc}"))
-        finally:
-            events.put(("shard_done", job.shard))
-            events.close()
-            events.join_thread()
-
-    def handle(event: tuple[Any, ...]) -> None:
-        kind, shard = event[0], event[1]
-        if kind == "shard_start":
-            display.shard_started(shard, event[2], event[3])
-        elif kind == "results":
-            for r in event[2]:
-                result.tenants.append(r)
-                display.tenant_done(r)
-                if r.status in ("failed", "locked") and options.fail_fast:
-                    stop.set()
-        elif kind == "online":
-            result.online.update(event[2])
-        elif kind == "retry":
-            display.tenant_retry(shard, event[2], event[3], event[4])
-        elif kind == "shard_error":
-            result.shard_errors[shard] = event[2]
-            display.shard_failed(shard, event[2])
-            if options.fail_fast:
-                stop.set()
-        elif kind == "shard_done":
-            done.add(shard)
-
-    with display:
-        while pending or running:
-            while pending and len(running) < jobs:
-                job = pending.pop(0)
-                if stop.is_set():
-                    for t in job.tenants:
-                        handle(("results", job.shard, [TenantResult(job.shard, t, "not_run")]))
-                    continue
-                proc = mp.Process(target=worker, args=(job,), name=f"ppp-{job.shard}")
-                proc.start()
-                running[job.shard] = proc
-            with suppress(queue_module.Empty):
-                handle(events.get(timeout=0.05))
-            for shard, proc in list(running.items()):
-                if shard in done:
-                    proc.join()
-                    del running[shard]
-                elif not proc.is_alive():
-                    # Drain what it sent before it died, then report it if it never finished.
-                    _drain(events, handle)
-                    if shard not in done:
-                        seen = {t.tenant for t in result.tenants if t.shard == shard}
-                        untried = [
-                            TenantResult(shard, t, "not_run")
-                            for t in by_shard[shard]
-                            if t not in seen
-                        ]
-                        if untried:
-                            handle(("results", shard, untried))
-                        handle(("shard_error", shard, _death(proc.exitcode)))
-                        done.add(shard)
-                    del running[shard]
-        _drain(events, handle)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _death(exitcode: int | None) -> str:
-    """What happened to a worker that ended without finishing its shard."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return (
-            f"its worker process was killed by {name}; the tenant it was migrating rolled back, "
-            "the rest were not tried: rerun to finish"
-        )
-    return f"its worker process exited with code {exitcode} before finishing: rerun to finish"
-
-
-def _drain(events: Any, handle: Callable[[tuple[Any, ...]], None]) -> None:
-    while True:
-        try:
-            handle(events.get(timeout=0.05))
-        except queue_module.Empty:
-            return

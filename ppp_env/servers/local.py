@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ppp_env.errors import PPPError
-from ppp_env.provision import scram_verifier
+from ppp_env.servers.provision import scram_verifier
 from ppp_env.settings import env_prefix
 
 EXAMPLE_SHARDS = ("bluth_co", "cyberdyne", "initech")

@@ -14,11 +14,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ppp_env import compose
-from ppp_env import local as local_servers
-from ppp_env import provision as provisioning
-from ppp_env.clitools import PPPGroup, State, console, pass_state
+from ppp_env.cli.common import PPPGroup, State, console, pass_state
 from ppp_env.errors import PPPError
+from ppp_env.servers import compose
+from ppp_env.servers import local as local_servers
+from ppp_env.servers import provision as provisioning
 from ppp_env.settings import env_prefix, parse_shard_names, read_environment
 
 
@@ -317,8 +317,8 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
         click.echo(line)
 
 
-from ppp_env.cli_migrate import demo, migrate, status  # noqa: E402
-from ppp_env.cli_veneer import tenant_group, veneer_group  # noqa: E402
+from ppp_env.cli.migrate import demo, migrate, status  # noqa: E402
+from ppp_env.cli.veneer import tenant_group, veneer_group  # noqa: E402
 
 cli.add_command(veneer_group)
 cli.add_command(tenant_group)

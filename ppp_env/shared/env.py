@@ -49,7 +49,7 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet import ensure_index
+from ppp_env.fleet.version_index import ensure_index
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Instance, Settings, load_settings
 

@@ -1,0 +1,1 @@
+"""The ``ppp`` command line: parse, call the library, print. No SQL lives here."""

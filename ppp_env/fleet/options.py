@@ -1,0 +1,117 @@
+"""How a fleet run behaves: ``-x key=value`` options (or ``ppp migrate``'s), and which
+Alembic commands the runner renders or runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from ppp_env.errors import PPPError
+
+#: Commands whose steps can be rendered once and replayed per tenant.
+RENDERABLE = frozenset({"upgrade", "downgrade"})
+#: Commands that change tenants' revisions (and so trigger a veneer refresh).
+MUTATING = frozenset({"upgrade", "downgrade", "stamp"})
+
+
+# -- options and results ------------------------------------------------------------------------
+@dataclass
+class RunOptions:
+    """How a fleet run behaves; from ``-x key=value`` or ``ppp migrate`` options."""
+
+    shards: list[str] | None = None
+    tenants: list[str] | None = None
+    fail_fast: bool = False
+    jobs: int | None = None
+    render: bool = True
+    lock: str = "wait"
+    refresh: bool = True
+    output: str = "auto"
+    verbose: bool = False
+    sql_dir: str | None = None
+    template: str | None = None
+    #: The environment (.env.NAME) whose settings the run uses; None: PPP_ENV or .env.
+    env: str | None = None
+    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
+    lock_timeout: float | None = None
+    #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
+    retries: int | None = None
+    #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
+    statement_timeout: float | None = None
+
+    X_KEYS = (
+        "shard",
+        "tenant",
+        "fail_fast",
+        "jobs",
+        "render",
+        "lock",
+        "refresh",
+        "output",
+        "verbose",
+        "sql_dir",
+        "template",
+        "env",
+        "lock_timeout",
+        "retries",
+        "statement_timeout",
+    )
+
+    @classmethod
+    def from_x(cls, x: Mapping[str, str], base: RunOptions | None = None) -> RunOptions:
+        opts = RunOptions(**asdict(base)) if base else RunOptions()
+        for key, raw in x.items():
+            if key not in cls.X_KEYS:
+                raise PPPError(
+                    f"unknown -x option {key!r}: expected one of {', '.join(cls.X_KEYS)}"
+                )
+            value = raw.strip()
+            if key in ("shard", "tenant"):
+                items = [v.strip() for v in value.split(",") if v.strip()]
+                if not items:
+                    raise PPPError(f"-x {key}= needs at least one name")
+                setattr(opts, key + "s", items)
+            elif key in ("fail_fast", "render", "refresh", "verbose"):
+                setattr(opts, key, _boolean(key, value))
+            elif key == "jobs":
+                if not value.isdigit() or not 1 <= int(value) <= 64:
+                    raise PPPError(f"-x jobs={value!r}: expected a number from 1 to 64")
+                opts.jobs = int(value)
+            elif key == "lock":
+                if value not in ("wait", "skip"):
+                    raise PPPError(f"-x lock={value!r}: expected wait or skip")
+                opts.lock = value
+            elif key in ("lock_timeout", "statement_timeout"):
+                setattr(opts, key, _seconds(key, value))
+            elif key == "retries":
+                if not value.isdigit() or int(value) > 100:
+                    raise PPPError(f"-x retries={value!r}: expected a number from 0 to 100")
+                opts.retries = int(value)
+            elif key == "output":
+                if value not in ("auto", "plain", "rich", "json", "quiet"):
+                    raise PPPError(
+                        f"-x output={value!r}: expected auto, plain, rich, json or quiet"
+                    )
+                opts.output = value
+            else:
+                setattr(opts, key, value)
+        return opts
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:
+        raise PPPError(f"-x {key}={value!r}: expected a number of seconds (0-86400)")
+    return seconds
+
+
+def _boolean(key: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise PPPError(f"-x {key}={value!r}: expected true or false")

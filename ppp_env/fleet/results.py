@@ -1,0 +1,104 @@
+"""What a fleet run did: one result per tenant, and the run's summary, messages and JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TenantResult:
+    shard: str
+    tenant: str
+    status: str  # migrated | current | failed | locked | not_run
+    before: str | None = None
+    after: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    #: How many times PPP tried it (more than 1: it hit the lock timeout and was retried).
+    attempts: int = 1
+
+
+@dataclass
+class FleetResult:
+    command: str
+    tenants: list[TenantResult] = field(default_factory=list)
+    shard_errors: dict[str, str] = field(default_factory=dict)
+    refreshed: list[str] = field(default_factory=list)
+    refresh_pending: list[str] = field(default_factory=list)
+    refresh_error: str | None = None
+    #: Revisions that ran online (through Alembic, tenant by tenant) and why.
+    online: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for t in self.tenants if t.status == status)
+
+    @property
+    def problems(self) -> list[TenantResult]:
+        return [t for t in self.tenants if t.status in ("failed", "locked", "not_run")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.shard_errors and not self.refresh_error
+
+    @property
+    def changed(self) -> list[str]:
+        return [t.tenant for t in self.tenants if t.status == "migrated" and t.before != t.after]
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.count('migrated')} migrated",
+            f"{self.count('current')} already current",
+            f"{self.count('failed')} failed",
+        ]
+        if self.count("locked"):
+            parts.append(f"{self.count('locked')} locked")
+        if retried := sum(t.attempts - 1 for t in self.tenants):
+            parts.append(f"{retried} lock retr{'y' if retried == 1 else 'ies'}")
+        if self.count("not_run"):
+            parts.append(f"{self.count('not_run')} not run")
+        if self.shard_errors:
+            parts.append(f"{len(self.shard_errors)} shard(s) failed")
+        return ", ".join(parts) + f" in {self.seconds:.2f} s"
+
+    def veneer_summary(self) -> str | None:
+        """One line on the veneer refresh that followed the run, if one did."""
+        if not (self.refreshed or self.refresh_pending):
+            return None
+        pending = f", pending: {', '.join(self.refresh_pending)}" if self.refresh_pending else ""
+        return f"veneer: {len(self.refreshed)} tenant(s) refreshed{pending}"
+
+    def online_lines(self) -> list[str]:
+        """One line per revision that could not be rendered and ran online, with why."""
+        return [f"ran online: {label}: {why}" for label, why in sorted(self.online.items())]
+
+    def failure_message(self) -> str:
+        lines = [self.summary()]
+        for name, error in self.shard_errors.items():
+            lines.append(f"shard {name}: {error}")
+        for t in self.problems:
+            if t.status != "not_run":
+                lines.append(f"{t.shard}/{t.tenant}: {t.error}")
+        if self.refresh_error:
+            lines.append(f"veneer refresh: {self.refresh_error}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "counts": {
+                s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
+            },
+            "retries": sum(t.attempts - 1 for t in self.tenants),
+            "shard_errors": self.shard_errors,
+            "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
+            "tenants": [asdict(t) for t in self.tenants],
+            "veneer": {
+                "refreshed": self.refreshed,
+                "pending": self.refresh_pending,
+                "error": self.refresh_error,
+            },
+        }
