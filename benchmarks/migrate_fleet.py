@@ -63,11 +63,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ppp_env import db
-from ppp_env.fleet.version_index import read_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
 from ppp_env.servers.provision import provision
 from ppp_env.settings import Settings, load_settings
+from ppp_env.tenant_state import read_states
 from ppp_env.veneer.catalog import (
     admin_connection,
     find_tenants,

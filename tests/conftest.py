@@ -29,10 +29,10 @@ from alembic.config import Config
 
 from ppp_env import db
 from ppp_env.fleet.options import RunOptions
-from ppp_env.fleet.version_index import read_states
 from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers
 from ppp_env.servers.provision import provision
 from ppp_env.settings import Settings, env_prefix, load_settings
+from ppp_env.tenant_state import read_states
 from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister_tenant
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,9 +20,9 @@ from alembic.config import Config
 
 from ppp_env import db
 from ppp_env.fleet.options import RunOptions
-from ppp_env.fleet.version_index import TenantState, read_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
+from ppp_env.tenant_state import TenantState, read_states
 from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister_tenant
 from tests.conftest import ROOT
 

@@ -1,9 +1,10 @@
 """The fleet: tenant migrations over every shard (``alembic upgrade head``).
 
-Rooms: ``options`` (how a run behaves), ``results`` (what it did), ``version_index`` and
-``status`` (where every tenant stands), ``hooks`` and ``rendering`` (the Alembic side: steps
-rendered once or run online), ``worker`` (one shard on one connection), ``pool`` (the parent:
-a worker process per shard), ``env`` (what ``migrations/env.py`` runs), ``progress`` (output).
+Rooms: ``options`` (how a run behaves), ``results`` (what it did), ``status`` (where every
+tenant stands, read through ``ppp_env.tenant_state``), ``hooks`` and ``rendering`` (the Alembic
+side: steps rendered once or run online), ``worker`` (one shard on one connection), ``pool``
+(the parent: a worker process per shard), ``env`` (what ``migrations/env.py`` runs),
+``progress`` (output).
 
 Revisions that must know the tenant they run for call :func:`current_tenant`.
 """
@@ -13,8 +14,8 @@ from __future__ import annotations
 from ppp_env.fleet.hooks import current_tenant
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult, TenantResult
-from ppp_env.fleet.status import group_by_shard, shard_states
-from ppp_env.fleet.version_index import TenantState, read_states
+from ppp_env.fleet.status import shard_states
+from ppp_env.tenant_state import TenantState, group_by_shard, read_states
 
 __all__ = [
     "FleetResult",

@@ -41,9 +41,10 @@ from ppp_env.fleet.rendering import (
     util_to_tuple,
 )
 from ppp_env.fleet.results import FleetResult
-from ppp_env.fleet.status import group_by_shard, shard_states
+from ppp_env.fleet.status import shard_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings
+from ppp_env.tenant_state import group_by_shard
 from ppp_env.veneer.catalog import list_tenants
 
 log = logging.getLogger("ppp.migrations")

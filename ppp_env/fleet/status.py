@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ppp_env.fleet.version_index import TenantState, read_states
+from ppp_env.tenant_state import TenantState, group_by_shard, read_states
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,6 @@ class TenantStatus:
     revision: str | None
     migrations: str  # head | behind | no schema | unreachable
     veneer: str  # in step | stale | unknown
-
-
-def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
-    """Catalog tenants (anything with ``.schema`` and ``.shard``) as shard -> schemas."""
-    grouped: dict[str, list[str]] = {}
-    for t in tenants:
-        grouped.setdefault(t.shard, []).append(t.schema)
-    return grouped
 
 
 def shard_states(

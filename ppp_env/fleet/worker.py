@@ -43,15 +43,15 @@ from ppp_env.fleet.hooks import (
 )
 from ppp_env.fleet.options import RENDERABLE, RunOptions
 from ppp_env.fleet.results import TenantResult
-from ppp_env.fleet.version_index import (
+from ppp_env.identifiers import quote_ident, quote_literal
+from ppp_env.settings import Settings
+from ppp_env.tenant_state import (
     VERSION_TABLE,
     TenantState,
     ensure_index,
     read_states,
     track_sql,
 )
-from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.settings import Settings
 
 #: First key of the per-tenant advisory lock (the second is hashtext(schema)).
 LOCK_NAMESPACE = 0x505050  # "PPP"

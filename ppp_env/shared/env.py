@@ -49,9 +49,9 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet.version_index import ensure_index
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Instance, Settings, load_settings
+from ppp_env.tenant_state import ensure_index
 
 INI_SECTION = "shared"
 VERSION_SCHEMA = "ppp"

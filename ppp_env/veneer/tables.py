@@ -40,10 +40,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from ppp_env.db import connect, first_line
 from ppp_env.errors import PPPError
-from ppp_env.fleet.status import group_by_shard
-from ppp_env.fleet.version_index import read_states
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Instance, Settings
+from ppp_env.tenant_state import group_by_shard, read_states
 from ppp_env.veneer import catalog
 from ppp_env.veneer.wiring import VENEER_LOCK_KEY, _ddl, lock
 

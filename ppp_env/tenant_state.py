@@ -150,3 +150,11 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
         )
         for s in schemas
     }
+
+
+def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
+    """Catalog tenants (anything with ``.schema`` and ``.shard``) as shard -> schemas."""
+    grouped: dict[str, list[str]] = {}
+    for t in tenants:
+        grouped.setdefault(t.shard, []).append(t.schema)
+    return grouped
