@@ -93,13 +93,16 @@ def _heads(value: str | None) -> tuple[str, ...]:
     return tuple(value.split(" ")) if value else ()
 
 
-def _prepare_sql(tenant: str, state: TenantState, options: RunOptions, lock_timeout: float) -> str:
-    """Lock the tenant, create its schema if missing, set search_path, re-read its revision."""
+def _prepare_sql(
+    tenant: str, state: TenantState, options: RunOptions, lock_timeout: float, timeouts: str = ""
+) -> str:
+    """Lock the tenant, create its schema if missing, set search_path and the migration's own
+    timeouts, re-read its revision: one round trip."""
     qt = quote_ident(tenant)
     sql = _lock_sql(tenant, options, lock_timeout)
     if not state.exists:
         sql += f"CREATE SCHEMA IF NOT EXISTS {qt};\n"
-    sql += f"SET LOCAL search_path TO {qt};\n"
+    sql += f"SET LOCAL search_path TO {qt};\n" + timeouts
     if state.heads:
         return sql + _versions_sql(tenant)
     return sql + f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
@@ -244,12 +247,12 @@ class _ShardRun:
     def begin(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
         """BEGIN, lock the tenant (waiting for another run at most PPP_LOCK_TIMEOUT), bound the
         migration's lock waits, re-read the tenant's heads."""
-        prepare = _prepare_sql(tenant, state, self.options, self.settings.lock_timeout)
+        prepare = _prepare_sql(
+            tenant, state, self.options, self.settings.lock_timeout, self.timeouts_sql()
+        )
         self.cur.execute("BEGIN;\n" + prepare)
         self.migrating = True
-        found = self.reread(tenant, state)
-        self.cur.execute(self.timeouts_sql())
-        return found
+        return self.reread(tenant, state)
 
     def migrate(self, tenant: str, *, diagnose: bool = False) -> tuple[str, ...]:
         """One tenant, one transaction: lock, re-read, apply; return its heads afterwards.
