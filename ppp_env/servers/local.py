@@ -43,6 +43,10 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 200
+# Logical replication: `ppp tenant move --mode online` publishes a tenant's tables.
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
 """
 
 
