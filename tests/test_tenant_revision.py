@@ -95,9 +95,12 @@ def test_the_example_tenants_have_committed_revisions() -> None:
         assert TENANT_FILE.fullmatch(path.name) and path.name.endswith(f"_{tenant}.py")
         sc = script.get_revision(path.name.split("_", 1)[0])
         assert (tenant, tenant) == (sc.module.TENANT, sc.module.SHARD)
-        # Each tenant is a branch of its own from the catalog: no tenant follows another.
-        assert sc.down_revision == catalog_rev
-    assert sorted(script.get_heads()) == sorted(p.name.split("_", 1)[0] for p in found.values())
+        # Each tenant is a branch of its own from the catalog line (its head when the tenant
+        # was added; structural revisions added later follow it): no tenant follows another.
+        line = {r.revision for r in script.iterate_revisions(catalog_rev, "base")}
+        assert sc.down_revision in line
+    tenant_heads = [p.name.split("_", 1)[0] for p in found.values()]
+    assert sorted(script.get_heads()) == sorted([*tenant_heads, catalog_rev])
 
 
 # -- writing a revision -------------------------------------------------------------------------

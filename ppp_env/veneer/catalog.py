@@ -12,9 +12,18 @@ schema ``ppp``, although the default privileges would otherwise grant it DML the
                 ``ppp_env.fleet.TenantState.revision`` spells it; NULL: none),
                 created_at, updated_at, wired_at.
 
-Tenant states: ``pending`` (registered; not wired yet because its schema does not exist on
-its shard), ``active`` (wired). ``moving`` and ``removing`` are reserved for the lifecycle
-commands.
+Tenant states: ``provisioning`` (created at runtime by ``ppp tenant create``, not usable
+yet: the same call completes it), ``pending`` (registered; not wired yet because its schema
+does not exist on its shard), ``active`` (wired), ``moving`` (``ppp tenant move`` under way,
+see ``ppp.moves``), ``removing`` and ``removed`` (unwired by ``ppp tenant remove``; its data
+stays on its shard unless dropped).
+
+Since the lifecycle revision (``8ddbcb8a92cf``) each tenant also has an ``origin``:
+``revision`` (an onboarding revision registers it) or ``runtime`` (created at runtime, no
+revision file). One never claims the other's tenant. ``ppp.moves`` records moves under way;
+``ppp.placement()`` gives the application's role every tenant's shard and state without any
+privilege on the catalog's tables, and channel ``ppp_placement`` is notified with a tenant's
+schema whenever its row is added, deleted, or changes shard or state.
 """
 
 from __future__ import annotations
@@ -35,7 +44,11 @@ from ppp_env.identifiers import quote_ident, validate_identifier, validate_tenan
 from ppp_env.settings import Settings
 
 CATALOG_SCHEMA = "ppp"
-TENANT_STATES = ("pending", "active", "moving", "removing")
+TENANT_STATES = ("provisioning", "pending", "active", "moving", "removing", "removed")
+ORIGINS = ("revision", "runtime")
+#: The veneer revision that adds origins, moves and ``ppp.placement()``.
+LIFECYCLE_REVISION = "8ddbcb8a92cf"
+PLACEMENT_CHANNEL = "ppp_placement"
 MISSING = "the catalog does not exist yet: run `alembic -n veneer upgrade head`"
 
 
@@ -317,3 +330,91 @@ def tenants_on(conn: Connection, shards: Sequence[str]) -> dict[str, list[str]]:
     for r in rows:
         out.setdefault(r.shard, []).append(r.schema)
     return out
+
+
+# -- lifecycle (origins, moves) --------------------------------------------------------------------
+def has_lifecycle(conn: Connection) -> bool:
+    """Whether the catalog has the lifecycle revision's pieces (origins, ``ppp.moves``)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                "to_regclass('ppp.tenants') AND attname = 'origin' AND NOT attisdropped)"
+            )
+        ).scalar()
+    )
+
+
+def require_lifecycle(conn: Connection) -> None:
+    require_catalog(conn)
+    if not has_lifecycle(conn):
+        raise PPPError(
+            "the catalog predates the tenant lifecycle (revision "
+            f"{LIFECYCLE_REVISION}): run `alembic -n veneer upgrade head`"
+        )
+
+
+def origins(conn: Connection, schemas: Sequence[str]) -> dict[str, str]:
+    """The origin of each of ``schemas`` that the catalog has (``revision`` for every tenant
+    of a catalog without the lifecycle revision)."""
+    if not schemas:
+        return {}
+    column = "origin" if has_lifecycle(conn) else "'revision'"
+    rows = conn.execute(
+        text(
+            f"SELECT schema, {column} AS origin FROM ppp.tenants "
+            "WHERE schema = ANY(CAST(:s AS text[]))"
+        ),
+        {"s": list(schemas)},
+    ).all()
+    return {r.schema: r.origin for r in rows}
+
+
+def runtime_tenants(conn: Connection, schemas: Sequence[str]) -> list[str]:
+    """Those of ``schemas`` that were created at runtime (no onboarding revision may claim
+    them), sorted."""
+    return sorted(s for s, o in origins(conn, schemas).items() if o == "runtime")
+
+
+def set_state(conn: Connection, schema: str, state: str, *, expect: Sequence[str] = ()) -> bool:
+    """Set a tenant's state (``expect``: only from one of these); True if a row changed.
+    The caller commits."""
+    if state not in TENANT_STATES:
+        raise ValueError(f"unknown tenant state {state!r}")
+    row = conn.execute(
+        text(
+            "UPDATE ppp.tenants SET state = :state, updated_at = now() WHERE schema = :s "
+            "AND (cardinality(CAST(:expect AS text[])) = 0 "
+            "OR state = ANY(CAST(:expect AS text[]))) "
+            "RETURNING schema"
+        ),
+        {"state": state, "s": schema, "expect": list(expect)},
+    ).first()
+    return row is not None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A move under way (a row of ``ppp.moves``)."""
+
+    schema: str
+    source: str
+    target: str
+    mode: str
+    step: str
+    error: str | None
+    started_at: datetime
+    updated_at: datetime
+
+
+def list_moves(conn: Connection) -> list[Move]:
+    """The moves under way, by schema (none before the lifecycle revision)."""
+    if not has_lifecycle(conn):
+        return []
+    rows = conn.execute(
+        text(
+            "SELECT schema, source, target, mode, step, error, started_at, updated_at "
+            'FROM ppp.moves ORDER BY schema COLLATE "C"'
+        )
+    ).all()
+    return [Move(*r) for r in rows]

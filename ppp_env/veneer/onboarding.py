@@ -274,6 +274,13 @@ def register_tenants(conn: Connection, tenants: Sequence[tuple[str, str]]) -> No
                 f"({wanted[schema]!r} and {shard!r}): delete one of them"
             )
     catalog.require_catalog(conn)
+    runtime = catalog.runtime_tenants(conn, list(wanted))
+    if runtime:
+        raise PPPError(
+            f"tenant{'s' if len(runtime) > 1 else ''} {', '.join(map(repr, runtime[:5]))} "
+            "created at runtime (`ppp tenant create`): an onboarding revision cannot claim "
+            "it; delete the revision file, or remove the tenant first (`ppp tenant remove`)"
+        )
     params = {"schemas": list(wanted), "shards": list(wanted.values())}
     new = "unnest(CAST(:schemas AS text[]), CAST(:shards AS text[])) AS n(schema, shard)"
     unknown = sorted(
