@@ -487,11 +487,18 @@ def test_definitions_match_import_foreign_schema(veneer_ready: Settings) -> None
             ours = admin_rows(settings, DEFINITION, (name, tables))
             theirs = admin_rows(settings, DEFINITION, (scratch, tables))
             assert len(ours) == 8 + 2 + 2
-            # The serial's sequence is not in the veneer: PPP leaves that default out, keeps
+            # The serial's sequence is not in the veneer: PPP fetches the shard's
+            # (ppp_remote.nextval, also for the identity that IMPORT drops), keeps
             # current_date (IMPORT can only take or leave a table's defaults all at once).
             made = [r for r in ours if r[1] == "made"]
             assert made[0][4] == "CURRENT_DATE"
-            assert [r if r[1] != "made" else (*r[:4], None, *r[5:]) for r in ours] == theirs
+            seq = {(r[0], r[1]): r[4] for r in ours if r[1] == "id" and r[0] != "cheap"}
+            call = "ppp_remote.nextval('initech'::text, '{}.{}_id_seq'::text)"
+            assert seq == {(t, "id"): call.format(name, t) for t in ("varied", "counted")}
+            expected = [
+                (*r[:4], None, *r[5:]) if r[1] == "made" or (r[0], r[1]) in seq else r for r in ours
+            ]
+            assert expected == theirs
         finally:
             with catalog.admin_connection(settings) as conn:
                 conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {scratch} CASCADE")

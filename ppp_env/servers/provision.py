@@ -225,7 +225,57 @@ def _provision_instance(inst: Instance, settings: Settings) -> Report:
             ):
                 cur.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {qa}")
                 report.changes.append(f"granted USAGE on postgres_fdw to {admin}")
+            _remote_nextval(cur, admin, app, report)
     return report
+
+
+#: The veneer's function giving a shard sequence's next value (a foreign table column's
+#: default for a serial or identity column of the shard), through dblink: schema
+#: ``ppp_remote``, owned by ``{db}_admin``; dblink's own functions are closed to PUBLIC (they
+#: would let the app role open connections anywhere), only ``nextval`` is granted to the app.
+_NEXTVAL = """
+CREATE OR REPLACE FUNCTION ppp_remote.nextval(server text, seq text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    link text := 'ppp_nextval_' || server;
+    query text := format('SELECT pg_catalog.nextval(%L::pg_catalog.regclass)', seq);
+    value bigint;
+BEGIN
+    IF link = ANY (coalesce(ppp_remote.dblink_get_connections(), '{}')) THEN
+        BEGIN
+            SELECT x INTO value FROM ppp_remote.dblink(link, query) AS t(x bigint);
+            RETURN value;
+        EXCEPTION WHEN others THEN  -- a connection gone stale: connect again, once
+            PERFORM ppp_remote.dblink_disconnect(link);
+        END;
+    END IF;
+    PERFORM ppp_remote.dblink_connect(link, server);
+    SELECT x INTO value FROM ppp_remote.dblink(link, query) AS t(x bigint);
+    RETURN value;
+END
+$f$
+"""
+
+
+def _remote_nextval(cur: Any, admin: str, app: str, report: Report) -> None:
+    """dblink in schema ``ppp_remote`` and ``ppp_remote.nextval(server, sequence)``."""
+    qa, qp = quote_ident(admin), quote_ident(app)
+    cur.execute("SELECT to_regprocedure('ppp_remote.nextval(text,text)') IS NOT NULL")
+    if cur.fetchone()[0]:
+        return
+    cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'dblink'")
+    if cur.fetchone() is None:  # no contrib: inserts through the veneer give sequence values
+        return
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS ppp_remote AUTHORIZATION {qa}")
+    cur.execute("CREATE EXTENSION IF NOT EXISTS dblink SCHEMA ppp_remote")
+    cur.execute("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ppp_remote FROM PUBLIC")
+    cur.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA ppp_remote TO {qa}")
+    cur.execute(_NEXTVAL)
+    cur.execute(f"ALTER FUNCTION ppp_remote.nextval(text, text) OWNER TO {qa}")
+    cur.execute("REVOKE ALL ON FUNCTION ppp_remote.nextval(text, text) FROM PUBLIC")
+    cur.execute(f"GRANT USAGE ON SCHEMA ppp_remote TO {qp}")
+    cur.execute(f"GRANT EXECUTE ON FUNCTION ppp_remote.nextval(text, text) TO {qp}")
+    report.changes.append("created ppp_remote.nextval (dblink) for remote sequence defaults")
 
 
 def teardown_instance(inst: Instance, settings: Settings) -> Report:
