@@ -26,6 +26,8 @@ class Rendered:
     reason: str | None = None
     #: The step stopped because it needs the tenant (it can be rendered per tenant).
     per_tenant: bool = False
+    #: The heads after each rendered step (what the version table holds then).
+    heads: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def sql(self) -> str:

@@ -126,9 +126,11 @@ def render_steps(
         return out
     buf = io.StringIO()
     marks: list[int] = [0]
+    heads_after: list[tuple[str, ...]] = []
 
-    def after(**_: Any) -> None:
+    def after(**kw: Any) -> None:
         marks.append(buf.tell())
+        heads_after.append(tuple(sorted(kw.get("heads") or ())))
 
     options = _offline_options(buf, metadata, kw)
     options["on_version_apply"] = (*util_to_tuple(kw.get("on_version_apply")), after)
@@ -151,8 +153,10 @@ def render_steps(
         (step_label(step), text[marks[i] : marks[i + 1]])
         for i, step in enumerate(wanted[: len(marks) - 1])
     ]
+    out.heads = heads_after[: len(out.chunks)]
     for i, (label, sql) in enumerate(out.chunks):
         if UNKNOWN_SCHEMA in sql:
+            out.heads = out.heads[:i]
             out.chunks = out.chunks[:i]
             out.stopped_at, out.per_tenant = label, True
             out.reason = "it uses the default schema (the tenant)"

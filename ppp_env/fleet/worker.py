@@ -116,6 +116,8 @@ class _Segment:
     chunks: tuple[tuple[str, str], ...] = ()
     online: tuple[Any, ...] = ()
     autocommit: bool = False
+    #: The heads after the rendered steps (None: not known, e.g. online steps).
+    heads_after: tuple[str, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -218,7 +220,10 @@ class _ShardRun:
             else:
                 rendered = self.hooks.render(plain, heads)
                 if rendered.chunks:
-                    seg = _Segment(chunks=tuple(rendered.chunks))
+                    after = (
+                        rendered.heads[-1] if len(rendered.heads) == len(rendered.chunks) else None
+                    )
+                    seg = _Segment(chunks=tuple(rendered.chunks), heads_after=after)
                 else:
                     seg = _Segment(online=(plain[0],))
                     if rendered.stopped_at:
@@ -264,6 +269,10 @@ class _ShardRun:
         """
         state, cur = self.states[tenant], self.cur
         track = "" if state.tracked else track_sql(tenant, self.inst.app_role)
+        if not diagnose:
+            done = self.migrate_at_once(tenant, state, track)
+            if done is not None:
+                return done
         self.migrating = False
         try:
             heads, has_table = self.begin(tenant, state)
@@ -327,6 +336,59 @@ class _ShardRun:
                 with suppress(Exception):
                     self.conn.rollback()  # SQLAlchemy's view of the connection: idle again
 
+    def migrate_at_once(
+        self, tenant: str, state: TenantState, track: str
+    ) -> tuple[str, ...] | None:
+        """The common case in ONE round trip: the tenant is where its state says, its lock is
+        free, and its whole path is one rendered segment. Returns its heads afterwards, or None
+        when the careful path (lock wait, re-read, segments) must run instead."""
+        if not (self.options.render and self.hooks.command in RENDERABLE):
+            return None
+        if state.has_version_table and not state.heads:
+            return None  # an empty version table (after `downgrade base`): the careful path
+        path = self.path(state.heads)
+        if not path:
+            return None
+        seg = self.segment(state.heads, 0, state.heads)
+        if not seg.chunks or seg.size != len(path) or seg.heads_after is None:
+            return None
+        qt = quote_ident(tenant)
+        if state.heads:
+            expected = quote_literal(" ".join(state.heads))
+            moved = (
+                f"(SELECT string_agg(version_num, ' ' ORDER BY version_num COLLATE \"C\") "
+                f"FROM {qt}.{VERSION_TABLE}) IS DISTINCT FROM {expected}"
+            )
+        else:
+            moved = f"to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
+        sql = (
+            "BEGIN;\n"
+            + self.timeouts_sql()
+            + f"DO $ppp$BEGIN IF NOT pg_try_advisory_xact_lock({LOCK_NAMESPACE}, "
+            f"hashtext({quote_literal(tenant)})) OR {moved} THEN "
+            f"RAISE EXCEPTION 'tenant changed or busy' USING ERRCODE = '{_CHANGED}'; "
+            "END IF; END$ppp$;\n"
+            + ("" if state.exists else f"CREATE SCHEMA IF NOT EXISTS {qt};\n")
+            + f"SET LOCAL search_path TO {qt};\n"
+            + seg.sql
+            + f"\n{track}COMMIT;"
+        )
+        self.migrating = True
+        try:
+            self.cur.execute(sql)
+        except psycopg2.Error as exc:
+            if not self.raw.closed:
+                with suppress(psycopg2.Error):
+                    self.cur.execute("ROLLBACK")
+            if exc.pgcode == _CHANGED and not self.raw.closed:
+                return None  # someone else moved it or holds it: take the careful path
+            if _lock_timeout(exc) and not self.raw.closed:
+                raise _Blocked(exc, self.blocker(tenant)) from exc
+            raise
+        finally:
+            self.migrating = False
+        return seg.heads_after
+
     def run_autocommit(self, tenant: str, steps: Sequence[Any]) -> None:
         """Steps that commit mid-way (``autocommit_block``, e.g. CREATE INDEX CONCURRENTLY):
         through Alembic, outside PPP's transaction, under a session advisory lock."""
@@ -380,6 +442,10 @@ class _ShardRun:
             except Exception:  # the replay is only for the message
                 pass
         return db.error_text(error)
+
+
+#: SQLSTATE PPP raises when a tenant changed (or is locked) since its state was read.
+_CHANGED = "PPPA1"
 
 
 def _lock_timeout(exc: BaseException) -> bool:
