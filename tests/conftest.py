@@ -36,6 +36,9 @@ from ppp_env.tenant_state import read_states
 from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister_tenant
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Fixtures shared by several modules live in plugins, never in a test module.
+pytest_plugins = ["tests.plugins.veneer"]
 INSTANCES = ["veneer", *EXAMPLE_SHARDS]
 
 

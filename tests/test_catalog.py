@@ -13,9 +13,7 @@ from ppp_env.servers.provision import provision_instance, teardown_instance
 from ppp_env.settings import Settings, load_settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
-from tests.test_veneer_fixtures import EXAMPLE, register, unregister, veneer_ready
-
-__all__ = ["veneer_ready"]
+from tests.plugins.veneer import EXAMPLE, register, unregister
 
 pytestmark = pytest.mark.usefixtures("veneer_ready")
 

@@ -25,7 +25,7 @@ from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.env import plan_upgrade_to_heads
 from ppp_env.veneer.onboarding import add_tenant_revision, find_tenant_revisions, structural_head
-from tests.test_veneer_fixtures import (
+from tests.plugins.veneer import (
     EXAMPLE,
     ROOT,
     alembic_config,
@@ -33,10 +33,7 @@ from tests.test_veneer_fixtures import (
     copy_script_dir,
     drop_tenant_data,
     make_tenant_data,
-    veneer_ready,
 )
-
-__all__ = ["veneer_ready"]
 
 pytestmark = pytest.mark.usefixtures("veneer_ready")
 

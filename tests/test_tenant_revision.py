@@ -22,7 +22,8 @@ from alembic.util import CommandError
 from click.testing import CliRunner
 
 from ppp_env.cli.common import PPPGroup, State
-from ppp_env.cli.veneer import tenant_group, veneer_group
+from ppp_env.cli.tenant import tenant_group
+from ppp_env.cli.veneer import veneer_group
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
 from ppp_env.veneer import catalog
@@ -35,7 +36,7 @@ from ppp_env.veneer.onboarding import (
     structural_head,
     tenant_revisions,
 )
-from tests.test_veneer_fixtures import (
+from tests.plugins.veneer import (
     EXAMPLE,
     ROOT,
     alembic_config,
@@ -46,10 +47,7 @@ from tests.test_veneer_fixtures import (
     register,
     shard_sql,
     unregister,
-    veneer_ready,
 )
-
-__all__ = ["veneer_ready"]
 
 pytestmark = pytest.mark.usefixtures("veneer_ready")
 

@@ -27,9 +27,7 @@ from ppp_env.servers.local import free_port
 from ppp_env.settings import Settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import tables as veneer
-from tests.test_veneer_fixtures import app_conn, shard_sql, veneer_ready
-
-__all__ = ["veneer_ready"]
+from tests.plugins.veneer import app_conn, shard_sql
 
 pytestmark = pytest.mark.usefixtures("veneer_ready")
 SHARDS = ("bluth_co", "cyberdyne", "initech")

@@ -1,4 +1,7 @@
-"""Helpers and fixtures shared by the veneer's test modules (no tests here).
+"""Helpers and the ``veneer_ready`` fixture shared by the veneer's test modules.
+
+Registered as a pytest plugin by ``tests/conftest.py`` (``pytest_plugins``): test modules use
+the fixture by name and import only the helper functions from here.
 
 Tenant data lives on the shards; these helpers create it directly as ``{db}_admin`` (the
 tenant migrations runner does it in real life). Every module that uses ``veneer_ready``
@@ -23,7 +26,7 @@ from ppp_env.settings import Instance, Settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ("bluth_co", "cyberdyne", "initech")
 
 
