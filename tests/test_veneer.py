@@ -22,7 +22,7 @@ from ppp_env.servers.provision import provision_instance, scram_verifier, teardo
 from ppp_env.settings import Settings, load_settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
-from tests.test_veneer_fixtures import (
+from tests.plugins.veneer import (
     EXAMPLE,
     ROOT,
     alembic_config,
@@ -32,10 +32,7 @@ from tests.test_veneer_fixtures import (
     register,
     shard_sql,
     unregister,
-    veneer_ready,
 )
-
-__all__ = ["veneer_ready"]
 
 pytestmark = pytest.mark.usefixtures("veneer_ready")
 
@@ -206,6 +203,15 @@ def test_refresh_shows_new_columns_and_readers_never_fail(tenants: Settings) -> 
     errors: list[BaseException] = []
     seen: list[int] = []
     stop = threading.Event()
+    progress = threading.Condition()
+
+    def reader_ran_more(queries: int = 3) -> None:
+        """Wait (bounded) until the reader completed a few more queries, or stopped."""
+        target = len(seen) + queries
+        with progress:
+            progress.wait_for(
+                lambda: len(seen) >= target or errors or not thread.is_alive(), timeout=30
+            )
 
     def reader() -> None:
         conn = app_conn(settings)
@@ -216,11 +222,15 @@ def test_refresh_shows_new_columns_and_readers_never_fail(tenants: Settings) -> 
                     try:
                         cur.execute(f"SELECT * FROM {ALPHA}.authors WHERE first_name = 'Ernest'")
                         seen.append(len(cur.fetchall()))
+                        with progress:
+                            progress.notify_all()
                     except psycopg2.Error as exc:
                         errors.append(exc)
                         return
         finally:
             conn.close()
+            with progress:
+                progress.notify_all()
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -228,7 +238,7 @@ def test_refresh_shows_new_columns_and_readers_never_fail(tenants: Settings) -> 
     try:
         for column in added:
             shard_sql(shard, f"ALTER TABLE {ALPHA}.authors ADD COLUMN {column} text")
-            time.sleep(0.05)
+            reader_ran_more()
             report = veneer.refresh(settings, [ALPHA, BETA])
             assert report.ok and report.refreshed == [ALPHA, BETA], report
             cols = [
@@ -241,7 +251,7 @@ def test_refresh_shows_new_columns_and_readers_never_fail(tenants: Settings) -> 
                 )
             ]
             assert column in cols
-            time.sleep(0.05)
+            reader_ran_more()
     finally:
         stop.set()
         thread.join(30)
