@@ -1,4 +1,4 @@
-"""Connections: psycopg2 for PPP's own SQL, SQLAlchemy engines for Alembic and the router.
+"""Connections: psycopg2 for PPP's own SQL, SQLAlchemy engines for Alembic.
 
 Every connection failure becomes a PPPError naming the instance and its URL with the
 password masked.

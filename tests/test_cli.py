@@ -76,6 +76,7 @@ def run_psql(env: dict[str, str | None], *args: str) -> subprocess.CompletedProc
         ("initech", [], "initech_app|initech|initech,public"),
         ("veneer", [], 'veneer_app|veneer|"$user", public'),
         ("cyberdyne", ["--role", "admin"], "cyberdyne_admin|cyberdyne|cyberdyne,public"),
+        ("initech", ["--tenant", "acme"], "initech_app|initech|acme,public"),
     ],
 )
 def test_psql_opens_as_the_app_role_with_the_tenant_search_path(
@@ -88,6 +89,15 @@ def test_psql_opens_as_the_app_role_with_the_tenant_search_path(
     for key, value in topo_env.items():
         if key.endswith("PASSWORD") and value:
             assert value not in res.stdout + res.stderr
+
+
+def test_psql_tenant_must_be_a_valid_name_on_a_shard(topo_env: dict[str, str | None]) -> None:
+    result = ppp("psql", "initech", "--tenant", "Acme", env=topo_env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: invalid tenant schema name 'Acme'")
+    result = ppp("psql", "veneer", "--tenant", "acme", env=topo_env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --tenant applies to a shard")
 
 
 def test_psql_unknown_instance(topo_env: dict[str, str | None]) -> None:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ppp_env.cli.common import PPPGroup, State, console, pass_state
 from ppp_env.errors import PPPError
+from ppp_env.identifiers import validate_tenant
 from ppp_env.servers import compose
 from ppp_env.servers import local as local_servers
 from ppp_env.servers import provision as provisioning
@@ -261,11 +262,25 @@ def teardown(state: State, yes: bool) -> None:
 @cli.command("psql", context_settings={"ignore_unknown_options": True})
 @click.argument("instance")
 @click.option("--role", type=click.Choice(["app", "admin"]), default="app", show_default=True)
+@click.option(
+    "--tenant",
+    metavar="SCHEMA",
+    help="On a shard: search_path = SCHEMA,public (default: the shard's own name, as the "
+    "example's tenants are named after their shards).",
+)
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @pass_state
-def psql(state: State, instance: str, role: str, psql_args: tuple[str, ...]) -> None:
-    """Open psql on INSTANCE (veneer or a shard) as its app role, search_path = the tenant."""
+def psql(
+    state: State, instance: str, role: str, tenant: str | None, psql_args: tuple[str, ...]
+) -> None:
+    """Open psql on INSTANCE (veneer or a shard) as its app role (or --role admin).
+
+    On a shard, search_path is --tenant, else the shard's name; on the veneer, the default."""
     inst = state.settings.instance(instance)
+    if tenant is not None:
+        validate_tenant(tenant)
+        if inst.kind != "shard":
+            raise PPPError("--tenant applies to a shard; on the veneer use the tenant's schema")
     exe = shutil.which("psql")
     if exe is None:
         raise PPPError(
@@ -282,7 +297,7 @@ def psql(state: State, instance: str, role: str, psql_args: tuple[str, ...]) -> 
         PGAPPNAME="ppp-psql",
     )
     if inst.kind == "shard":
-        env["PGOPTIONS"] = f"-c search_path={inst.name},public"
+        env["PGOPTIONS"] = f"-c search_path={tenant or inst.name},public"
     os.execvpe(exe, [exe, *psql_args], env)
 
 

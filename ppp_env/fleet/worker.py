@@ -1,6 +1,6 @@
 """The fleet runner: one Alembic command applied to every tenant on every shard.
 
-Shape of a run (see DESIGN.md, "What the libraries allow"):
+Shape of a run (docs/design-decisions.md, "Tenant migrations", says why):
 
 - the parent process (Alembic's env.py) reads the catalog once and forks one worker per
   shard, at most ``jobs`` at a time: Alembic's ``context`` and ``op`` are process-wide, so
