@@ -43,7 +43,7 @@ from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Instance, Settings
 from ppp_env.tenant_state import group_by_shard, read_states
-from ppp_env.veneer import catalog
+from ppp_env.veneer import catalog, views
 from ppp_env.veneer.wiring import VENEER_LOCK_KEY, _ddl, lock
 
 log = logging.getLogger("ppp.veneer")
@@ -109,6 +109,10 @@ class RefreshReport:
     tables_dropped: int = 0
     #: Types created, altered (an enum's new labels) or dropped.
     types_changed: int = 0
+    #: The cross-tenant views rebuilt at the end (:mod:`ppp_env.veneer.views`), and why
+    #: they could not be (None: rebuilt, or nothing opted in).
+    cross_tenant: views.ViewReport = field(default_factory=views.ViewReport)
+    views_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -985,6 +989,10 @@ def _refresh(
 
     # 4. Apply: tenants with changes in batches of bounded locks, each tenant atomically.
     ok = [p for p in plans if p.schema not in report.errors]
+    replaced = {n for p in ok if p.changes for n in p.drop_tables}
+    if replaced:  # a cross-tenant view over a table would block its replacement
+        with _reading(conn, own):
+            views.drop_views(conn, sorted(replaced))
     _apply(conn, [p for p in ok if p.changes], settings, report, own)
     still = [p for p in ok if not p.changes]
     written = sum(len(p.record) + len(p.forget) for p in ok if p.schema in report.revisions)
@@ -997,6 +1005,7 @@ def _refresh(
         for p in still:
             report.revisions[p.schema] = p.revision
             report.unchanged.append(p.schema)
+    _rebuild_views(conn, settings, report, own)
     order = {t.schema: i for i, t in enumerate(wanted)}
     report.refreshed = sorted(report.revisions, key=order.__getitem__)
     report.revisions = {s: report.revisions[s] for s in report.refreshed}
@@ -1015,6 +1024,18 @@ def _refresh(
         report.seconds,
     )
     return report
+
+
+def _rebuild_views(conn: Connection, settings: Settings, report: RefreshReport, own: bool) -> None:
+    """The cross-tenant views, after the tenants changed (a failure is reported, not raised:
+    the tenants' own refresh stands)."""
+    try:
+        with _unit(conn, own, settings.lock_timeout):
+            report.cross_tenant = views.rebuild(conn)
+    except DBAPIError as exc:
+        _failed(conn, exc)
+        report.views_error = f"cannot rebuild the cross-tenant views: {first_line(exc)}"
+        log.warning("refresh: %s", report.views_error)
 
 
 def refresh_in(
@@ -1082,9 +1103,10 @@ def refresh(
             ) from None
 
 
-def unwire(conn: Connection, schema: str) -> None:
+def unwire(conn: Connection, schema: str) -> views.ViewReport:
     """Drop a tenant's foreign tables and types (its veneer schema) and PPP's record of
-    them; its data on the shard stays."""
+    them, then rebuild the cross-tenant views without it; its data on the shard stays."""
     _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
     if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
         conn.execute(text(f"DELETE FROM {WIRED} WHERE schema = :s"), {"s": schema})
+    return views.rebuild(conn)

@@ -238,6 +238,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
 
 def drop_all_wiring(conn: Connection) -> None:
     """Unwire every tenant and drop every shard's server (the base revision's downgrade)."""
+    _ddl(conn, "DROP SCHEMA IF EXISTS ppp_all CASCADE")  # the cross-tenant views
     for tenant in catalog.find_tenants(conn):
         _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
     for shard in catalog.list_shards(conn):

@@ -1,0 +1,189 @@
+"""Cross-tenant views (``ppp_all.<table>``): opt-in, rebuilt by every refresh and unwire, one
+branch per live tenant of the catalog, run on every shard at once."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2.errors
+import pytest
+
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import quote_ident
+from ppp_env.settings import Settings
+from ppp_env.veneer import catalog, views
+from ppp_env.veneer import tables as veneer
+from tests.plugins.veneer import app_conn, shard_sql
+
+pytestmark = pytest.mark.usefixtures("veneer_ready")
+SHARDS = ("bluth_co", "cyberdyne", "initech")
+
+
+def app(settings: Settings, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    conn = app_conn(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+class Fleet:
+    """Tenants with one table ``orders_<hex>`` each, on the three shards."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        tag = uuid.uuid4().hex[:8]
+        self.table = f"orders_{tag}"
+        self.placed: dict[str, str] = {}
+        self.tag = tag
+
+    def add(self, shard: str, columns: str = "id integer PRIMARY KEY, total numeric") -> str:
+        name = f"ct_{self.tag}_{len(self.placed)}"
+        self.placed[name] = shard
+        t = f"{quote_ident(name)}.{quote_ident(self.table)}"
+        shard_sql(
+            self.settings.shards[shard],
+            f"CREATE SCHEMA {quote_ident(name)}; CREATE TABLE {t} ({columns});"
+            f"INSERT INTO {t} (id) VALUES (1), (2)",
+        )
+        with catalog.admin_connection(self.settings) as conn:
+            catalog.register_tenant(conn, name, shard)
+        return name
+
+    def refresh(self) -> veneer.RefreshReport:
+        report = veneer.refresh(self.settings, list(self.placed))
+        assert report.ok, report.errors
+        return report
+
+    def cleanup(self) -> None:
+        with catalog.admin_connection(self.settings) as conn:
+            views.remove_table(conn, self.settings, self.table)
+            for name in self.placed:
+                veneer.unwire(conn, name)
+                catalog.unregister_tenant(conn, name)
+        for name, shard in self.placed.items():
+            shard_sql(
+                self.settings.shards[shard], f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE"
+            )
+
+
+@contextlib.contextmanager
+def fleet(settings: Settings) -> Iterator[Fleet]:
+    f = Fleet(settings)
+    try:
+        yield f
+    finally:
+        f.cleanup()
+
+
+def opt_in(settings: Settings, table: str) -> views.ViewReport:
+    with catalog.admin_connection(settings) as conn:
+        return views.add_table(conn, settings, table)
+
+
+def test_a_view_over_every_live_tenant_on_every_shard(settings: Settings) -> None:
+    with fleet(settings) as f:
+        a, b, c = (f.add(s) for s in SHARDS)
+        odd = f.add("initech", "id integer PRIMARY KEY, total text")
+        f.refresh()
+        report = opt_in(settings, f.table)
+        assert report.built == {f.table: [a, b, c]}
+        assert list(report.left_out[f.table]) == [odd]
+        assert "total is text, not numeric" in report.left_out[f.table][odd]
+        rows = app(settings, f"SELECT tenant, id FROM ppp_all.{f.table} ORDER BY 1, 2")
+        assert rows == [(t, i) for t in (a, b, c) for i in (1, 2)]
+
+        # The branches run on the shards at once.
+        plan = "\n".join(
+            r[0] for r in app(settings, f"EXPLAIN (VERBOSE) SELECT * FROM ppp_all.{f.table}")
+        )
+        assert plan.count("Async Foreign Scan") == 3, plan
+        assert "Append" in plan
+
+        # Only live tenants: a pending or removed tenant is not in the view; a moving one is,
+        # once (its veneer schema is wired to one shard, the catalog's).
+        with catalog.admin_connection(settings) as conn:
+            catalog.set_state(conn, b, "moving")
+            catalog.set_state(conn, c, "removed")
+            views.rebuild(conn)
+        rows = app(
+            settings, f"SELECT tenant, count(*) FROM ppp_all.{f.table} GROUP BY 1 ORDER BY 1"
+        )
+        assert rows == [(a, 2), (b, 2)]
+
+
+def test_refresh_and_unwire_keep_the_view_right(settings: Settings) -> None:
+    with fleet(settings) as f:
+        a = f.add("bluth_co")
+        f.refresh()
+        assert opt_in(settings, f.table).built == {f.table: [a]}
+        b = f.add("cyberdyne")
+        report = f.refresh()
+        assert report.cross_tenant.built == {f.table: [a, b]}
+        assert report.cross_tenant.changed == [f.table]
+        # A refresh with nothing new leaves the view as it is.
+        assert f.refresh().cross_tenant.changed == []
+
+        # A column added on every shard: the foreign tables are replaced (the view does not
+        # block it) and the view shows the new column.
+        for name, shard in f.placed.items():
+            shard_sql(
+                settings.shards[shard],
+                f"ALTER TABLE {name}.{f.table} ADD COLUMN note text DEFAULT 'n'",
+            )
+        report = f.refresh()
+        assert report.tables_created == 2 and report.views_error is None
+        assert app(settings, f"SELECT DISTINCT note FROM ppp_all.{f.table}") == [("n",)]
+
+        # Unwiring a tenant takes it out of the view; the view stays.
+        with catalog.admin_connection(settings) as conn:
+            veneer.unwire(conn, a)
+        assert app(settings, f"SELECT DISTINCT tenant FROM ppp_all.{f.table}") == [(b,)]
+        with catalog.admin_connection(settings) as conn:
+            veneer.unwire(conn, b)
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            app(settings, f"SELECT * FROM ppp_all.{f.table}")
+
+
+def test_remove_and_bad_names(settings: Settings) -> None:
+    with fleet(settings) as f:
+        f.add("initech")
+        f.refresh()
+        opt_in(settings, f.table)
+        with catalog.admin_connection(settings) as conn:
+            before = views.list_tables(conn)
+        for bad in ("Orders", "x; DROP TABLE y", "", "pg_x"):
+            with pytest.raises(PPPError, match="invalid table name"):
+                opt_in(settings, bad)
+        with catalog.admin_connection(settings) as conn:
+            assert views.list_tables(conn) == before
+            assert views.remove_table(conn, settings, f.table)
+            assert not views.remove_table(conn, settings, f.table)
+            assert f.table not in views.list_tables(conn)
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            app(settings, f"SELECT * FROM ppp_all.{f.table}")
+
+
+def test_a_tenant_column_leaves_the_table_out(settings: Settings) -> None:
+    with fleet(settings) as f:
+        a = f.add("cyberdyne", "id integer, tenant text")
+        f.refresh()
+        report = opt_in(settings, f.table)
+        assert report.built == {}
+        assert "column named 'tenant'" in report.left_out[f.table][a]
+
+
+def test_the_opt_in_list_is_closed_to_the_app_role(settings: Settings) -> None:
+    with fleet(settings) as f:
+        f.add("cyberdyne")
+        f.refresh()
+        opt_in(settings, f.table)
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            app(settings, f"SELECT * FROM {views.TABLES}")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            app(settings, f"DROP VIEW ppp_all.{f.table}")
