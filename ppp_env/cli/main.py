@@ -333,10 +333,12 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
 
 
 from ppp_env.cli.migrate import demo, migrate, status  # noqa: E402
-from ppp_env.cli.veneer import tenant_group, veneer_group  # noqa: E402
+from ppp_env.cli.tenant import doctor_command, tenant_group  # noqa: E402
+from ppp_env.cli.veneer import veneer_group  # noqa: E402
 
 cli.add_command(veneer_group)
 cli.add_command(tenant_group)
+cli.add_command(doctor_command)
 cli.add_command(migrate)
 cli.add_command(status)
 cli.add_command(demo)

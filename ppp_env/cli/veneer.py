@@ -1,11 +1,10 @@
-"""``ppp veneer ...`` and ``ppp tenant ...``: the veneer's wiring and the tenant catalog.
+"""``ppp veneer ...``: the veneer's wiring (``ppp tenant ...`` is in :mod:`ppp_env.cli.tenant`).
 
 Thin: parse, call the veneer room (env, tables, catalog, onboarding), print.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
@@ -14,7 +13,6 @@ from rich.table import Table
 
 from ppp_env import veneer
 from ppp_env.cli.common import State, console, pass_state
-from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
 
@@ -153,79 +151,3 @@ def veneer_status(state: State) -> None:
                 s.shard, s.address, str(s.tenants), str(s.pending), "yes" if s.in_settings else "NO"
             )
         out.print(table)
-
-
-@click.group("tenant")
-def tenant_group() -> None:
-    """Tenants: add, list."""
-
-
-@tenant_group.command("add")
-@click.argument("schema")
-@click.option("--shard", required=True, metavar="NAME", help="The shard the tenant lives on.")
-@click.option(
-    "--no-catalog-check",
-    is_flag=True,
-    help="Do not look the tenant up in the veneer's catalog (no connection needed).",
-)
-@click.option("--upgrade", is_flag=True, help="Then apply it (`ppp veneer upgrade`).")
-@pass_state
-def tenant_add(
-    state: State, schema: str, shard: str, no_catalog_check: bool, upgrade: bool
-) -> None:
-    """Write the onboarding revision of tenant SCHEMA on shard NAME.
-
-    The file is veneer_migrations/versions/<rev>_<SCHEMA>.py: its upgrade registers the
-    tenant in the catalog and wires it; its downgrade unwires and unregisters it.
-    """
-    settings = state.settings
-    path = tenant_revision.add_tenant_revision(
-        settings, schema, shard, check_catalog=not no_catalog_check
-    )
-    out = console()
-    out.print(f"wrote {path}")
-    if upgrade:
-        _show_alembic_progress()
-        result = veneer_env.upgrade(settings)
-        _print_wiring(result)
-        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
-    else:
-        out.print("apply it with `ppp veneer upgrade`, then `alembic upgrade head` for its tables")
-
-
-@tenant_group.command("list")
-@click.argument("tenants", nargs=-1, metavar="[TENANT]...")
-@click.option("--shard", "shards", multiple=True, metavar="NAME", help="Only these shards.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON array, for pipelines.")
-@pass_state
-def tenant_list(
-    state: State, tenants: tuple[str, ...], shards: tuple[str, ...], as_json: bool
-) -> None:
-    """The catalog's tenants: schema, shard, state, wired revision."""
-    found = catalog.list_tenants(
-        state.settings, shards=list(shards) or None, tenants=list(tenants) or None
-    )
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "schema": t.schema,
-                        "shard": t.shard,
-                        "state": t.state,
-                        "wired_revision": t.wired_revision,
-                    }
-                    for t in found
-                ]
-            )
-        )
-        return
-    if not found:
-        console().print("no tenants")
-        return
-    table = Table()
-    for col in ("schema", "shard", "state", "wired revision"):
-        table.add_column(col)
-    for t in found:
-        table.add_row(t.schema, t.shard, t.state, t.wired_revision or "-")
-    console().print(table)

@@ -119,20 +119,22 @@ def lock_down_catalog(conn: Connection, settings: Settings) -> list[str]:
     app = settings.veneer.app_role
     if conn.execute(text("SELECT to_regnamespace('ppp')")).scalar() is None:
         return []
+    # With ppp.placement() (the lifecycle revision) the app role keeps USAGE to call it.
+    placement = conn.execute(text("SELECT to_regprocedure('ppp.placement()') IS NOT NULL")).scalar()
     exposed = conn.execute(
         text(
-            "SELECT has_schema_privilege(:app, 'ppp', 'USAGE') "
+            "SELECT (NOT :placement AND has_schema_privilege(:app, 'ppp', 'USAGE')) "
             "OR has_schema_privilege(:app, 'ppp', 'CREATE') "
             "OR EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'ppp'::regnamespace "
             "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND has_table_privilege(:app, c.oid, "
             "'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))"
         ),
-        {"app": app},
+        {"app": app, "placement": bool(placement)},
     ).scalar()
     if not exposed:
         return []
     qa = quote_ident(app)
-    _ddl(conn, f"REVOKE ALL ON SCHEMA ppp FROM PUBLIC, {qa}")
+    _ddl(conn, f"REVOKE {'CREATE' if placement else 'ALL'} ON SCHEMA ppp FROM PUBLIC, {qa}")
     _ddl(conn, f"REVOKE ALL ON ALL TABLES IN SCHEMA ppp FROM PUBLIC, {qa}")
     _ddl(conn, f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA ppp FROM PUBLIC, {qa}")
     return [f"revoked every privilege of {app} on the catalog (schema ppp)"]

@@ -1,0 +1,191 @@
+"""``ppp tenant ...`` (add, create, remove, list) and ``ppp doctor``.
+
+Thin: parse, call the veneer room (onboarding revisions) or the lifecycle room, print.
+Other commands of the group (move, cleanup) register themselves on :data:`tenant_group`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ppp_env.cli.common import State, console, pass_state
+from ppp_env.cli.veneer import _print_wiring, _revisions, _show_alembic_progress
+from ppp_env.errors import PPPError
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer import onboarding as tenant_revision
+
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Alembic configuration file (default: ALEMBIC_CONFIG, ./alembic.ini, the project's).",
+)
+
+
+@click.group("tenant")
+def tenant_group() -> None:
+    """Tenants: add (a revision), create and remove (at runtime), list."""
+
+
+@tenant_group.command("add")
+@click.argument("schema")
+@click.option("--shard", required=True, metavar="NAME", help="The shard the tenant lives on.")
+@click.option(
+    "--no-catalog-check",
+    is_flag=True,
+    help="Do not look the tenant up in the veneer's catalog (no connection needed).",
+)
+@click.option("--upgrade", is_flag=True, help="Then apply it (`ppp veneer upgrade`).")
+@pass_state
+def tenant_add(
+    state: State, schema: str, shard: str, no_catalog_check: bool, upgrade: bool
+) -> None:
+    """Write the onboarding revision of tenant SCHEMA on shard NAME.
+
+    The file is veneer_migrations/versions/<rev>_<SCHEMA>.py: its upgrade registers the
+    tenant in the catalog and wires it; its downgrade unwires and unregisters it.
+    """
+    settings = state.settings
+    path = tenant_revision.add_tenant_revision(
+        settings, schema, shard, check_catalog=not no_catalog_check
+    )
+    out = console()
+    out.print(f"wrote {path}")
+    if upgrade:
+        _show_alembic_progress()
+        result = veneer_env.upgrade(settings)
+        _print_wiring(result)
+        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+    else:
+        out.print("apply it with `ppp veneer upgrade`, then `alembic upgrade head` for its tables")
+
+
+@tenant_group.command("create")
+@click.argument("schema")
+@click.option(
+    "--shard",
+    metavar="NAME",
+    default=None,
+    help="The shard to create it on (default: PPP_PLACEMENT chooses, fewest tenants).",
+)
+@CONFIG_OPTION
+@pass_state
+def tenant_create(state: State, schema: str, shard: str | None, config_path: Path | None) -> None:
+    """Create tenant SCHEMA now: catalog, schema and migrations on its shard, veneer wiring.
+
+    No revision file. A create that failed half-way leaves the tenant 'provisioning': run
+    the same command again to finish it.
+    """
+    from ppp_env.lifecycle import create_tenant
+
+    result = create_tenant(state.settings, schema, shard, config_path)
+    console().print(
+        f"tenant {result.schema} {'finished' if result.resumed else 'created'} on shard "
+        f"{result.shard} at {result.revision or 'base'} in {result.seconds * 1000:.0f} ms"
+    )
+
+
+@tenant_group.command("remove")
+@click.argument("schema")
+@click.option("--drop-data", is_flag=True, help="Also drop its schema on its shard (needs --yes).")
+@click.option("--yes", is_flag=True, help="Confirm --drop-data.")
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="First write a verified pg_dump of its schema to this (new) file.",
+)
+@pass_state
+def tenant_remove(
+    state: State, schema: str, drop_data: bool, yes: bool, archive: Path | None
+) -> None:
+    """Unwire tenant SCHEMA from the veneer and mark it removed; its data stays on its shard
+    unless --drop-data --yes (after a verified --archive, if given)."""
+    from ppp_env.lifecycle import remove_tenant
+
+    if drop_data and not yes:
+        raise PPPError("--drop-data deletes the tenant's data: confirm with --yes")
+    result = remove_tenant(state.settings, schema, drop_data=drop_data, archive=archive)
+    out = console()
+    if result.archive is not None:
+        out.print(f"archived {schema} to {result.archive} ({result.archive_bytes} bytes, verified)")
+    if result.dropped:
+        out.print(f"tenant {schema} removed; its schema dropped on shard {result.shard}")
+    else:
+        out.print(f"tenant {schema} removed; its data stays on shard {result.shard}")
+
+
+@tenant_group.command("list")
+@click.argument("tenants", nargs=-1, metavar="[TENANT]...")
+@click.option("--shard", "shards", multiple=True, metavar="NAME", help="Only these shards.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for pipelines.")
+@pass_state
+def tenant_list(
+    state: State, tenants: tuple[str, ...], shards: tuple[str, ...], as_json: bool
+) -> None:
+    """The catalog's tenants: schema, shard, state, origin, revision and size on its shard."""
+    from ppp_env.lifecycle.listing import human_size, tenant_rows
+
+    found = tenant_rows(state.settings, shards=list(shards) or None, tenants=list(tenants) or None)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in found]))
+        return
+    if not found:
+        console().print("no tenants")
+        return
+    table = Table()
+    for col in ("schema", "shard", "state", "origin", "revision", "size", "wired revision"):
+        table.add_column(col)
+    for r in found:
+        revision = (
+            "unreachable" if r.error else (r.revision or ("base" if r.exists else "no schema"))
+        )
+        table.add_row(
+            r.schema,
+            r.shard,
+            r.state,
+            r.origin,
+            revision,
+            human_size(r.size),
+            r.wired_revision or "-",
+        )
+    console().print(table)
+    for err in dict.fromkeys(r.error for r in found if r.error):
+        console(stderr=True).print(f"warning: {err}")
+
+
+@click.command("doctor")
+@click.argument("tenants", nargs=-1, metavar="[TENANT]...")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@CONFIG_OPTION
+@click.pass_context
+def doctor_command(
+    ctx: click.Context, tenants: tuple[str, ...], as_json: bool, config_path: Path | None
+) -> None:
+    """Compare the catalog, the shards and the veneer; report every difference (exit code
+    1 when there is any): missing or orphan schemas, stale or missing foreign tables,
+    tenants behind head, moves left half done, schema drift between tenants."""
+    from ppp_env.lifecycle import doctor
+
+    state = ctx.find_object(State)
+    assert state is not None
+    report = doctor(state.settings, config_path, tenants=list(tenants) or None)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        out = console()
+        for f in report.findings:
+            out.print(f.line(), markup=False)
+        counts = ", ".join(f"{n} {k}" for k, n in sorted(report.kinds().items()))
+        out.print(
+            f"{report.tenants} tenant(s) on {report.shards} shard(s): "
+            + (f"{len(report.findings)} problem(s): {counts}" if report.findings else "all good")
+        )
+    if not report.ok:
+        ctx.exit(1)

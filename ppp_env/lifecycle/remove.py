@@ -1,0 +1,148 @@
+"""Remove a tenant created at runtime: unwire it from the veneer and mark it ``removed``.
+
+Its data stays on its shard unless ``drop_data`` is given; ``archive`` first writes a
+``pg_dump -n <schema>`` (custom format) and verifies it with ``pg_restore --list`` (the
+tenant's schema and its tables listed) before anything is dropped. The password reaches
+pg_dump through ``PGPASSWORD``, never its command line. A tenant of an onboarding revision
+is taken back with ``ppp veneer downgrade --tenant`` instead (its file says it exists).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppp_env import db
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import quote_ident, validate_tenant
+from ppp_env.servers.local import find_bindir
+from ppp_env.settings import Instance, Settings
+from ppp_env.veneer import catalog
+
+
+@dataclass
+class RemoveResult:
+    schema: str
+    shard: str
+    #: The tenant's schema was dropped on its shard (and its catalog row deleted).
+    dropped: bool = False
+    archive: Path | None = None
+    archive_bytes: int = 0
+    seconds: float = 0.0
+
+
+def _tool(name: str) -> str:
+    path = Path(find_bindir()) / name
+    if not path.is_file():
+        raise PPPError(f"{name} not found in {path.parent}")
+    return str(path)
+
+
+def _pg_env(inst: Instance) -> dict[str, str]:
+    _user, password = inst.user_and_password("admin")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def archive_schema(inst: Instance, schema: str, path: Path) -> int:
+    """``pg_dump -Fc -n schema`` of ``inst`` into ``path``, verified; its size in bytes."""
+    validate_tenant(schema)
+    user, _password = inst.user_and_password("admin")
+    path = Path(path)
+    if path.exists():
+        raise PPPError(f"{path} already exists: the archive never overwrites a file")
+    args = [
+        _tool("pg_dump"),
+        "--format=custom",
+        "--no-owner",
+        f"--schema={quote_ident(schema)}",
+        f"--file={path}",
+        f"--host={inst.host}",
+        f"--port={inst.port}",
+        f"--username={user}",
+        f"--dbname={inst.dbname}",
+    ]
+    done = subprocess.run(args, env=_pg_env(inst), capture_output=True, text=True)
+    if done.returncode != 0:
+        path.unlink(missing_ok=True)
+        raise PPPError(f"pg_dump of {schema!r} failed: {done.stderr.strip()}")
+    size = path.stat().st_size if path.is_file() else 0
+    listing = subprocess.run(
+        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True
+    )
+    if size == 0 or listing.returncode != 0 or f"SCHEMA - {schema} " not in listing.stdout:
+        raise PPPError(
+            f"the archive {path} of {schema!r} could not be verified "
+            f"({listing.stderr.strip() or 'the schema is not in its table of contents'}): "
+            "nothing was dropped"
+        )
+    return size
+
+
+def remove_tenant(
+    settings: Settings,
+    schema: str,
+    *,
+    drop_data: bool = False,
+    archive: str | Path | None = None,
+) -> RemoveResult:
+    """Unwire ``schema`` and mark it removed; with ``drop_data`` drop its schema on its shard
+    and forget it (``archive``: a verified dump first). PPPError, nothing changed, for an
+    unknown tenant, an onboarding revision's tenant or an unreachable shard."""
+    started = time.perf_counter()
+    validate_tenant(schema)
+    with catalog.admin_connection(settings) as conn:
+        catalog.require_lifecycle(conn)
+        found = catalog.lookup_tenant(conn, schema)
+        if found is None:
+            raise PPPError(f"unknown tenant {schema!r}: not in the catalog (see `ppp tenant list`)")
+        origin = catalog.origins(conn, [schema])[schema]
+        moving = [m for m in catalog.list_moves(conn) if m.schema == schema]
+    if origin != "runtime":
+        raise PPPError(
+            f"tenant {schema!r} has an onboarding revision: take it back with `ppp veneer "
+            f"downgrade --tenant {schema}` and delete its revision file"
+        )
+    if moving or found.state == "moving":
+        raise PPPError(f"tenant {schema!r} is being moved: finish or cancel the move first")
+    if found.state == "removed" and not drop_data and archive is None:
+        raise PPPError(f"tenant {schema!r} is already removed (its data is on {found.shard!r})")
+    inst = settings.shard(found.shard)
+    result = RemoveResult(schema, found.shard)
+    # Reach the shard before changing anything.
+    with db.connection(
+        inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
+    ) as shard_conn:
+        cur = shard_conn.cursor()
+        cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,))
+        exists = bool(cur.fetchone()[0])
+        if archive is not None:
+            if not exists:
+                raise PPPError(f"tenant {schema!r} has no schema on {found.shard!r} to archive")
+            result.archive = Path(archive)
+            result.archive_bytes = archive_schema(inst, schema, result.archive)
+        from ppp_env.veneer import unwire
+
+        with catalog.admin_connection(settings) as conn:
+            unwire(conn, schema)
+            catalog.set_state(conn, schema, "removed")
+        if drop_data:
+            cur.execute("BEGIN")
+            cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+            cur.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
+            if cur.fetchone()[0]:  # the shard's version index forgets it too
+                cur.execute("DELETE FROM ppp.tenant_versions WHERE schema_name = %s", (schema,))
+            cur.execute("COMMIT")
+            with catalog.admin_connection(settings) as conn:
+                conn.exec_driver_sql(
+                    "DELETE FROM ppp.tenants WHERE schema = %(s)s AND state = 'removed'",
+                    {"s": schema},
+                )
+            result.dropped = True
+    result.seconds = time.perf_counter() - started
+    return result
