@@ -1,0 +1,469 @@
+"""Shard-side pieces of a tenant move: copy a schema, block and unblock writes, replicate,
+checksum, rename the source copy.
+
+Every function takes psycopg2 connections in autocommit mode (or instances to run the
+PostgreSQL client tools against) and is safe to run again: the mover (``move.py``) repeats a
+step after an interruption.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ppp_env.db import first_line
+from ppp_env.errors import PPPError
+from ppp_env.identifiers import quote_ident, quote_literal
+from ppp_env.settings import Instance
+from ppp_env.tenant_state import VERSION_TABLE, ensure_index, track_sql
+
+#: Prefix of a moved tenant's source copy, and of the comment that names its tenant.
+MOVED_PREFIX = "ppp_moved_"
+MOVED_COMMENT = "ppp_moved"
+#: Session settings that make a row's text the same on both shards (checksums compare it).
+_TEXT_SETTINGS = (
+    "SET datestyle = 'ISO, MDY'; SET timezone = 'UTC'; SET intervalstyle = 'postgres'; "
+    "SET extra_float_digits = 3; SET bytea_output = 'hex'; SET jit = off"
+)
+
+
+def tool(name: str) -> str:
+    """A PostgreSQL client program: from the server binaries PPP uses, else from PATH."""
+    from ppp_env.servers.local import find_bindir
+
+    try:
+        path = find_bindir() / name
+        if path.is_file():
+            return str(path)
+    except PPPError:
+        pass
+    found = shutil.which(name)
+    if not found:
+        raise PPPError(
+            f"cannot find {name}: install the PostgreSQL client programs or set PPP_PG_BINDIR"
+        )
+    return found
+
+
+def _libpq_env(inst: Instance, role: Any, connect_timeout: int) -> dict[str, str]:
+    """Environment for a client program: the password travels here, never in argv."""
+    _user, password = inst.user_and_password(role)
+    env = dict(os.environ)
+    env.pop("PGSERVICE", None)
+    env["PGCONNECT_TIMEOUT"] = str(connect_timeout)
+    env["PGAPPNAME"] = "ppp"
+    if password:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def _conn_args(inst: Instance, role: Any) -> list[str]:
+    user, _password = inst.user_and_password(role)
+    return ["-h", inst.host, "-p", str(inst.port), "-U", user, "-d", inst.dbname]
+
+
+def copy_schema(
+    source: Instance,
+    target: Instance,
+    schema: str,
+    *,
+    with_data: bool,
+    connect_timeout: int = 5,
+) -> None:
+    """``pg_dump -n schema | psql --single-transaction`` from source to target, both as their
+    ``{db}_admin`` role (objects on the target belong to its admin, and its default
+    privileges give the app role DML). Without ``with_data``: only the DDL."""
+    dump = [
+        tool("pg_dump"),
+        *_conn_args(source, "admin"),
+        "--no-owner",
+        "--no-privileges",
+        "--no-comments",
+        "-n",
+        schema,
+    ]
+    if not with_data:
+        dump.append("--schema-only")
+    restore = [
+        tool("psql"),
+        *_conn_args(target, "admin"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+    ]
+    d = subprocess.Popen(
+        dump,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=_libpq_env(source, "admin", connect_timeout),
+    )
+    assert d.stdout is not None and d.stderr is not None
+    r = subprocess.Popen(
+        restore,
+        stdin=d.stdout,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_libpq_env(target, "admin", connect_timeout),
+    )
+    d.stdout.close()
+    _out, rerr = r.communicate()
+    derr = d.stderr.read()
+    d.stderr.close()
+    d.wait()
+    if d.returncode != 0:
+        raise PPPError(
+            f"pg_dump of {schema!r} on {source.label} failed: {_tail(derr)}; nothing was "
+            f"written to {target.label}"
+        )
+    if r.returncode != 0:
+        raise PPPError(
+            f"restoring {schema!r} on {target.label} failed (rolled back there): {_tail(rerr)}"
+        )
+
+
+def _tail(raw: bytes) -> str:
+    lines = [ln for ln in raw.decode(errors="replace").strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-3:]) or "no message"
+
+
+def schema_exists(cur: Any, schema: str) -> bool:
+    cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (quote_ident(schema),))
+    return bool(cur.fetchone()[0])
+
+
+def tables(cur: Any, schema: str, kinds: str = "r") -> list[str]:
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        'WHERE n.nspname = %s AND c.relkind = ANY(%s) ORDER BY c.relname COLLATE "C"',
+        (schema, list(kinds)),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def without_identity(cur: Any, schema: str) -> list[str]:
+    """Tables that logical replication cannot update or delete in (no replica identity)."""
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND (c.relreplident = 'n' OR "
+        "(c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i "
+        'WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY c.relname COLLATE "C"',
+        (schema,),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def _qualified(schema: str, name: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+# -- writes: blocked on the source during the copy, closed on the target until the switch -------
+def block_writes(cur: Any, schema: str, app_role: str, lock_timeout: float) -> None:
+    """Take INSERT/UPDATE/DELETE/TRUNCATE from the app role on every table of the schema, then
+    wait for the transactions that may still write (they hold their table locks until they
+    end): afterwards nothing writes there. The revoke is persistent, so a killed mover leaves
+    the tenant read-only, never writable in two places."""
+    q = quote_ident(schema)
+    cur.execute(
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {q} "
+        f"FROM {quote_ident(app_role)}"
+    )
+    names = tables(cur, schema)
+    if not names:
+        return
+    listed = ", ".join(_qualified(schema, n) for n in names)
+    try:
+        cur.execute(
+            f"BEGIN; SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms'; "
+            f"LOCK TABLE {listed} IN SHARE MODE; COMMIT"
+        )
+    except Exception as exc:
+        cur.execute("ROLLBACK")
+        raise PPPError(
+            f"writes to {schema!r} are revoked, but a transaction still holds its tables after "
+            f"{lock_timeout:g} s ({first_line(exc)})"
+        ) from None
+
+
+def open_writes(cur: Any, schema: str, app_role: str) -> None:
+    """Give the app role back DML on every table of the schema (what ``ppp init``'s default
+    privileges give), except the Alembic version table; sync the shard's version index."""
+    q = quote_ident(schema)
+    cur.execute(
+        f"GRANT USAGE ON SCHEMA {q} TO {quote_ident(app_role)}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} "
+        f"TO {quote_ident(app_role)}; "
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {q} TO {quote_ident(app_role)}"
+    )
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{q}.{VERSION_TABLE}",))
+    if cur.fetchone()[0]:
+        ensure_index(cur, app_role)
+        cur.execute("BEGIN;" + track_sql(schema, app_role) + "COMMIT;")
+
+
+def close_writes(cur: Any, schema: str, app_role: str) -> None:
+    """On the target before the switch: the app role may read but not write yet."""
+    cur.execute(
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {quote_ident(schema)} "
+        f"FROM {quote_ident(app_role)}"
+    )
+
+
+def drop_schema(cur: Any, schema: str) -> None:
+    cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+
+
+def prepare_target(cur: Any, app_role: str) -> None:
+    """The target's version index (schema ppp): the copied version table's trigger needs it."""
+    ensure_index(cur, app_role)
+
+
+# -- logical replication (superuser connections) ------------------------------------------------
+def create_publication(cur: Any, name: str, schema: str) -> None:
+    cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+    if cur.fetchone() is None:
+        cur.execute(
+            f"CREATE PUBLICATION {quote_ident(name)} FOR TABLES IN SCHEMA {quote_ident(schema)}"
+        )
+
+
+def create_slot(cur: Any, name: str) -> None:
+    cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,))
+    if cur.fetchone() is None:
+        cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+
+
+def create_subscription(cur: Any, name: str, source: Instance) -> None:
+    """Subscribe the target to the source's publication of the same name, on the slot made by
+    :func:`create_slot` (made apart, so a source and target in one cluster do not wait for each
+    other). The connection string holds the source superuser's password: the session logs no
+    statement, and no message PPP shows contains it."""
+    cur.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,))
+    if cur.fetchone() is not None:
+        return
+    password = source.superuser_password or ""
+    conninfo = " ".join(
+        f"{k}={quote_literal(str(v))}"
+        for k, v in (
+            ("host", source.fdw_host),
+            ("port", source.fdw_port),
+            ("dbname", source.dbname),
+            ("user", source.superuser),
+            ("password", password),
+            ("application_name", name),
+        )
+    )
+    q = quote_ident(name)
+    try:
+        cur.execute("SET log_statement = 'none'; SET log_min_error_statement = 'panic'")
+        cur.execute(
+            f"CREATE SUBSCRIPTION {q} CONNECTION {quote_literal(conninfo)} PUBLICATION {q} "
+            f"WITH (create_slot = false, slot_name = {quote_literal(name)}, copy_data = true)"
+        )
+    except Exception as exc:
+        text = first_line(exc)
+        if password:
+            text = text.replace(password, "***")
+        raise PPPError(f"cannot subscribe {name!r}: {text}") from None
+    finally:
+        cur.execute("RESET log_statement; RESET log_min_error_statement")
+
+
+def sync_state(cur: Any, name: str) -> tuple[int, int, int]:
+    """(tables, tables ready, errors so far) of a subscription on the target."""
+    cur.execute(
+        "SELECT count(r.*), count(r.*) FILTER (WHERE r.srsubstate = 'r'), "
+        "coalesce(max(st.apply_error_count + st.sync_error_count), 0) "
+        "FROM pg_subscription s LEFT JOIN pg_subscription_rel r ON r.srsubid = s.oid "
+        "LEFT JOIN pg_stat_subscription_stats st ON st.subid = s.oid WHERE s.subname = %s "
+        "GROUP BY s.oid",
+        (name,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise PPPError(f"the subscription {name!r} is gone from the target")
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def wait_synced(cur: Any, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        total, ready, errors = sync_state(cur, name)
+        if errors:
+            raise PPPError(
+                f"the subscription {name!r} failed on the target ({errors} error(s)): see the "
+                "target's server log"
+            )
+        if total and ready == total:
+            return
+        if time.monotonic() > deadline:
+            raise PPPError(
+                f"the subscription {name!r} copied {ready} of {total} table(s) in {timeout:g} s"
+            )
+        time.sleep(0.05)
+
+
+def current_lsn(cur: Any) -> str:
+    cur.execute("SELECT pg_current_wal_lsn()::text")
+    return str(cur.fetchone()[0])
+
+
+def wait_caught_up(cur: Any, slot: str, lsn: str, timeout: float) -> None:
+    """Until the subscriber confirmed every change before ``lsn`` (the slot's
+    ``confirmed_flush_lsn``, read on the source)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cur.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (lsn, slot),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise PPPError(f"the replication slot {slot!r} is gone from the source")
+        if row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise PPPError(f"the target did not catch up with the source in {timeout:g} s")
+        time.sleep(0.01)
+
+
+def drop_subscription(cur: Any, name: str) -> None:
+    """Drop the subscription without touching the remote slot (see :func:`drop_slot`)."""
+    cur.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,))
+    if cur.fetchone() is None:
+        return
+    q = quote_ident(name)
+    cur.execute(f"ALTER SUBSCRIPTION {q} DISABLE")
+    cur.execute(f"ALTER SUBSCRIPTION {q} SET (slot_name = NONE)")
+    cur.execute(f"DROP SUBSCRIPTION {q}")
+
+
+def drop_publication_and_slot(cur: Any, name: str, timeout: float = 30.0) -> None:
+    cur.execute(f"DROP PUBLICATION IF EXISTS {quote_ident(name)}")
+    deadline = time.monotonic() + timeout
+    while True:
+        cur.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,))
+        row = cur.fetchone()
+        if row is None:
+            return
+        if row[0] is not None:  # the walsender of a just-disabled subscription is ending
+            if time.monotonic() > deadline:
+                cur.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            time.sleep(0.05)
+            continue
+        cur.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND active_pid IS NULL",
+            (name,),
+        )
+
+
+def copy_sequences(src: Any, dst: Any, schema: str) -> int:
+    """Logical replication does not carry sequence values: set each on the target to the
+    source's."""
+    names = tables(src, schema, "S")
+    for name in names:
+        qn = _qualified(schema, name)
+        src.execute(f"SELECT last_value, is_called FROM {qn}")
+        last, called = src.fetchone()
+        dst.execute("SELECT setval(%s::regclass, %s, %s)", (qn, last, called))
+    return len(names)
+
+
+# -- verification -------------------------------------------------------------------------------
+def checksums(conn: Any, schema: str, names: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Row count and a 64-bit hash sum of every row's text, per table, in one snapshot."""
+    cur = conn.cursor()
+    cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " + _TEXT_SETTINGS)
+    try:
+        out: dict[str, tuple[int, str]] = {}
+        for name in names:
+            cur.execute(
+                "SELECT count(*), coalesce(sum(hashtextextended(ppp_row::text, 0)), 0)::text "
+                f"FROM {_qualified(schema, name)} AS ppp_row"
+            )
+            count, digest = cur.fetchone()
+            out[name] = (int(count), str(digest))
+        return out
+    finally:
+        cur.execute("ROLLBACK; RESET ALL")
+
+
+def verify(src_conn: Any, dst_conn: Any, schema: str) -> dict[str, int]:
+    """Compare every table's row count and checksum, source against target (both at once).
+
+    Returns rows per table; PPPError naming the first table that differs.
+    """
+    src_tables = tables(src_conn.cursor(), schema)
+    dst_tables = tables(dst_conn.cursor(), schema)
+    if src_tables != dst_tables:
+        missing = sorted(set(src_tables) - set(dst_tables))
+        extra = sorted(set(dst_tables) - set(src_tables))
+        raise PPPError(
+            f"verification failed: the target's tables differ (missing: {missing or 'none'}, "
+            f"extra: {extra or 'none'})"
+        )
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(checksums, src_conn, schema, src_tables)
+        b = pool.submit(checksums, dst_conn, schema, dst_tables)
+        left, right = a.result(), b.result()
+    for name in src_tables:
+        if left[name] != right[name]:
+            n1, n2 = left[name][0], right[name][0]
+            what = f"{n1} rows on the source, {n2} on the target" if n1 != n2 else "checksums"
+            raise PPPError(f"verification failed: table {schema}.{name} differs ({what})")
+    return {name: left[name][0] for name in src_tables}
+
+
+# -- the source copy after the switch -----------------------------------------------------------
+def moved_name(schema: str, stamp: str) -> str:
+    """``ppp_moved_<schema>_<stamp>``, the schema part trimmed to fit 63 bytes."""
+    room = 63 - len(MOVED_PREFIX) - 1 - len(stamp)
+    return f"{MOVED_PREFIX}{schema[:room]}_{stamp}"
+
+
+def retire_source(cur: Any, schema: str, new_name: str, target: str, app_role: str) -> bool:
+    """Rename the source schema, mark whose copy it is, and close it to the app role.
+
+    False when it was done already (the schema is gone under its own name).
+    """
+    if not schema_exists(cur, schema):
+        return False
+    q, qn, app = quote_ident(schema), quote_ident(new_name), quote_ident(app_role)
+    comment = f"{MOVED_COMMENT}:{schema}:{target}"
+    sql = (
+        "BEGIN;\n"
+        f"ALTER SCHEMA {q} RENAME TO {qn};\n"
+        f"COMMENT ON SCHEMA {qn} IS {quote_literal(comment)};\n"
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA {qn} FROM {app};\n"
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {qn} FROM {app};\n"
+        f"REVOKE ALL ON SCHEMA {qn} FROM {app};\n"
+    )
+    cur.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
+    if cur.fetchone()[0]:
+        sql += f"DELETE FROM ppp.tenant_versions WHERE schema_name = {quote_literal(schema)};\n"
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{q}.{VERSION_TABLE}",))
+    if cur.fetchone()[0]:
+        sql += f"DROP TRIGGER IF EXISTS ppp_track_version ON {qn}.{VERSION_TABLE};\n"
+    cur.execute(sql + "COMMIT;")
+    return True
+
+
+def moved_copies(cur: Any, schema: str) -> list[str]:
+    """The moved copies of ``schema`` on the shard behind ``cur`` (by their comment)."""
+    cur.execute(
+        "SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE %s "
+        "AND split_part(obj_description(n.oid, 'pg_namespace'), ':', 1) = %s "
+        "AND split_part(obj_description(n.oid, 'pg_namespace'), ':', 2) = %s "
+        'ORDER BY n.nspname COLLATE "C"',
+        (MOVED_PREFIX.replace("_", "\\_") + "%", MOVED_COMMENT, schema),
+    )
+    return [r[0] for r in cur.fetchall()]

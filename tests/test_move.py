@@ -1,0 +1,437 @@
+"""ppp tenant move / cleanup against the real topology: block and online moves, the reverse
+move, a move stopped after every step and resumed, bad input that changes nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from ppp_env import db
+from ppp_env.errors import PPPError
+from ppp_env.lifecycle import move as mv
+from ppp_env.lifecycle import move_shard
+from ppp_env.veneer import refresh
+from tests.conftest import register, shard_sql, unregister
+
+DDL = """
+CREATE SCHEMA {s};
+CREATE TYPE {s}.mood AS ENUM ('happy', 'sad');
+CREATE TABLE {s}.authors (
+    id serial PRIMARY KEY, first_name text NOT NULL, last_name text, born date, mood {s}.mood
+);
+CREATE TABLE {s}.books (
+    id bigserial PRIMARY KEY, author_id int NOT NULL REFERENCES {s}.authors (id),
+    title text NOT NULL, price numeric(8, 2), tags text[], meta jsonb
+);
+CREATE TABLE {s}.alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO {s}.alembic_version VALUES ('0001');
+INSERT INTO {s}.authors (first_name, last_name, born, mood)
+SELECT 'First ' || i, 'Last ' || i, date '1900-01-01' + i,
+       (ARRAY['happy', 'sad'])[1 + i % 2]::{s}.mood
+FROM generate_series(1, {n}) i;
+INSERT INTO {s}.authors (first_name, last_name) VALUES ('Ernest', 'Hemingway');
+INSERT INTO {s}.books (author_id, title, price, tags, meta)
+SELECT 1 + i % {n}, 'Book ' || i, i * 1.25, ARRAY['a', 'b' || i], jsonb_build_object('i', i)
+FROM generate_series(1, {n} * 2) i;
+"""
+
+
+def _copies(settings, schema):
+    out = {}
+    for name in settings.shards:
+        rows = shard_sql(
+            settings,
+            name,
+            "SELECT nspname FROM pg_namespace WHERE nspname = %s OR nspname LIKE %s",
+            (schema, "ppp\\_moved\\_%"),
+        )
+        out[name] = sorted(
+            r[0] for r in rows if r[0] == schema or r[0] in _moved(settings, name, schema)
+        )
+    return out
+
+
+def _moved(settings, shard, schema):
+    with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+        return move_shard.moved_copies(conn.cursor(), schema)
+
+
+@pytest.fixture
+def tenant(veneer_head):
+    """A tenant with enum, serial, FK, array and jsonb columns, wired on bluth_co."""
+    settings = veneer_head.settings
+    schema = f"mv_{uuid.uuid4().hex[:10]}"
+    shard_sql(settings, "bluth_co", "BEGIN;" + DDL.format(s=schema, n=40) + "COMMIT;")
+    with db.connection(settings.shard("bluth_co"), "admin", autocommit=True) as conn:
+        from ppp_env.tenant_state import ensure_index, track_sql
+
+        cur = conn.cursor()
+        ensure_index(cur, settings.shard("bluth_co").app_role)
+        cur.execute("BEGIN;" + track_sql(schema, settings.shard("bluth_co").app_role) + "COMMIT;")
+    register(settings, {schema: "bluth_co"})
+    report = refresh(settings, [schema])
+    assert report.ok and schema in report.refreshed
+    yield schema
+    for name in settings.shards:
+        inst = settings.shard(name)
+        with db.connection(inst, "superuser", dbname=inst.dbname, autocommit=True) as conn:
+            cur = conn.cursor()
+            rname = mv.replication_name(schema)
+            move_shard.drop_subscription(cur, rname)
+            move_shard.drop_publication_and_slot(cur, rname)
+            for copy in move_shard.moved_copies(cur, schema):
+                cur.execute(f'DROP SCHEMA "{copy}" CASCADE')
+            cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            cur.execute(
+                "DELETE FROM ppp.tenant_versions WHERE schema_name = %s", (schema,)
+            ) if _has_index(cur) else None
+    unregister(settings, [schema])
+
+
+def replication_objects(settings, name):
+    """Publications, slots and subscriptions of that name on any shard."""
+    found = []
+    for shard in settings.shards:
+        inst = settings.shard(shard)
+        with db.connection(inst, "superuser", dbname=inst.dbname, autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(
+                "SELECT 'publication' FROM pg_publication WHERE pubname = %(n)s UNION ALL "
+                "SELECT 'slot' FROM pg_replication_slots WHERE slot_name = %(n)s UNION ALL "
+                "SELECT 'subscription' FROM pg_subscription WHERE subname = %(n)s",
+                {"n": name},
+            )
+            found += [(shard, r[0]) for r in cur.fetchall()]
+    return found
+
+
+def _has_index(cur) -> bool:
+    cur.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
+    return bool(cur.fetchone()[0])
+
+
+def veneer_app(settings, sql, params=None):
+    with db.connection(settings.veneer, "app", autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else None
+
+
+def catalog(settings, schema):
+    with db.connection(settings.veneer, "admin", autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT shard, state FROM ppp.tenants WHERE schema = %s", (schema,))
+        tenant = cur.fetchone()
+        cur.execute("SELECT step FROM ppp.moves WHERE schema = %s", (schema,))
+        move = cur.fetchone()
+        return tenant, (move[0] if move else None)
+
+
+def snapshot(settings, schema):
+    """Everything the application sees of the tenant through the veneer."""
+    return (
+        veneer_app(settings, f"SELECT * FROM {schema}.authors ORDER BY id"),
+        veneer_app(settings, f"SELECT * FROM {schema}.books ORDER BY id"),
+    )
+
+
+def server_of(settings, schema):
+    rows = veneer_app(
+        settings,
+        "SELECT s.srvname FROM pg_foreign_table f JOIN pg_foreign_server s ON s.oid = f.ftserver "
+        "WHERE f.ftrelid = %s::regclass",
+        (f"{schema}.authors",),
+    )
+    return rows[0][0]
+
+
+def app_can_write(settings, shard, schema) -> bool:
+    """Whether the shard's app role may insert into the tenant's table (rolled back)."""
+    with db.connection(settings.shard(shard), "app") as conn:
+        try:
+            conn.cursor().execute(f"INSERT INTO {schema}.authors (first_name) VALUES ('probe')")
+            return True
+        except psycopg2.Error:
+            return False
+        finally:
+            conn.rollback()
+
+
+# -- block mode ---------------------------------------------------------------------------------
+def test_block_move_round_trip(tenant, settings):
+    before = snapshot(settings, tenant)
+    assert veneer_app(
+        settings, f"SELECT last_name FROM {tenant}.authors WHERE first_name = 'Ernest'"
+    )
+    lines: list[str] = []
+    report = mv.move_tenant(settings, tenant, "cyberdyne", mode="block", say=lines.append)
+    assert report.rows == {"alembic_version": 1, "authors": 41, "books": 80}
+    assert catalog(settings, tenant) == (("cyberdyne", "active"), None)
+    assert server_of(settings, tenant) == "cyberdyne"
+    assert snapshot(settings, tenant) == before
+    # the source copy is renamed and closed to the app role; the target is writable
+    copies = _moved(settings, "bluth_co", tenant)
+    assert copies == [report.moved_copy] and len(report.moved_copy.encode()) <= 63
+    assert not app_can_write(settings, "bluth_co", copies[0])
+    assert shard_sql(settings, "bluth_co", "SELECT to_regnamespace(%s)", (f'"{tenant}"',)) == [
+        (None,)
+    ]
+    # sequences continue on the target: a write through the veneer gets the next id
+    veneer_app(settings, f"INSERT INTO {tenant}.authors (first_name) VALUES ('New')")
+    row = shard_sql(
+        settings, "cyberdyne", f"SELECT id FROM {tenant}.authors WHERE first_name = 'New'"
+    )
+    assert row == [(42,)]
+    assert shard_sql(settings, "cyberdyne", f"SELECT nextval('{tenant}.books_id_seq')") == [(81,)]
+    # the target's version index knows the tenant; the app cannot touch its version table
+    assert shard_sql(
+        settings,
+        "cyberdyne",
+        "SELECT heads FROM ppp.tenant_versions WHERE schema_name = %s",
+        (tenant,),
+    ) == [(["0001"],)]
+    with pytest.raises(psycopg2.Error):
+        shard_sql(settings, "cyberdyne", f"SELECT * FROM {tenant}.alembic_version", role="app")
+
+    # the reverse move: back to bluth_co, which still holds the old copy under another name
+    back = mv.move_tenant(settings, tenant, "bluth_co", mode="block")
+    assert back.source == "cyberdyne"
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    assert server_of(settings, tenant) == "bluth_co"
+    after = snapshot(settings, tenant)
+    assert len(after[0]) == 42 and after[1] == before[1]
+
+    # cleanup drops both moved copies, one per shard, and nothing else
+    done = mv.cleanup_tenant(settings, tenant)
+    assert sorted(s for s, _ in done.dropped) == ["bluth_co", "cyberdyne"]
+    assert (
+        _moved(settings, "bluth_co", tenant) == [] and _moved(settings, "cyberdyne", tenant) == []
+    )
+    assert snapshot(settings, tenant) == after
+    assert mv.cleanup_tenant(settings, tenant).dropped == []
+
+
+# -- online mode --------------------------------------------------------------------------------
+class Writer(threading.Thread):
+    """Writes through the veneer as veneer_app until stopped; remembers what was acknowledged."""
+
+    def __init__(self, settings, schema) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.schema = settings, schema
+        self.acked: list[tuple[int, float]] = []
+        self.refused = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = db.connect(self.settings.veneer, "app", autocommit=True)
+        next_id = 1_000_000
+        try:
+            while not self.stop.is_set():
+                try:
+                    conn.cursor().execute(
+                        f"INSERT INTO {self.schema}.books (id, author_id, title) "
+                        "VALUES (%s, 1, %s)",
+                        (next_id, f"w{next_id}"),
+                    )
+                    self.acked.append((next_id, time.monotonic()))
+                    next_id += 1
+                except psycopg2.Error:
+                    self.refused += 1
+                    time.sleep(0.005)
+        finally:
+            conn.close()
+
+
+def test_online_move_keeps_every_acknowledged_write(tenant, settings):
+    writer = Writer(settings, tenant)
+    times: dict[str, float] = {}
+
+    def say(line: str) -> None:
+        times[line.rsplit(" ", 1)[-1]] = time.monotonic()
+
+    writer.start()
+    try:
+        time.sleep(0.3)
+        times["started"] = time.monotonic()
+        report = mv.move_tenant(settings, tenant, "initech", mode="online", say=say)
+        time.sleep(0.3)
+    finally:
+        writer.stop.set()
+        writer.join(10)
+    assert report.steps == list(mv.STEPS)
+    assert catalog(settings, tenant) == (("initech", "active"), None)
+    assert server_of(settings, tenant) == "initech"
+    acked = [i for i, _ in writer.acked]
+    # writes went on while the data was copied, and after the switch
+    assert any(times["started"] < t < times["blocked"] for _, t in writer.acked)
+    assert any(t > times["switched"] for _, t in writer.acked)
+    on_target = {
+        r[0]
+        for r in shard_sql(
+            settings, "initech", f"SELECT id FROM {tenant}.books WHERE id >= 1000000"
+        )
+    }
+    assert set(acked) == on_target
+    seen = veneer_app(settings, f"SELECT count(*) FROM {tenant}.books WHERE id >= 1000000")
+    assert seen == [(len(acked),)]
+    # the replication objects are gone from both shards
+    name = mv.replication_name(tenant)
+    assert replication_objects(settings, name) == []
+    assert report.blocked_seconds > 0
+
+
+# -- stopped after every step, resumed ----------------------------------------------------------
+@pytest.mark.parametrize("mode", ["block", "online"])
+def test_move_stopped_after_each_step_resumes(tenant, settings, monkeypatch, mode):
+    """Stop after every step in turn (as if killed there), rerun the same move each time: the
+    tenant is readable with all its rows at every stop, never writable on two shards, and the
+    last run finishes the move."""
+    before = snapshot(settings, tenant)
+    steps = mv.steps_of(mode)
+    for step in steps:
+        monkeypatch.setenv(mv.STOP_ENV, step)
+        with pytest.raises(mv.MoveStopped, match=step):
+            mv.move_tenant(settings, tenant, "initech", mode=mode)
+        (shard, state), recorded = catalog(settings, tenant)
+        assert recorded == step
+        switched = steps.index(step) >= steps.index("switched")
+        assert (shard, state) == (("initech", "active") if switched else ("bluth_co", "moving"))
+        assert snapshot(settings, tenant) == before, step
+        writable = [s for s in ("bluth_co", "initech") if app_can_write(settings, s, tenant)]
+        assert len(writable) <= 1, (step, writable)
+        if steps.index(step) >= steps.index("blocked"):
+            assert "bluth_co" not in writable, step
+    monkeypatch.delenv(mv.STOP_ENV)
+    report = mv.move_tenant(settings, tenant, "initech")
+    assert report.resumed_after == "retired" and report.mode == mode
+    assert catalog(settings, tenant) == (("initech", "active"), None)
+    assert snapshot(settings, tenant) == before
+    assert app_can_write(settings, "initech", tenant)
+    assert len(_moved(settings, "bluth_co", tenant)) == 1
+    assert replication_objects(settings, mv.replication_name(tenant)) == []
+
+
+@pytest.mark.parametrize(("mode", "step"), [("block", "copied"), ("online", "synced")])
+def test_abort_takes_an_unfinished_move_back(tenant, settings, monkeypatch, mode, step):
+    before = snapshot(settings, tenant)
+    monkeypatch.setenv(mv.STOP_ENV, step)
+    with pytest.raises(mv.MoveStopped):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode=mode)
+    monkeypatch.delenv(mv.STOP_ENV)
+    # block mode: the source is read-only while the copy runs; online: writable until cutover
+    assert app_can_write(settings, "bluth_co", tenant) == (mode == "online")
+    report = mv.move_tenant(settings, tenant, abort=True)
+    assert report.aborted
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    assert app_can_write(settings, "bluth_co", tenant)
+    assert snapshot(settings, tenant) == before
+    assert shard_sql(settings, "cyberdyne", "SELECT to_regnamespace(%s)", (tenant,)) == [(None,)]
+    assert replication_objects(settings, mv.replication_name(tenant)) == []
+    # ... and the tenant can be moved again
+    mv.move_tenant(settings, tenant, "cyberdyne", mode=mode)
+    assert catalog(settings, tenant) == (("cyberdyne", "active"), None)
+
+
+def test_verification_failure_takes_the_move_back(tenant, settings, monkeypatch):
+    """A target that differs from the source after the copy: the move is taken back."""
+    real = move_shard.copy_schema
+
+    def lossy(source, target, schema, **kw):
+        real(source, target, schema, **kw)
+        shard_sql(settings, "cyberdyne", f"DELETE FROM {schema}.books WHERE id = 7")
+
+    monkeypatch.setattr(move_shard, "copy_schema", lossy)
+    with pytest.raises(
+        PPPError, match=r"books differs \(80 rows on the source, 79 on the target\)"
+    ):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode="block")
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    assert app_can_write(settings, "bluth_co", tenant)
+    assert shard_sql(settings, "cyberdyne", "SELECT to_regnamespace(%s)", (tenant,)) == [(None,)]
+
+
+# -- bad input: a clear error, nothing changed --------------------------------------------------
+def test_bad_moves_change_nothing(tenant, settings, topology, monkeypatch):
+    before = snapshot(settings, tenant)
+    state = catalog(settings, tenant)
+    cases = [
+        ((f"{tenant}x", "cyberdyne"), {}, "unknown tenant"),
+        ((tenant, "nowhere"), {}, "unknown shard 'nowhere'"),
+        ((tenant, "bluth_co"), {}, "already on shard 'bluth_co'"),
+        (("Bad-Name", "cyberdyne"), {}, "invalid tenant schema name"),
+        ((tenant, "cyberdyne"), {"mode": "sideways"}, "invalid mode"),
+        ((tenant, None), {}, "give --to"),
+        ((tenant, None), {"abort": True}, "no move under way"),
+    ]
+    for args, kw, message in cases:
+        with pytest.raises(PPPError, match=message):
+            mv.move_tenant(settings, *args, **kw)
+        assert catalog(settings, tenant) == state and snapshot(settings, tenant) == before
+
+    # an unreachable target shard
+    from ppp_env.servers.local import free_port
+
+    lost = topology.settings_for(topology.variant(PPP_SHARD_CYBERDYNE_PORT=str(free_port())))
+    with pytest.raises(PPPError, match="cannot connect to shard 'cyberdyne'"):
+        mv.move_tenant(lost, tenant, "cyberdyne")
+    assert catalog(settings, tenant) == state
+
+    # a schema of that name already on the target
+    shard_sql(settings, "cyberdyne", f"CREATE SCHEMA {tenant}")
+    try:
+        with pytest.raises(PPPError, match="already has a schema"):
+            mv.move_tenant(settings, tenant, "cyberdyne")
+    finally:
+        shard_sql(settings, "cyberdyne", f"DROP SCHEMA {tenant}")
+    assert catalog(settings, tenant) == state
+
+    # a tenant in the middle of a move: only the same move may continue
+    monkeypatch.setenv(mv.STOP_ENV, "started")
+    with pytest.raises(mv.MoveStopped):
+        mv.move_tenant(settings, tenant, "cyberdyne")
+    monkeypatch.delenv(mv.STOP_ENV)
+    moving = catalog(settings, tenant)
+    with pytest.raises(PPPError, match="in the middle of a move from 'bluth_co' to 'cyberdyne'"):
+        mv.move_tenant(settings, tenant, "initech")
+    with pytest.raises(PPPError, match="runs in mode 'block'"):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode="online")
+    with pytest.raises(PPPError, match="in the middle of a move"):
+        mv.cleanup_tenant(settings, tenant)
+    assert catalog(settings, tenant) == moving
+    mv.move_tenant(settings, tenant, abort=True)
+    assert catalog(settings, tenant) == state and snapshot(settings, tenant) == before
+
+
+def test_online_move_refuses_tables_without_identity(tenant, settings):
+    shard_sql(settings, "bluth_co", f"CREATE TABLE {tenant}.log (line text)")
+    with pytest.raises(PPPError, match=r"table\(s\) log have no primary key.*--mode block"):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode="online")
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_move_and_cleanup(tenant, settings):
+    from click.testing import CliRunner
+
+    from ppp_env.cli.main import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["tenant", "move", tenant, "--to", "cyberdyne"])
+    assert res.exit_code == 0, res.output
+    assert f"moved {tenant} from bluth_co to cyberdyne (block mode)" in res.output
+    assert f"ppp tenant cleanup {tenant}" in res.output
+    res = runner.invoke(cli, ["tenant", "move", tenant, "--to", "cyberdyne"])
+    assert res.exit_code == 1
+    assert f"Error: tenant '{tenant}' is already on shard 'cyberdyne'" in res.output
+    res = runner.invoke(cli, ["tenant", "cleanup", tenant])
+    assert res.exit_code == 0 and "dropped ppp_moved_" in res.output, res.output
+    res = runner.invoke(cli, ["tenant", "cleanup", tenant])
+    assert "nothing to drop" in res.output
+    res = runner.invoke(cli, ["tenant", "move", tenant, "--to", "bluth_co", "--mode", "bad"])
+    assert res.exit_code == 2
+    for inst in settings.shards.values():  # no password in anything printed
+        assert inst.superuser_password not in res.output
