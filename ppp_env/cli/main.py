@@ -332,6 +332,7 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
         click.echo(line)
 
 
+from ppp_env.cli import tenant_move  # noqa: E402,F401  (ppp tenant move, cleanup)
 from ppp_env.cli.migrate import demo, migrate, status  # noqa: E402
 from ppp_env.cli.tenant import doctor_command, tenant_group  # noqa: E402
 from ppp_env.cli.veneer import veneer_group  # noqa: E402
