@@ -60,7 +60,7 @@ SELECT n.nspname, md5(coalesce(string_agg(
          replace(x.line, quote_ident(n.nspname) || '.', ''), E'\\n' ORDER BY x.line), ''))
 FROM pg_namespace n
 LEFT JOIN LATERAL (
-    SELECT 'T ' || c.relname || ' ' || c.relkind AS line
+    SELECT 'T ' || c.relname || ' ' || c.relkind::text AS line
     FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
     UNION ALL
     SELECT 'C ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
@@ -77,7 +77,7 @@ LEFT JOIN LATERAL (
     SELECT 'K ' || r.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
     FROM pg_constraint k JOIN pg_class r ON r.oid = k.conrelid WHERE k.connamespace = n.oid
     UNION ALL
-    SELECT 'Y ' || t.typname || ' ' || t.typtype || coalesce(' ' || (
+    SELECT 'Y ' || t.typname || ' ' || t.typtype::text || coalesce(' ' || (
         SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
         FROM pg_enum e WHERE e.enumtypid = t.oid), '')
     FROM pg_type t WHERE t.typnamespace = n.oid AND t.typtype IN ('e', 'd', 'r')
@@ -289,19 +289,21 @@ def doctor(
         counts = Counter(fp for _s, _h, fp in members)
         if len(counts) < 2:
             continue
-        reference, _n = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        top = max(counts.values())
+        leaders = [fp for fp, n in counts.items() if n == top]
+        # One most common shape: the others are the outliers. A tie: nobody is the norm.
+        reference = leaders[0] if len(leaders) == 1 else None
         like = sorted(s for s, _h, fp in members if fp == reference)
         for schema, shard, fp in sorted(members):
             if fp != reference:
-                add(
-                    Finding(
-                        "drift",
-                        shard,
-                        schema,
-                        f"at {revision} its tables, columns, types, indexes or constraints "
-                        f"differ from {len(like)} other tenant(s) at the same revision "
-                        f"(e.g. {', '.join(like[:3])})",
-                    )
+                detail = (
+                    f"at {revision} its tables, columns, types, indexes or constraints differ "
+                    f"from {len(like)} other tenant(s) at the same revision "
+                    f"(e.g. {', '.join(like[:3])})"
+                    if reference is not None
+                    else f"at {revision} the {len(members)} tenants have {len(counts)} "
+                    "different shapes and none is the most common"
                 )
+                add(Finding("drift", shard, schema, detail))
     report.findings.sort(key=lambda f: (f.kind, f.shard or "", f.schema or ""))
     return report
