@@ -334,6 +334,7 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
 
 from ppp_env.cli import tenant_move  # noqa: E402,F401  (ppp tenant move, cleanup)
 from ppp_env.cli.migrate import demo, migrate, status  # noqa: E402
+from ppp_env.cli.new import new  # noqa: E402
 from ppp_env.cli.tenant import doctor_command, tenant_group  # noqa: E402
 from ppp_env.cli.veneer import veneer_group  # noqa: E402
 
@@ -343,6 +344,7 @@ cli.add_command(doctor_command)
 cli.add_command(migrate)
 cli.add_command(status)
 cli.add_command(demo)
+cli.add_command(new)
 
 
 def main() -> None:
