@@ -50,9 +50,48 @@ from ppp_env.veneer.catalog import list_tenants
 log = logging.getLogger("ppp.migrations")
 
 
+#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``current``...).
+COMMAND_KEY = "ppp.command"
+#: The names of Alembic's step functions, for in-process callers that say nothing else.
+_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
+
+
+def environment() -> EnvironmentContext:
+    """The running command's EnvironmentContext, through Alembic's public API.
+
+    ``alembic.context`` only proxies the object's methods: configure a MigrationContext
+    without a connection (no database is touched; every later ``configure`` replaces it),
+    whose public ``environment_context`` is the object itself.
+    """
+    alembic_context.configure(dialect_name="postgresql")
+    env = alembic_context.get_context().environment_context
+    if env is None:
+        raise PPPError("no Alembic command is running (env.py runs under one)")
+    return env
+
+
+def command_name(env: EnvironmentContext) -> str:
+    """The Alembic command this run is: ``config.attributes["ppp.command"]`` (PPP's in-process
+    calls), else ``config.cmd_opts.cmd`` (Alembic's command line keeps the command function
+    there), else the public name of the step function Alembic passed (other in-process
+    callers of ``alembic.command``)."""
+    config = env.config
+    named = config.attributes.get(COMMAND_KEY)
+    if isinstance(named, str):
+        return named
+    cmd = getattr(config.cmd_opts, "cmd", None)
+    if cmd:
+        return str(cmd[0].__name__)
+    fn = env.context_opts.get("fn")
+    if fn is None:
+        return "unknown"
+    name = str(fn.__name__)
+    return _STEP_NAMES.get(name, name)
+
+
 def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:
     """Entry point for ``migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``."""
-    env: EnvironmentContext = alembic_context._proxy  # type: ignore[attr-defined]
+    env = environment()
     config = env.config
     if (
         config.config_file_name
@@ -67,8 +106,9 @@ def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:
 
 
 def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
-    fn = env.context_opts.get("fn")
-    return (fn.__qualname__.split(".")[0] if fn else "unknown"), fn
+    """The command's name and its step function (what Alembic plans with; no getter exists,
+    ``context_opts`` is the EnvironmentContext's public attribute)."""
+    return command_name(env), env.context_opts.get("fn")
 
 
 def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> None:
@@ -166,12 +206,10 @@ def _offline(
     kw: dict[str, Any],
 ) -> None:
     tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
-    starting = env.context_opts.get("starting_rev")
-    from_base = starting in (None, "base")
+    starting = env.get_starting_revision_argument()  # None: from base
+    from_base = starting is None
     fn = env.context_opts["fn"]
-    heads: tuple[str, ...] = ()
-    if not from_base:
-        heads = tuple(env.script.get_revision(r).revision for r in util_to_tuple(starting))
+    heads = tuple(env.script.get_revision(r).revision for r in util_to_tuple(starting))
     steps = list(fn(heads, None))  # an unknown revision fails here, as Alembic says it
 
     def render(tenant: str | None) -> Rendered:

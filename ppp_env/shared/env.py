@@ -182,7 +182,7 @@ def run_migrations(**configure_kw: Any) -> None:
 
     ``configure_kw`` goes to every ``context.configure`` call (e.g. ``target_metadata``).
     """
-    env: EnvironmentContext = alembic_context._proxy  # type: ignore[attr-defined]
+    env = environment()
     config = env.config
     # Alembic's command line logs as alembic.ini says; in-process callers keep theirs.
     wanted = config.attributes.get("configure_logger", config.cmd_opts is not None)
@@ -213,9 +213,38 @@ def selected_shards(settings: Settings, names: Sequence[str] | None) -> list[Ins
     return sorted(wanted, key=lambda inst: order.index(inst.name))
 
 
-def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
+#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``current``...).
+COMMAND_KEY = "ppp.command"
+_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
+
+
+def environment() -> EnvironmentContext:
+    """The running command's EnvironmentContext through Alembic's public API: a
+    MigrationContext configured without a connection (replaced by every later
+    ``configure``) names it in its public ``environment_context``."""
+    alembic_context.configure(dialect_name="postgresql")
+    env = alembic_context.get_context().environment_context
+    if env is None:
+        raise PPPError("no Alembic command is running (env.py runs under one)")
+    return env
+
+
+def command_name(env: EnvironmentContext) -> str:
+    """``config.attributes["ppp.command"]`` (PPP's calls), else ``config.cmd_opts.cmd``
+    (Alembic's command line), else the public name of Alembic's step function."""
+    named = env.config.attributes.get(COMMAND_KEY)
+    if isinstance(named, str):
+        return named
+    cmd = getattr(env.config.cmd_opts, "cmd", None)
+    if cmd:
+        return str(cmd[0].__name__)
     fn = env.context_opts.get("fn")
-    return (fn.__qualname__.split(".")[0] if fn else "unknown"), fn
+    name = str(fn.__name__) if fn is not None else "unknown"
+    return _STEP_NAMES.get(name, name)
+
+
+def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
+    return command_name(env), env.context_opts.get("fn")
 
 
 def _dispatch(env: EnvironmentContext, kw: dict[str, Any]) -> None:
@@ -364,8 +393,7 @@ def _offline(
     env: EnvironmentContext, shards: list[Instance], options: SharedOptions, kw: dict[str, Any]
 ) -> None:
     global _current
-    starting = env.context_opts.get("starting_rev")
-    from_base = starting in (None, "base")
+    from_base = env.get_starting_revision_argument() is None
     out_dir = Path(options.sql_dir) if options.sql_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,6 +464,7 @@ def upgrade(
     from alembic import command
 
     cfg = shared_config(config_path, settings)
+    cfg.attributes[COMMAND_KEY] = "upgrade"
     cfg.attributes[OPTIONS_KEY] = SharedOptions(
         shards=list(shards) if shards is not None else None, quiet=True
     )

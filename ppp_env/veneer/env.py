@@ -31,10 +31,12 @@ from logging.config import fileConfig
 from pathlib import Path
 from typing import Any
 
-from alembic import command, context
+from alembic import command, context, util
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
+from alembic.script.revision import MultipleHeads
 from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -58,9 +60,19 @@ WIRE_KEY = "ppp.wire_onboarded"
 WIRED_KEY = "ppp.wired"
 
 
-def find_alembic_ini() -> Path:
-    """``ALEMBIC_CONFIG``, else ``alembic.ini`` in the current folder, the project folder
-    (``PPP_PROJECT_DIR``) or the folder PPP is installed from."""
+def find_alembic_ini(config: str | Path | None = None) -> Path:
+    """The one alembic.ini lookup of every ``ppp`` command that needs it.
+
+    ``config`` (``-c/--config``) when given: it must be a file. Otherwise ``ALEMBIC_CONFIG``
+    (as Alembic's own command line), else ``alembic.ini`` in the current folder, the project
+    folder (``PPP_PROJECT_DIR``) or the folder PPP is installed from.
+    """
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "not found"
+            raise PPPError(f"no Alembic configuration at {path} ({what}): pass -c alembic.ini")
+        return path
     tried: list[str] = []
     candidates: list[Path] = []
     if os.environ.get("ALEMBIC_CONFIG"):
@@ -76,13 +88,13 @@ def find_alembic_ini() -> Path:
         tried.append(str(path))
     raise PPPError(
         "cannot find alembic.ini; looked at " + ", ".join(dict.fromkeys(tried)) + ": run PPP "
-        "from the project folder or set ALEMBIC_CONFIG"
+        "from the project folder, set ALEMBIC_CONFIG or pass -c"
     )
 
 
 def veneer_config(settings: Settings | None = None, ini: Path | str | None = None) -> Config:
     """An Alembic Config for the ``[veneer]`` section, carrying ``settings`` to env.py."""
-    cfg = Config(str(ini or find_alembic_ini()), ini_section=INI_SECTION)
+    cfg = Config(str(find_alembic_ini(ini)), ini_section=INI_SECTION)
     if settings is not None:
         cfg.attributes[SETTINGS_KEY] = settings
     return cfg
@@ -100,25 +112,52 @@ def current_settings() -> Settings:
     return settings
 
 
-def _environment() -> Any:
-    """This command's EnvironmentContext (Alembic's ``context`` proxies its methods only)."""
-    env = getattr(context, "_proxy", None)
+#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``downgrade``...).
+COMMAND_KEY = "ppp.command"
+_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
+#: Commands that move the veneer's revision.
+MOVING = frozenset({"upgrade", "downgrade", "stamp"})
+
+
+def _environment() -> EnvironmentContext:
+    """This command's EnvironmentContext, through Alembic's public API: ``context`` proxies
+    its methods only, but a MigrationContext configured without a connection (no database
+    touched; the real ``configure`` below replaces it) names it in ``environment_context``."""
+    context.configure(dialect_name="postgresql")
+    env = context.get_context().environment_context
     if env is None:
         raise PPPError("no Alembic command is running (the veneer's env.py runs under one)")
     return env
 
 
-def _destination() -> str | None:
-    """The command's target as typed (``head``, ``heads``, ``<rev>@-1``...), unresolved:
-    resolving ``head`` fails with several heads, which is what the veneer has."""
-    opts: dict[str, Any] = _environment().context_opts
-    destination = opts.get("destination_rev")
-    return destination if isinstance(destination, str) else None
+def command_name(env: EnvironmentContext) -> str:
+    """``config.attributes["ppp.command"]`` (PPP's in-process calls), else
+    ``config.cmd_opts.cmd`` (Alembic's command line keeps the command function there), else
+    the public name of the step function (other in-process callers of ``alembic.command``)."""
+    named = env.config.attributes.get(COMMAND_KEY)
+    if isinstance(named, str):
+        return named
+    cmd = getattr(env.config.cmd_opts, "cmd", None)
+    if cmd:
+        return str(cmd[0].__name__)
+    fn = env.context_opts.get("fn")
+    name = str(fn.__name__) if fn is not None else "unknown"
+    return _STEP_NAMES.get(name, name)
 
 
-def _moves_revision() -> bool:
-    """Whether this command has a destination (upgrade, downgrade, stamp), unlike `current`."""
-    return "destination_rev" in _environment().context_opts
+def _targets_every_head(env: EnvironmentContext) -> bool:
+    """Whether the destination is every head: ``heads``, ``head`` (which Alembic refuses to
+    resolve when there are several, as the veneer has) or the only head by name."""
+    try:
+        destination = env.get_revision_argument()
+    except CommandError as exc:  # Alembic's message, caused by the revision map's error
+        cause = exc.__cause__
+        return isinstance(cause, MultipleHeads) and cause.argument == "head"
+    except KeyError:  # no destination: not an upgrade
+        return False
+    # What `heads` resolves to: heads that are only another head's dependency are left out.
+    heads = set(util.to_tuple(env.script.as_revision_number("heads"), default=()))
+    return bool(heads) and set(util.to_tuple(destination, default=())) == heads
 
 
 def ensure_catalog_schema(conn: Connection, settings: Settings) -> None:
@@ -184,7 +223,7 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
             if rev is None or rev.revision in every:
                 continue
             every[rev.revision] = rev
-            todo.extend(rmap.get_revision(r) for r in rev._all_down_revisions)
+            todo.extend(rmap.get_revision(r) for r in parents_of(rmap, rev))
         applied: set[str] = set()
         todo = [rmap.get_revision(c) for c in current]
         while todo:
@@ -192,14 +231,15 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
             if rev is None or rev.revision in applied:
                 continue
             applied.add(rev.revision)
-            todo.extend(rmap.get_revision(r) for r in rev._all_down_revisions)
+            todo.extend(rmap.get_revision(r) for r in parents_of(rmap, rev))
     except RevisionError as exc:
         raise CommandError(str(exc)) from exc
     needed = {r: rev for r, rev in every.items() if r not in applied}
-    waiting = {r: sum(p in needed for p in rev._all_down_revisions) for r, rev in needed.items()}
+    parents = {r: parents_of(rmap, rev) for r, rev in needed.items()}
+    waiting = {r: sum(p in needed for p in parents[r]) for r in needed}
     children: dict[str, list[str]] = {}
-    for r, rev in needed.items():
-        for p in rev._all_down_revisions:
+    for r in needed:
+        for p in parents[r]:
             if p in needed:
                 children.setdefault(p, []).append(r)
     own = sorted(r for r, n in waiting.items() if n == 0 and not _is_tenant_id(r))
@@ -215,23 +255,27 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
     return [MigrationStep.upgrade_from_script(rmap, needed[r]) for r in order]
 
 
+def parents_of(rmap: Any, rev: Any) -> tuple[str, ...]:
+    """A revision's parents: its down revisions and its dependencies (resolved to revision
+    ids), from the Revision's public attributes."""
+    ids = list(util.to_tuple(rev.down_revision, default=()))
+    for dependency in util.to_tuple(rev.dependencies, default=()):
+        found = rmap.get_revision(dependency)
+        if found is not None:
+            ids.append(found.revision)
+    return tuple(dict.fromkeys(ids))
+
+
 def _is_tenant_id(revision: str) -> bool:
     from ppp_env.veneer.onboarding import is_tenant_revision
 
     return is_tenant_revision(revision)
 
 
-def _is_upgrade_to_heads(fn: Any) -> bool:
+def _is_upgrade_to_heads(env: EnvironmentContext) -> bool:
     """Whether this run is ``upgrade head`` / ``upgrade heads`` (not a stamp, a downgrade, a
-    relative or a named target)."""
-    target = _destination()
-    verb = context.config.attributes.get("ppp.verb")
-    if target not in ("head", "heads") or verb not in (None, "upgrade"):
-        return False
-    if verb == "upgrade":
-        return True
-    # Alembic's command line: command.upgrade's step function is named `upgrade`.
-    return getattr(fn, "__module__", "") == "alembic.command" and fn.__name__ == "upgrade"
+    relative or another target)."""
+    return command_name(env) == "upgrade" and _targets_every_head(env)
 
 
 def _run_online() -> None:
@@ -239,7 +283,8 @@ def _run_online() -> None:
 
     settings = current_settings()
     config = context.config
-    moving = _moves_revision()
+    env_ctx = _environment()
+    moving = command_name(env_ctx) in MOVING
     onboarding = Onboarding()
     config.attributes[ONBOARDING_KEY] = onboarding
     config.attributes.pop(WIRED_KEY, None)
@@ -259,15 +304,16 @@ def _run_online() -> None:
             # Done: Alembic copies every head for each callback of each step.
             ctx.on_version_apply_callbacks = ()
 
-    env_ctx = _environment()
-    alembic_fn = env_ctx.context_opts.get("fn")  # the command's step function
+    # The command's step function (no getter exists; context_opts is a public attribute).
+    alembic_fn: Any = env_ctx.context_opts.get("fn")
+    to_every_head = _is_upgrade_to_heads(env_ctx)
     script: ScriptDirectory = env_ctx.script
 
     deferred: list[Any] = []
 
     def steps(heads: tuple[str, ...], ctx: MigrationContext) -> Any:
         """The run's steps; tenants registered before any veneer revision that follows."""
-        if _is_upgrade_to_heads(alembic_fn):
+        if to_every_head:
             planned = plan_upgrade_to_heads(script, heads)
             own = [s for s in planned if not _is_tenant_step(s)]
             if planned[: len(own)] == own:
@@ -328,11 +374,12 @@ def apply_tenant_steps(conn: Connection, steps: list[Any]) -> None:
 
     log = logging.getLogger("alembic.runtime.migration")
     parents: set[str] = set()
+    rmap = context.script.revision_map
     with Operations.context(context.get_context()):
         for step in steps:
             log.debug("Running %s", step)
             step.migration_fn()
-            parents.update(step.revision._all_down_revisions)
+            parents.update(parents_of(rmap, step.revision))
     revisions = [step.revision.revision for step in steps]
     conn.execute(
         text("DELETE FROM ppp.alembic_version WHERE version_num = ANY(CAST(:p AS text[]))"),
@@ -405,7 +452,7 @@ def _run(
     cfg = config or veneer_config(settings)
     cfg.attributes.setdefault(SETTINGS_KEY, settings)
     cfg.attributes[CHANGES_KEY] = []
-    cfg.attributes["ppp.verb"] = verb
+    cfg.attributes[COMMAND_KEY] = verb
     cfg.attributes[WIRE_KEY] = wire
     before = current_versions(settings)
     try:
