@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 from click.testing import CliRunner, Result
+from dotenv import dotenv_values
 
 from ppp_env.cli.main import cli
 from ppp_env.db import connection
@@ -256,7 +257,7 @@ def test_up_records_the_local_dir_for_down_and_status(work: Workdir) -> None:
     """`up` with PPP_LOCAL_DIR; `status` and `down` without it find the same servers."""
     out = lines(work.ppp("local", "up", "--backend", "local", "--shards", "solo"))
     assert out[-1] == f"settings written to {work.project / '.env'}"
-    assert f"PPP_LOCAL_DIR={work.servers.resolve()}\n" in work.dotenv()
+    assert dotenv_values(work.project / ".env")["PPP_LOCAL_DIR"] == str(work.servers.resolve())
     ports = {name: LocalServers(work.servers).status(name).port for name in ("veneer", "solo")}
     no_dir = {"PPP_PROJECT_DIR": str(work.project)}
 

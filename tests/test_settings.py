@@ -342,6 +342,22 @@ def test_dotenv_round_trip_keeps_passwords_literally(project: Path, password: st
     assert load_settings(environ={"PPP_PROJECT_DIR": str(project)}).veneer.port == 1234
 
 
+def test_dotenv_rewrite_keeps_lines_order_and_mode_and_leaves_no_temporary_file(
+    project: Path,
+) -> None:
+    path = project / ".env"
+    path.write_text("# top\nexport PPP_JOBS=3\nOTHER=kept")  # no final newline
+    path.chmod(0o644)
+    write_dotenv(path, {"PPP_JOBS": "4", "PPP_SHARDS": "a,b"}, remove={"OTHER", "ABSENT"})
+    assert path.read_text() == (
+        "# top\nPPP_JOBS=4\n\n# Written by `ppp local up`\nPPP_SHARDS='a,b'\n"
+    )
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds passwords
+    write_dotenv(path, {"PPP_SHARDS": "c"})  # in place: no second comment, nothing added
+    assert path.read_text().count("PPP_SHARDS") == 1 and path.read_text().count("# Written") == 1
+    assert sorted(p.name for p in project.iterdir()) == [".env"]
+
+
 def test_instance_lookup(project: Path) -> None:
     s = load_settings(environ={**base_values(), "PPP_PROJECT_DIR": str(project)})
     with pytest.raises(PPPError, match=r"^unknown instance 'nope': expected one of veneer, "):

@@ -24,6 +24,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import dotenv
+
 from ppp_env.errors import PPPError
 from ppp_env.servers.provision import scram_verifier
 from ppp_env.settings import env_prefix
@@ -459,32 +461,25 @@ def write_dotenv(path: Path, values: Mapping[str, str], remove: Collection[str] 
     """Set ``values`` in a dotenv file, keeping its other lines and comments as they are.
 
     Variables named in ``remove`` are deleted (e.g. settings of another backend that would
-    now be wrong). The file is created private (mode 0600): it holds passwords.
+    now be wrong). The file is created private (mode 0600): it holds passwords. python-dotenv's
+    ``set_key``/``unset_key`` do the editing (each rewrites the file atomically, keeping its
+    mode, in the quoting its own parser and Docker Compose read back literally).
     """
-    lines = path.read_text().splitlines() if path.is_file() else []
-    pending = dict(values)
-    out = []
-    for line in lines:
-        m = re.match(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=", line)
-        if m and m.group(1) in pending:
-            out.append(f"{m.group(1)}={_quote(pending.pop(m.group(1)))}")
-        elif m and m.group(1) in remove:
-            continue
-        else:
-            out.append(line)
-    if pending:
-        if out and out[-1].strip():
-            out.append("")
-        out.append("# Written by `ppp local up`")
-        out.extend(f"{k}={_quote(v)}" for k, v in pending.items())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(out) + "\n")
-    path.chmod(0o600)
-
-
-def _quote(value: str) -> str:
-    """Quote a value the way python-dotenv (and Docker Compose) read it back literally."""
-    if re.fullmatch(r"[A-Za-z0-9_.,:/@+-]*", value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if path.is_file():
+        path.chmod(0o600)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    present = set(dotenv.dotenv_values(path, interpolate=False))
+    if any(key not in present for key in values):
+        text = path.read_text()
+        with open(path, "a") as f:
+            if text and not text.endswith("\n"):
+                f.write("\n")
+            if text.strip() and not text.endswith("\n\n"):
+                f.write("\n")
+            f.write("# Written by `ppp local up`\n")
+    for key, value in values.items():
+        dotenv.set_key(path, key, value, quote_mode="auto")
+    for key in remove:
+        if key in present and key not in values:
+            dotenv.unset_key(path, key)
