@@ -25,6 +25,7 @@ from ppp_env.routing import (
     UnknownTenant,
     isolation,
 )
+from ppp_env.routing import router as router_module
 from ppp_env.servers.local import free_port
 from ppp_env.settings import Settings
 from ppp_env.veneer.catalog import admin_connection
@@ -130,11 +131,24 @@ def test_search_path_is_exactly_the_tenant_and_never_leaks(settings, tenants):
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() == pid
             assert conn.execute(text("SELECT current_schemas(false)")).scalar() == [b]
             assert conn.execute(text("SELECT note FROM items")).scalar() == b
-        # A returned connection cannot be taken from the pool without a tenant.
+        # A returned connection holds no tenant: its search_path lasted as long as the
+        # transaction ...
         eng = router.engine(router.placement(a))
+        token = router_module._ROUTING.set(True)
+        try:
+            raw = eng.raw_connection()
+        finally:
+            router_module._ROUTING.reset(token)
+        try:
+            cur = raw.cursor()
+            cur.execute("SELECT pg_backend_pid(), current_schemas(false)")
+            assert cur.fetchone() == (pid, [])
+        finally:
+            raw.close()
+        # ... and cannot be taken from the pool without a tenant (refused, discarded).
         with pytest.raises(RoutingError, match="without a tenant"):
             eng.connect()
-        # A rolled-back transaction does not undo the tenant's search_path.
+        # Every transaction of a routed connection selects the tenant again.
         with router.connect(a) as conn:
             conn.execute(text("SELECT 1"))
             conn.rollback()
@@ -241,11 +255,16 @@ def test_a_write_on_the_old_shard_after_a_move_fails_loudly_then_retries(setting
     ]
 
 
-def test_a_stale_placement_is_corrected_at_checkout(settings, tenants):
+def test_a_stale_placement_fails_the_first_statement_then_retries(settings, tenants):
     a = next(iter(tenants))
     with TenantRouter(settings, listen=False) as router:
         assert router.placement(a).shard == "bluth_co"
-        move_by_hand(settings, a, "bluth_co", "cyberdyne")  # no NOTIFY, no listener
+        move_by_hand(settings, a, "bluth_co", "cyberdyne")  # no listener to hear of it
+        with (
+            pytest.raises(TenantMoved, match="from shard 'bluth_co' to 'cyberdyne'"),
+            router.connect(a) as conn,
+        ):
+            conn.execute(text("SELECT 1"))  # even a statement that names no table
         with router.connect(a) as conn:
             assert conn.execute(text("SELECT current_database()")).scalar() == "cyberdyne"
         assert router.placement(a).shard == "cyberdyne"
@@ -307,9 +326,9 @@ def test_a_registered_tenant_without_schema_is_a_clear_error(settings, veneer_he
     try:
         with (
             pytest.raises(RoutingError, match="no schema on shard 'initech' yet"),
-            router.connect(schema),
+            router.connect(schema) as conn,
         ):
-            pass
+            conn.execute(text("SELECT 1"))
     finally:
         unregister(settings, [schema])
 

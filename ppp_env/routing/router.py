@@ -5,12 +5,16 @@ tenant of that shard; in strict isolation one small pool per tenant, logged in a
 tenant's own role (:mod:`ppp_env.routing.isolation`). Placement is read from the catalog
 once and cached; a listener on the veneer drops what changed.
 
-Selecting the schema costs nothing per statement: each pooled connection remembers the
-``search_path`` it was given (``Connection.info``, which follows the DBAPI connection
-through the pool), and a checkout for another tenant sets it again, in the same round trip
-that checks the schema exists on that shard. New connections start with an empty
-``search_path`` (not ``public``), and a checkout that does not come through the router is
-refused by a pool event: no statement can run with an unset or another tenant's schema.
+Selecting the schema costs no round trip: the first statement of every transaction on a
+routed connection carries, in the same query string, ``set_config('search_path', <tenant>,
+true)`` (transaction-local) behind a check that the tenant's schema exists on that shard.
+The setting ends with the transaction, so a connection back in the pool holds no tenant;
+new connections start with an empty ``search_path`` (not ``public``), and a checkout that
+does not come through the router is refused by a pool event: no statement runs with an
+unset or another tenant's schema. A schema missing on the shard (a finished move the
+router has not heard of, a tenant not created yet) fails that first statement; the router
+re-reads the placement and raises :class:`TenantMoved` (retry: it goes to the new shard) or
+a clear error.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from sqlalchemy.pool import QueuePool
 
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
-from ppp_env.identifiers import quote_ident, validate_identifier, validate_tenant
+from ppp_env.identifiers import quote_ident, quote_literal, validate_identifier, validate_tenant
 from ppp_env.routing.placement import (
     CatalogPlacement,
     Placement,
@@ -41,17 +45,16 @@ from ppp_env.routing.placement import (
 from ppp_env.settings import Instance, Settings
 
 APPLICATION_NAME = "ppp-router"
-#: Key in each pooled connection's info dict: the (search_path, read_only) it was given.
-_SELECTED = "ppp_selected"
+#: Keys in each pooled connection's info dict: the routed tenant's prefix, and whether the
+#: current transaction still needs it.
+_PREFIX = "ppp_prefix"
+_PENDING = "ppp_pending"
 #: Set while the router checks a connection out; the pool refuses checkouts without it.
 _ROUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ppp_routing", default=False)
 #: Errors that mean "the tenant's schema is not (or no longer writable) here".
 _MOVE_SIGNS = {"42P01", "3F000", "25006", "42501", "42883"}
-_SELECT_SQL = (
-    "SELECT pg_catalog.set_config('search_path', %s, false), "
-    "pg_catalog.set_config('default_transaction_read_only', %s, false), "
-    "EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s)"
-)
+#: Text of the error the prefix raises when the tenant's schema is not on the shard.
+_MISSING = "ppp: no tenant schema"
 
 
 class RoutingError(PPPError):
@@ -67,8 +70,8 @@ class TenantMoved(RoutingError):
 
     def __init__(self, tenant: str, old_shard: str, new_shard: str) -> None:
         super().__init__(
-            f"tenant {tenant!r} moved from shard {old_shard!r} to {new_shard!r} during this "
-            "connection; nothing was written on the old shard: retry the transaction"
+            f"tenant {tenant!r} moved from shard {old_shard!r} to {new_shard!r}; nothing was "
+            "written on the old shard: retry the transaction (it goes to the new shard)"
         )
         self.tenant, self.old_shard, self.new_shard = tenant, old_shard, new_shard
 
@@ -243,76 +246,54 @@ class TenantRouter:
                     },
                 )
                 event.listen(eng, "checkout", _refuse_unrouted)
+                event.listen(eng, "begin", _transaction_begins)
+                event.listen(eng, "before_cursor_execute", _select_tenant, retval=True)
                 self._engines[key] = eng
         return eng
 
-    def _path(self, tenant: str) -> str:
-        path = self._paths.get(tenant)
-        if path is None:
+    def _prefix(self, tenant: str, read_only: bool) -> str:
+        """The statement put in front of each transaction's first statement."""
+        key = f"{tenant}/{int(read_only)}"
+        prefix = self._paths.get(key)
+        if prefix is None:
             path = ", ".join(quote_ident(s) for s in (tenant, *self.shared_schemas))
-            self._paths[tenant] = path
-        return path
+            # A CAST of a non-constant (current_database()) fails at run time, not at plan
+            # time, and only when the schema is missing.
+            missing = quote_literal(f"{_MISSING} {tenant} in database ")
+            prefix = (
+                "SELECT CASE WHEN pg_catalog.to_regnamespace("
+                f"{quote_literal(quote_ident(tenant))}) IS NULL THEN "
+                f"CAST({missing} || pg_catalog.current_database() AS int)::text "
+                f"ELSE pg_catalog.set_config('search_path', {quote_literal(path)}, true) END"
+                + (
+                    ", pg_catalog.set_config('transaction_read_only', 'on', true)"
+                    if read_only
+                    else ""
+                )
+                + "; "
+            )
+            self._paths[key] = prefix
+        return prefix
 
     def _checkout(self, tenant: str, read_only: bool) -> tuple[Connection, Placement]:
-        for _attempt in range(3):
-            p = self._routable(tenant, read_only)
-            eng = self.engine(p)
-            token = _ROUTING.set(True)
-            try:
-                conn = eng.connect()
-            except sa_exc.TimeoutError:
-                raise PoolExhausted(
-                    f"no free connection to shard {p.shard!r} for tenant {tenant!r} within "
-                    f"{self.pool_timeout:g} s (pool_size {self.pool_size}, max_overflow "
-                    f"{self.max_overflow}): raise them, or return connections sooner"
-                ) from None
-            except sa_exc.DBAPIError as exc:
-                raise self._connect_error(p, exc) from None
-            finally:
-                _ROUTING.reset(token)
-            try:
-                present = self._select(conn, tenant, read_only)
-            except BaseException:
-                conn.invalidate()
-                conn.close()
-                raise
-            if present:
-                return conn, p
-            conn.close()
-            fresh = self._read([tenant]).get(tenant)
-            if fresh is None:
-                self.invalidate(tenant)
-                raise UnknownTenant(f"unknown tenant {tenant!r}: no longer in the catalog")
-            if fresh.shard == p.shard:
-                raise RoutingError(
-                    f"tenant {tenant!r} has no schema on shard {p.shard!r} yet (state "
-                    f"{fresh.state}): run `ppp migrate` to create it"
-                )
-            # Placement changed (a finished move): nothing ran yet, route to the new shard.
-        raise RoutingError(f"tenant {tenant!r}: its placement keeps changing; retry later")
-
-    def _select(self, conn: Connection, tenant: str, read_only: bool) -> bool:
-        """Give this pooled connection the tenant's search_path (unless it has it already);
-        False when the schema does not exist on this shard."""
-        wanted = (self._path(tenant), read_only)
-        info = conn.info
-        if info.get(_SELECTED) == wanted:
-            return True
-        info.pop(_SELECTED, None)
-        raw: Any = conn.connection.dbapi_connection
-        if raw.info.transaction_status != 0:  # not idle: never expected after a pool reset
-            raw.rollback()
-        # Outside any transaction, so a later ROLLBACK cannot undo it (one round trip).
-        raw.autocommit = True
+        p = self._routable(tenant, read_only)
+        eng = self.engine(p)
+        token = _ROUTING.set(True)
         try:
-            with raw.cursor() as cur:
-                cur.execute(_SELECT_SQL, (wanted[0], "on" if read_only else "off", tenant))
-                present = bool(cur.fetchone()[2])
+            conn = eng.connect()
+        except sa_exc.TimeoutError:
+            raise PoolExhausted(
+                f"no free connection to shard {p.shard!r} for tenant {tenant!r} within "
+                f"{self.pool_timeout:g} s (pool_size {self.pool_size}, max_overflow "
+                f"{self.max_overflow}): raise them, or return connections sooner"
+            ) from None
+        except sa_exc.DBAPIError as exc:
+            raise self._connect_error(p, exc) from None
         finally:
-            raw.autocommit = False
-        if present:
-            info[_SELECTED] = wanted
-        return present
+            _ROUTING.reset(token)
+        conn.info[_PREFIX] = self._prefix(tenant, read_only)
+        conn.info[_PENDING] = False
+        return conn, p
 
     def _connect_error(self, p: Placement, exc: sa_exc.DBAPIError) -> RoutingError:
         inst = self._shard(p)
@@ -332,11 +313,17 @@ class TenantRouter:
 
     def _translate(self, exc: sa_exc.DBAPIError, tenant: str, p: Placement) -> None:
         """Raise TenantMoved / TenantMoving when a statement failed because of a move."""
-        if getattr(exc.orig, "pgcode", None) not in _MOVE_SIGNS:
+        missing = _MISSING in str(exc.orig)
+        if not missing and getattr(exc.orig, "pgcode", None) not in _MOVE_SIGNS:
             return
         try:
             fresh = self._read([tenant]).get(tenant)
         except PPPError:
+            if missing:
+                raise RoutingError(
+                    f"tenant {tenant!r} has no schema on shard {p.shard!r}, and its placement "
+                    "cannot be read from the veneer"
+                ) from exc
             return  # the veneer cannot say: the database's own error stands
         if fresh is None:
             self.invalidate(tenant)
@@ -349,6 +336,11 @@ class TenantRouter:
             raise TenantMoving(
                 f"tenant {tenant!r} is being moved off shard {p.shard!r}: writes are "
                 "refused until the move finishes; retry later"
+            ) from exc
+        if missing:
+            raise RoutingError(
+                f"tenant {tenant!r} has no schema on shard {p.shard!r} yet (state "
+                f"{fresh.state}): run `ppp migrate` to create it"
             ) from exc
 
     # -- the public API ----------------------------------------------------------------------
@@ -363,6 +355,8 @@ class TenantRouter:
             self._translate(exc, tenant, p)
             raise
         finally:
+            if not conn.closed:
+                conn.info.pop(_PREFIX, None)
             conn.close()
 
     @contextlib.contextmanager
@@ -401,3 +395,34 @@ def _refuse_unrouted(dbapi_connection: Any, record: Any, proxy: Any) -> None:
             "a connection of the tenant router's pool was checked out without a tenant: use "
             "TenantRouter.connect(tenant), never the router's engines directly"
         )
+
+
+def _transaction_begins(conn: Connection) -> None:
+    if _PREFIX in conn.info:
+        conn.info[_PENDING] = True
+
+
+def _select_tenant(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> tuple[str, Any]:
+    """The transaction's first statement selects the tenant, in the same round trip."""
+    info = conn.info
+    if not info.get(_PENDING):
+        return statement, parameters
+    info[_PENDING] = False
+    prefix = info.get(_PREFIX)
+    if prefix is None:
+        raise RoutingError("a statement on the tenant router's pool without a tenant")
+    streaming = context is not None and context.execution_options.get("stream_results")
+    if executemany or streaming or not isinstance(statement, str):
+        # executemany would repeat it, a server-side cursor cannot DECLARE it: its own trip.
+        raw: Any = conn.connection.dbapi_connection
+        with raw.cursor() as cur:
+            cur.execute(prefix)
+        return statement, parameters
+    return prefix + statement, parameters
