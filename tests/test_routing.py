@@ -3,6 +3,9 @@ changes, moves, isolation, and the faults (unknown tenant, moving, shard down, p
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -451,3 +454,26 @@ def test_placement_comes_from_the_function_when_the_app_role_may_call_it(setting
     assert isinstance(source, CatalogPlacement)
     expected = CatalogPlacement.FUNCTION_SQL if has_function else CatalogPlacement.TABLE_SQL
     assert source._sql == expected
+
+
+def test_the_routing_example_runs_against_the_demo_tenants(veneer_head):
+    from click.testing import CliRunner
+
+    from ppp_env.cli.main import cli
+    from tests.conftest import ROOT
+
+    tenants = "bluth_co,cyberdyne,initech"
+    ini = str(ROOT / "alembic.ini")
+    migrated = CliRunner().invoke(cli, ["migrate", "-c", ini, "--tenant", tenants])
+    assert migrated.exit_code == 0, migrated.output
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "routing_example.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+    )
+    assert res.returncode == 0, res.stderr
+    for tenant in tenants.split(","):
+        assert f"{tenant}: Ernest Hemingway" in res.stdout
+    assert "initech: wrote an author through the ORM (rolled back)" in res.stdout
