@@ -83,6 +83,7 @@ def tenant(veneer_head):
             rname = mv.replication_name(schema)
             move_shard.drop_subscription(cur, rname)
             move_shard.drop_publication_and_slot(cur, rname)
+            move_shard.drop_marker(cur, rname) if _has_index(cur) else None
             for copy in move_shard.moved_copies(cur, schema):
                 cur.execute(f'DROP SCHEMA "{copy}" CASCADE')
             cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -226,11 +227,54 @@ def prepare_target(cur: Any, app_role: str) -> None:
 
 
 # -- logical replication (superuser connections) ------------------------------------------------
+def create_marker(cur: Any, name: str, app_role: str) -> None:
+    """The move's marker table ``ppp.<name>`` (on both shards): a row written on the source
+    once its writes are blocked reaches the target after every earlier change (logical
+    replication applies in commit order), so its arrival says the target caught up, at once
+    (the slot's confirmed position only moves with the subscriber's periodic feedback)."""
+    ensure_index(cur, app_role)
+    cur.execute(
+        f"CREATE TABLE IF NOT EXISTS ppp.{quote_ident(name)} "
+        "(token text PRIMARY KEY, at timestamptz NOT NULL DEFAULT now()); "
+        f"REVOKE ALL ON ppp.{quote_ident(name)} FROM PUBLIC, {quote_ident(app_role)}"
+    )
+
+
+def drop_marker(cur: Any, name: str) -> None:
+    cur.execute(f"DROP TABLE IF EXISTS ppp.{quote_ident(name)}")
+
+
+def mark(cur: Any, name: str) -> str:
+    """Write a new marker row on the source; return its token."""
+    token = uuid.uuid4().hex
+    # Flushed at once: the walsender only sends flushed WAL, and the shard may commit
+    # asynchronously (a marker waiting for the WAL writer would hold the block longer).
+    cur.execute(
+        "BEGIN; SET LOCAL synchronous_commit = on; "
+        f"INSERT INTO ppp.{quote_ident(name)} (token) VALUES (%s); COMMIT",
+        (token,),
+    )
+    return token
+
+
+def wait_mark(cur: Any, name: str, token: str, timeout: float) -> None:
+    """Until the marker row ``token`` is on the target."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cur.execute(f"SELECT 1 FROM ppp.{quote_ident(name)} WHERE token = %s", (token,))
+        if cur.fetchone() is not None:
+            return
+        if time.monotonic() > deadline:
+            raise PPPError(f"the target did not catch up with the source in {timeout:g} s")
+        time.sleep(0.005)
+
+
 def create_publication(cur: Any, name: str, schema: str) -> None:
     cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
     if cur.fetchone() is None:
         cur.execute(
-            f"CREATE PUBLICATION {quote_ident(name)} FOR TABLES IN SCHEMA {quote_ident(schema)}"
+            f"CREATE PUBLICATION {quote_ident(name)} FOR TABLES IN SCHEMA {quote_ident(schema)}, "
+            f"TABLE ppp.{quote_ident(name)}"
         )
 
 
@@ -310,31 +354,6 @@ def wait_synced(cur: Any, name: str, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def current_lsn(cur: Any) -> str:
-    cur.execute("SELECT pg_current_wal_lsn()::text")
-    return str(cur.fetchone()[0])
-
-
-def wait_caught_up(cur: Any, slot: str, lsn: str, timeout: float) -> None:
-    """Until the subscriber confirmed every change before ``lsn`` (the slot's
-    ``confirmed_flush_lsn``, read on the source)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        cur.execute(
-            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots "
-            "WHERE slot_name = %s",
-            (lsn, slot),
-        )
-        row = cur.fetchone()
-        if row is None:
-            raise PPPError(f"the replication slot {slot!r} is gone from the source")
-        if row[0]:
-            return
-        if time.monotonic() > deadline:
-            raise PPPError(f"the target did not catch up with the source in {timeout:g} s")
-        time.sleep(0.01)
-
-
 def drop_subscription(cur: Any, name: str) -> None:
     """Drop the subscription without touching the remote slot (see :func:`drop_slot`)."""
     cur.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,))
@@ -379,16 +398,27 @@ def copy_sequences(src: Any, dst: Any, schema: str) -> int:
 
 
 # -- verification -------------------------------------------------------------------------------
-def checksums(conn: Any, schema: str, names: Sequence[str]) -> dict[str, tuple[int, str]]:
-    """Row count and a 64-bit hash sum of every row's text, per table, in one snapshot."""
+def snapshot(conn: Any) -> None:
+    """Start a read-only REPEATABLE READ transaction on ``conn`` and take its snapshot now."""
     cur = conn.cursor()
     cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " + _TEXT_SETTINGS)
+    cur.execute("SELECT 1")
+
+
+def checksums(
+    conn: Any, schema: str, names: Sequence[str], *, counts_only: bool = False, begun: bool = False
+) -> dict[str, tuple[int, str]]:
+    """Row count and a 64-bit hash sum of every row's text, per table, in one snapshot (the
+    transaction :func:`snapshot` began, with ``begun``)."""
+    if not begun:
+        snapshot(conn)
+    cur = conn.cursor()
+    digest_sql = "''" if counts_only else "coalesce(sum(hashtextextended(ppp_row::text, 0)), 0)"
     try:
         out: dict[str, tuple[int, str]] = {}
         for name in names:
             cur.execute(
-                "SELECT count(*), coalesce(sum(hashtextextended(ppp_row::text, 0)), 0)::text "
-                f"FROM {_qualified(schema, name)} AS ppp_row"
+                f"SELECT count(*), ({digest_sql})::text FROM {_qualified(schema, name)} AS ppp_row"
             )
             count, digest = cur.fetchone()
             out[name] = (int(count), str(digest))
@@ -397,14 +427,21 @@ def checksums(conn: Any, schema: str, names: Sequence[str]) -> dict[str, tuple[i
         cur.execute("ROLLBACK; RESET ALL")
 
 
-def verify(src_conn: Any, dst_conn: Any, schema: str) -> dict[str, int]:
+def verify(
+    src_conn: Any, dst_conn: Any, schema: str, *, counts_only: bool = False, begun: bool = False
+) -> dict[str, int]:
     """Compare every table's row count and checksum, source against target (both at once).
 
-    Returns rows per table; PPPError naming the first table that differs.
+    With ``begun`` the connections are in the transactions :func:`snapshot` began (a pair of
+    snapshots of the same data); their table lists are read there too. Returns rows per
+    table; PPPError naming the first table that differs.
     """
     src_tables = tables(src_conn.cursor(), schema)
     dst_tables = tables(dst_conn.cursor(), schema)
     if src_tables != dst_tables:
+        if begun:
+            src_conn.cursor().execute("ROLLBACK; RESET ALL")
+            dst_conn.cursor().execute("ROLLBACK; RESET ALL")
         missing = sorted(set(src_tables) - set(dst_tables))
         extra = sorted(set(dst_tables) - set(src_tables))
         raise PPPError(
@@ -412,8 +449,12 @@ def verify(src_conn: Any, dst_conn: Any, schema: str) -> dict[str, int]:
             f"extra: {extra or 'none'})"
         )
     with ThreadPoolExecutor(2) as pool:
-        a = pool.submit(checksums, src_conn, schema, src_tables)
-        b = pool.submit(checksums, dst_conn, schema, dst_tables)
+        a = pool.submit(
+            checksums, src_conn, schema, src_tables, counts_only=counts_only, begun=begun
+        )
+        b = pool.submit(
+            checksums, dst_conn, schema, dst_tables, counts_only=counts_only, begun=begun
+        )
         left, right = a.result(), b.result()
     for name in src_tables:
         if left[name] != right[name]:
