@@ -5,6 +5,21 @@
 VENV ?= .venv
 PYTHON ?= python3
 PYTEST_ARGS ?=
+LOWEST_PYTEST_ARGS ?=
+# Pins of a working environment: every install here and in CI uses them (`pip -c`).
+CONSTRAINTS ?= constraints.txt
+# From the environment (.ci/run sets it): `make test` then also runs test-lowest and
+# scaffold-check. Not passed on to the commands make runs (the suite runs `make -n test`).
+CI_CHECKS ?=
+unexport CI_CHECKS
+# The lowest versions pyproject.toml declares, for `make test-lowest`.
+VENV_LOWEST ?= .venv-lowest
+LOWEST := alembic==1.13.0 sqlalchemy==2.0.0 psycopg2-binary==2.9.5 click==8.2.0 \
+	rich==13.0.0 python-dotenv==1.0.0
+LOWEST_TESTS := tests/test_migrations.py tests/test_runner_paths.py \
+	tests/test_live_migrations.py tests/test_shared.py tests/test_onboarding.py
+DIST ?= build/dist
+TEMPLATE := ppp_env/templates/project
 
 BIN := $(VENV)/bin
 PPP := $(BIN)/ppp
@@ -14,24 +29,30 @@ STAMP := $(VENV)/.ppp-installed
 .PHONY: help venv install start-containers stop-containers initialize-databases \
 	teardown-databases migrations psql-veneer psql-bluth-co psql-cyberdyne psql-initech \
 	show-logs-veneer show-logs-bluth-co show-logs-cyberdyne show-logs-initech \
-	lint test demo clean
+	lint test test-lowest wheel scaffold-check ci templates clean
 
 ##@ General
 help: ## Show this list of targets (the default)
 	@echo "Makefile for PPP, the PostgreSQL Partition Proxy"
 	@echo
-	@echo "Usage: make <target>   (variables: VENV=$(VENV) PYTHON=$(PYTHON) PYTEST_ARGS=...)"
+	@echo "Usage: make <target>   (variables: VENV=$(VENV) PYTHON=$(PYTHON) PYTEST_ARGS=... CONSTRAINTS=$(CONSTRAINTS))"
 	@awk 'BEGIN {FS = ":.*## "} \
 		/^##@ / {printf "\n%s:\n", substr($$0, 5)} \
 		/^[a-zA-Z0-9_-]+:.*## / {printf "   make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## Create the virtual environment (VENV, default .venv) with PPP installed
-install: $(STAMP) ## Same as venv: PPP (editable) and its test extra in the venv
+install: $(STAMP) ## Same as venv: PPP (editable) with its test and dev extras, pinned by constraints.txt
 
-$(STAMP): pyproject.toml
+# Every pip that make runs installs the pinned versions (PIP_CONSTRAINT is pip's `-c`);
+# test-lowest clears it for the lowest versions.
+export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
+
+# The test extra runs the suite; the dev extra (ruff, mypy, stubs) comes in the same venv.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
 demo: $(STAMP) ## The example end to end: servers up, init, migrate, then `ppp demo`
@@ -88,9 +109,53 @@ lint: $(STAMP) ## ruff check, ruff format --check and mypy (strict on ppp_env)
 	$(BIN)/mypy
 
 # `python -m pytest` puts the project root on sys.path (tests import tests.conftest).
-test: lint ## lint, then pytest against real PostgreSQL servers
+# pytest-randomly shuffles the tests; the header says `Using --randomly-seed=N`, and
+# `make test PYTEST_ARGS=--randomly-seed=N` replays that order
+# (`PYTEST_ARGS="-p no:randomly"` runs them in file order).
+# With CI_CHECKS set (.ci/run sets it), test-lowest and scaffold-check follow the suite.
+test: lint ## lint, then pytest (random order, seed printed) against real PostgreSQL servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+ifneq ($(CI_CHECKS),)
+	$(MAKE) --no-print-directory test-lowest scaffold-check VENV=$(VENV) PYTHON=$(PYTHON)
+endif
+
+# The fleet tests on the lowest versions of the dependencies pyproject.toml allows: the
+# lower bounds there are what this target proves.
+test-lowest: $(STAMP) ## The fleet tests in VENV_LOWEST, on the lowest declared dependency versions
+	test -x $(VENV_LOWEST)/bin/python || $(PYTHON) -m venv $(VENV_LOWEST)
+	$(VENV_LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	PIP_CONSTRAINT= $(VENV_LOWEST)/bin/python -m pip install --quiet $(LOWEST)
+	PIP_CONSTRAINT= $(VENV_LOWEST)/bin/python -m pip install --quiet --no-deps -e .
+	$(VENV_LOWEST)/bin/python -m pip install --quiet pytest pyyaml
+	$(VENV_LOWEST)/bin/python -m pip check
+	$(VENV_LOWEST)/bin/python -m pip freeze --exclude-editable | grep -iE \
+		'^(alembic|sqlalchemy|psycopg2-binary|click|rich|python-dotenv)=='
+	$(VENV_LOWEST)/bin/python -m pytest -p no:randomly $(LOWEST_TESTS) $(LOWEST_PYTEST_ARGS)
+
+wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates included
+	rm -rf $(DIST) build
+	$(BIN)/python -m pip wheel --quiet --no-deps -w $(DIST) .
+	$(BIN)/python -m zipfile -l $(DIST)/*.whl > $(DIST)/contents.txt
+	for f in py.typed templates/project/alembic.ini templates/project/.env.example \
+		templates/project/veneer_migrations/versions/fac2511dbcce_catalog.py; do \
+		grep -q "ppp_env/$$f " $(DIST)/contents.txt || { echo "ppp_env/$$f missing from the wheel"; exit 1; }; \
+	done
+	rm $(DIST)/contents.txt
+
+scaffold-check: wheel ## The wheel in a fresh venv elsewhere: ppp new, local up, init, migrate...
+	bash ci/scaffold_check.sh $(DIST) $(CONSTRAINTS)
+
+ci: $(STAMP) ## What .ci/run runs after installing: test, then test-lowest and scaffold-check
+	CI_CHECKS=1 $(MAKE) --no-print-directory test
+
+templates: $(STAMP) ## Copy this repository's files into the `ppp new` templates (keep them identical)
+	cd $(TEMPLATE) && find . -type f ! -name .gitignore ! -path '*/__pycache__/*' \
+		-exec sh -c 'cp "../../../$$1" "$$1"' _ {} \;
+	rm -f $(TEMPLATE)/veneer_migrations/versions/*.py
+	for f in veneer_migrations/versions/*.py; do \
+		basename "$$f" | grep -qE '^t[0-9a-f]{11}_' || cp "$$f" $(TEMPLATE)/veneer_migrations/versions/; \
+	done
 
 clean: ## Remove the venv and caches (servers, their data and .env stay)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VENV_LOWEST) .pytest_cache .mypy_cache .ruff_cache build $(DIST) *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
