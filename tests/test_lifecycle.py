@@ -366,3 +366,24 @@ def test_concurrent_creates(veneer_head: Topology, tenants: list[str]) -> None:
         ("active", "runtime", "0002")
     }
     assert len({r.shard for r in rows.values()}) == 3  # fewest spreads them
+
+
+def test_create_finishes_a_schema_left_half_way(veneer_head: Topology, tenants: list[str]) -> None:
+    """A schema already there (an earlier call got that far): the fleet runner finishes it."""
+    settings = veneer_head.settings
+    schema = name()
+    tenants.append(schema)
+    with catalog.admin_connection(settings) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ppp.tenants (schema, shard, state, origin) "
+                "VALUES (:s, 'cyberdyne', 'provisioning', 'runtime')"
+            ),
+            {"s": schema},
+        )
+    shard_sql(settings, "cyberdyne", f"CREATE SCHEMA {schema}")
+    result = create_tenant(settings, schema, None, INI)
+    assert (result.shard, result.revision, result.resumed) == ("cyberdyne", "0002", True)
+    assert catalog_row(settings, schema).state == "active"
+    rows = tenant_rows(settings, tenants=[schema])
+    assert (rows[0].revision, rows[0].exists) == ("0002", True)

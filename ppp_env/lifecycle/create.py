@@ -6,19 +6,27 @@ Steps, each safe to run again (a failed call is completed by the same call):
    catalog (or in it as ``provisioning``: then resume), the shard known and reachable, its
    shared chain at the shared head, no stray schema of that name on it;
 2. the catalog row: state ``provisioning``, origin ``runtime``;
-3. the tenant's schema and its migrations to the tenant head, through the fleet runner for
-   this one tenant, in this process (no ``alembic`` process, no revision file);
-4. the veneer's foreign tables (``ppp_env.veneer.refresh(settings, [schema])``);
-5. state ``active``.
+3. the tenant's schema and its migrations to the tenant head in one transaction on the
+   shard connection of step 1: the tenant chain rendered from base to head ONCE per process
+   (the fleet runner's offline rendering, ``alembic upgrade head --sql`` for this tenant),
+   replayed for every later create. A chain that cannot be rendered (a revision reads data
+   or needs the tenant's name) and a schema left half-way go through the fleet runner for
+   this one tenant, in-process. No ``alembic`` process, no revision file;
+4. the veneer's foreign tables (``ppp_env.veneer.refresh_in``) and state ``active``, in one
+   transaction on the veneer connection of step 1.
 
-Alembic's ``context`` is process-wide, so step 3 is serialised between threads of one process;
-processes run it in parallel.
+Alembic's ``context`` is process-wide, so rendering and the fleet fallback are serialised
+between threads of one process; the replay and everything else run in parallel.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,21 +35,27 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult
-from ppp_env.identifiers import validate_tenant
+from ppp_env.fleet.worker import LOCK_NAMESPACE
+from ppp_env.identifiers import quote_ident, quote_literal, validate_tenant
 from ppp_env.lifecycle.placement import choose_shard
 from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
+from ppp_env.tenant_state import ensure_index, read_states, track_sql
 from ppp_env.veneer import catalog
 from ppp_env.veneer.env import find_alembic_ini, veneer_config
 from ppp_env.veneer.onboarding import find_tenant_revisions
 
 _ALEMBIC = threading.Lock()
 _SHARED_HEADS: dict[tuple[str, int], tuple[str, ...] | None] = {}
+#: The tenant chain rendered from base to head, per ini and version files (None: it
+#: cannot be rendered once for every tenant).
+_RENDERED: dict[tuple[object, ...], str | None] = {}
 
 
 @dataclass
@@ -80,82 +94,6 @@ def shared_heads(ini: Path) -> tuple[str, ...] | None:
     return _SHARED_HEADS[key]
 
 
-def _check_shard(settings: Settings, shard: str, schema: str, ini: Path, resumed: bool) -> None:
-    """Reachable, shared chain at head, and no stray schema named ``schema`` (unless an
-    earlier call of ours created it)."""
-    inst = settings.shard(shard)
-    heads = shared_heads(ini)
-    with db.connection(
-        inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
-    ) as conn:
-        cur = conn.cursor()
-        if heads:
-            at = shared_env.read_revision(cur)
-            have = tuple(sorted(at.split())) if at else ()
-            if have != heads:
-                raise PPPError(
-                    f"shard {shard!r}: its shared chain is at {at or 'base'}, not at the shared "
-                    f"head {' '.join(heads)}: run `ppp migrate --shard {shard}` (or `alembic -n "
-                    "shared upgrade head`) first"
-                )
-        if not resumed:
-            cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,))
-            if cur.fetchone()[0]:
-                raise PPPError(
-                    f"a schema {schema!r} already exists on shard {shard!r} and no catalog entry "
-                    "claims it: pick another name, or drop or rename that schema (`ppp doctor`)"
-                )
-
-
-def _register(settings: Settings, schema: str, shard: str | None) -> tuple[str, bool]:
-    """The catalog row (``provisioning``, ``runtime``); (shard, resumed)."""
-    with catalog.admin_connection(settings) as conn:
-        catalog.require_lifecycle(conn)
-        found = catalog.lookup_tenant(conn, schema)
-        if found is not None:
-            origin = catalog.origins(conn, [schema]).get(schema)
-            if origin != "runtime":
-                raise PPPError(
-                    f"tenant {schema!r} already exists: an onboarding revision registered it "
-                    f"(shard {found.shard!r}, state {found.state})"
-                )
-            if found.state != "provisioning":
-                raise PPPError(
-                    f"tenant {schema!r} already exists on shard {found.shard!r} "
-                    f"(state {found.state})"
-                )
-            if shard is not None and shard != found.shard:
-                raise PPPError(
-                    f"tenant {schema!r} is being created on shard {found.shard!r}, not "
-                    f"{shard!r}: run the same create again without --shard to finish it"
-                )
-            return found.shard, True
-        if shard is None:
-            shard = choose_shard(conn, settings)
-        elif not conn.execute(
-            text("SELECT EXISTS (SELECT 1 FROM ppp.shards WHERE name = :s)"), {"s": shard}
-        ).scalar():
-            raise PPPError(
-                f"unknown shard {shard!r}: not in the catalog; add it to PPP_SHARDS and run "
-                "`alembic -n veneer upgrade head`"
-            )
-        return shard, False
-
-
-def _insert(settings: Settings, schema: str, shard: str) -> None:
-    with catalog.admin_connection(settings) as conn:
-        row = conn.execute(
-            text(
-                "INSERT INTO ppp.tenants (schema, shard, state, origin) "
-                "VALUES (:schema, :shard, 'provisioning', 'runtime') "
-                "ON CONFLICT (schema) DO NOTHING RETURNING schema"
-            ),
-            {"schema": schema, "shard": shard},
-        ).first()
-        if row is None:
-            raise PPPError(f"tenant {schema!r} already exists (created concurrently)")
-
-
 def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
     """The tenant's schema at the tenant head, through the fleet runner for this tenant."""
     cfg = Config(str(ini), ini_section="alembic")
@@ -180,6 +118,151 @@ def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
             "the same create again to finish it"
         )
     return mine[0].after
+
+
+def _chain_key(ini: Path) -> tuple[object, ...]:
+    """What the rendered chain depends on: the ini and the tenant version files."""
+    cfg = Config(str(ini), ini_section="alembic")
+    try:
+        script = ScriptDirectory.from_config(cfg)  # loads no revision
+    except CommandError as exc:
+        raise PPPError(f"cannot read the tenant chain: {exc}") from None
+    files: list[tuple[str, int]] = []
+    for folder in script._version_locations:
+        if os.path.isdir(folder):
+            for entry in os.scandir(folder):
+                if entry.name.endswith(".py"):
+                    files.append((entry.path, entry.stat().st_mtime_ns))
+    return (str(ini.resolve()), ini.stat().st_mtime_ns, tuple(sorted(files)))
+
+
+def rendered_chain(settings: Settings, schema: str, ini: Path) -> str | None:
+    """The tenant chain from base to head as SQL without any schema name (search_path
+    decides), rendered once per process by the fleet runner's offline mode for ``schema``
+    (registered in the catalog); None when it must run online, tenant by tenant."""
+    key = _chain_key(ini)
+    if key in _RENDERED:
+        return _RENDERED[key]
+    buf = io.StringIO()
+    cfg = Config(str(ini), ini_section="alembic", output_buffer=buf, stdout=io.StringIO())
+    cfg.attributes["ppp.settings"] = settings
+    cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
+    body: str | None = None
+    with _ALEMBIC:
+        try:
+            command.upgrade(cfg, "head", sql=True)
+        except (CommandError, PPPError):
+            body = None  # a revision that cannot be rendered: the fleet runner runs it
+        else:
+            out = buf.getvalue()
+            marker = f"SET LOCAL search_path TO {quote_ident(schema)};\n"
+            at, stop = out.find(marker), out.rfind("COMMIT;")
+            if at >= 0 and stop > at:
+                body = out[at + len(marker) : stop]
+                if schema in body:  # rendered for this tenant only
+                    body = None
+    _RENDERED[key] = body
+    return body
+
+
+@contextmanager
+def _veneer(settings: Settings) -> Iterator[Connection]:
+    with catalog.admin_connection(settings, begin=False) as conn:
+        yield conn
+
+
+def _lookup(
+    conn: Connection, settings: Settings, schema: str, shard: str | None
+) -> tuple[str, bool]:
+    """(shard, resumed): the tenant's shard, and whether an earlier create left it
+    ``provisioning``; PPPError for a tenant that exists or a shard the catalog lacks."""
+    with conn.begin():
+        catalog.require_lifecycle(conn)
+        found = catalog.lookup_tenant(conn, schema)
+        if found is not None:
+            origin = catalog.origins(conn, [schema]).get(schema)
+            if origin != "runtime":
+                raise PPPError(
+                    f"tenant {schema!r} already exists: an onboarding revision registered it "
+                    f"(shard {found.shard!r}, state {found.state})"
+                )
+            if found.state != "provisioning":
+                raise PPPError(
+                    f"tenant {schema!r} already exists on shard {found.shard!r} "
+                    f"(state {found.state})"
+                )
+            if shard is not None and shard != found.shard:
+                raise PPPError(
+                    f"tenant {schema!r} is being created on shard {found.shard!r}, not "
+                    f"{shard!r}: run the same create again without --shard to finish it"
+                )
+            return found.shard, True
+        if shard is None:
+            return choose_shard(conn, settings), False
+        if not conn.execute(
+            text("SELECT EXISTS (SELECT 1 FROM ppp.shards WHERE name = :s)"), {"s": shard}
+        ).scalar():
+            raise PPPError(
+                f"unknown shard {shard!r}: not in the catalog; add it to PPP_SHARDS and run "
+                "`alembic -n veneer upgrade head`"
+            )
+        return shard, False
+
+
+def _check_shard(cur: object, shard: str, schema: str, ini: Path) -> bool:
+    """The shard's shared chain is at head; whether ``schema`` exists there."""
+    heads = shared_heads(ini)
+    if heads:
+        at = shared_env.read_revision(cur)
+        have = tuple(sorted(at.split())) if at else ()
+        if have != heads:
+            raise PPPError(
+                f"shard {shard!r}: its shared chain is at {at or 'base'}, not at the shared "
+                f"head {' '.join(heads)}: run `ppp migrate --shard {shard}` (or `alembic -n "
+                "shared upgrade head`) first"
+            )
+    cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,))  # type: ignore[attr-defined]
+    return bool(cur.fetchone()[0])  # type: ignore[attr-defined]
+
+
+def _insert(conn: Connection, schema: str, shard: str) -> None:
+    with conn.begin():
+        row = conn.execute(
+            text(
+                "INSERT INTO ppp.tenants (schema, shard, state, origin) "
+                "VALUES (:schema, :shard, 'provisioning', 'runtime') "
+                "ON CONFLICT (schema) DO NOTHING RETURNING schema"
+            ),
+            {"schema": schema, "shard": shard},
+        ).first()
+    if row is None:
+        raise PPPError(f"tenant {schema!r} already exists (created concurrently)")
+
+
+def _replay(settings: Settings, cur: object, schema: str, shard: str, body: str) -> str | None:
+    """The rendered chain for ``schema`` in one transaction, one round trip."""
+    inst = settings.shard(shard)
+    q = quote_ident(schema)
+    sql = (
+        "BEGIN;\n"
+        f"SET LOCAL lock_timeout = '{int(settings.migration_lock_timeout * 1000)}ms';\n"
+        f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({quote_literal(schema)}));\n"
+        f"CREATE SCHEMA {q};\n"
+        f"SET LOCAL search_path TO {q};\n"
+        f"{body}\n{track_sql(schema, inst.app_role)}COMMIT;"
+    )
+    try:
+        ensure_index(cur, inst.app_role)
+        cur.execute(sql)  # type: ignore[attr-defined]
+    except Exception as exc:
+        cur.execute("ROLLBACK")  # type: ignore[attr-defined]
+        raise PPPError(
+            f"tenant {schema!r}: its migrations failed on shard {shard!r}: "
+            f"{db.first_line(exc)}; it stays 'provisioning': run the same create again to "
+            "finish it"
+        ) from None
+    state = read_states(cur, [schema]).get(schema)
+    return state.revision if state else None
 
 
 def create_tenant(
@@ -209,29 +292,43 @@ def create_tenant(
             f"tenant {schema!r} has an onboarding revision: it is created by `ppp veneer "
             "upgrade` / `ppp migrate`, not at runtime"
         )
-    chosen, resumed = _register(settings, schema, shard)
-    _check_shard(settings, chosen, schema, ini, resumed)
-    t = time.perf_counter()
-    steps["check"] = t - started
-    if not resumed:
-        _insert(settings, schema, chosen)
-    steps["register"] = time.perf_counter() - t
-    t = time.perf_counter()
-    revision = _migrate(settings, schema, ini)
-    steps["migrate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    from ppp_env.veneer import refresh
+    with _veneer(settings) as conn:
+        chosen, resumed = _lookup(conn, settings, schema, shard)
+        inst = settings.shard(chosen)
+        with db.connection(
+            inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
+        ) as shard_conn:
+            cur = shard_conn.cursor()
+            exists = _check_shard(cur, chosen, schema, ini)
+            if exists and not resumed:
+                raise PPPError(
+                    f"a schema {schema!r} already exists on shard {chosen!r} and no catalog "
+                    "entry claims it: pick another name, or drop or rename that schema "
+                    "(`ppp doctor`)"
+                )
+            t = time.perf_counter()
+            steps["check"] = t - started
+            if not resumed:
+                _insert(conn, schema, chosen)
+            steps["register"] = time.perf_counter() - t
+            t = time.perf_counter()
+            body = None if exists else rendered_chain(settings, schema, ini)
+            if body is not None:
+                revision = _replay(settings, cur, schema, chosen, body)
+            else:  # a schema left half-way, or a chain to run online: the fleet runner
+                revision = _migrate(settings, schema, ini)
+            steps["migrate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from ppp_env.veneer import refresh_in
 
-    report = refresh(settings, [schema])
-    if schema in report.errors or schema not in report.refreshed:
-        why = report.errors.get(schema, "its schema was not found on its shard")
-        raise PPPError(
-            f"tenant {schema!r}: wiring it into the veneer failed: {why}; it stays "
-            "'provisioning': run the same create again to finish it"
-        )
-    steps["wire"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with catalog.admin_connection(settings) as conn:
-        catalog.set_state(conn, schema, "active", expect=["provisioning"])
-    steps["activate"] = time.perf_counter() - t
+        with conn.begin():
+            report = refresh_in(conn, settings, [schema])
+            if schema in report.errors or schema not in report.refreshed:
+                why = report.errors.get(schema, "its schema was not found on its shard")
+                raise PPPError(
+                    f"tenant {schema!r}: wiring it into the veneer failed: {why}; it stays "
+                    "'provisioning': run the same create again to finish it"
+                )
+            catalog.set_state(conn, schema, "active", expect=["provisioning"])
+        steps["wire"] = time.perf_counter() - t
     return CreateResult(schema, chosen, revision, resumed, time.perf_counter() - started, steps)
