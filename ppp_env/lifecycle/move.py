@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+import psycopg2
 from sqlalchemy import text
 
 from ppp_env import db
@@ -615,14 +616,15 @@ def move_tenant(
                 raise MoveStopped(f"stopped after step 'started' ({STOP_ENV})")
         try:
             mover.run()
-        except PPPError as exc:
-            if not report.aborted and not isinstance(exc, MoveStopped):
-                _note_error(vconn, schema, str(exc))
-                raise PPPError(
-                    f"{exc} (the move stopped after step {mover.move.step!r}: rerun the same "
-                    f"command to resume, or add --abort to take it back)"
-                ) from None
-            raise
+        except (PPPError, psycopg2.Error) as exc:
+            if isinstance(exc, MoveStopped) or report.aborted:
+                raise
+            why = str(exc) if isinstance(exc, PPPError) else db.error_text(exc)
+            _note_error(vconn, schema, why)
+            raise PPPError(
+                f"{why} (the move stopped after step {mover.move.step!r}: rerun the same "
+                f"command to resume, or add --abort to take it back)"
+            ) from None
         finally:
             mover.close()
         return report
