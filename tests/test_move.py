@@ -436,3 +436,49 @@ def test_cli_move_and_cleanup(tenant, settings):
     assert res.exit_code == 2
     for inst in settings.shards.values():  # no password in anything printed
         assert inst.superuser_password not in res.output
+
+
+def test_no_migration_of_the_tenant_while_it_moves(tenant, settings, monkeypatch):
+    """The mover holds the fleet's per-tenant lock on the source: no DDL can slip in."""
+    from ppp_env.fleet.worker import LOCK_NAMESPACE
+
+    seen: list[bool] = []
+    real = move_shard.copy_schema
+
+    def probing(source, target, schema, **kw):
+        got = shard_sql(
+            settings,
+            "bluth_co",
+            "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+            (LOCK_NAMESPACE, schema),
+        )
+        seen.append(got[0][0])
+        real(source, target, schema, **kw)
+
+    monkeypatch.setattr(move_shard, "copy_schema", probing)
+    mv.move_tenant(settings, tenant, "cyberdyne")
+    assert seen == [False]
+    got = shard_sql(
+        settings, "bluth_co", "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+        (LOCK_NAMESPACE, tenant),
+    )  # fmt: skip
+    assert got == [(True,)]
+
+
+def test_block_waits_for_an_open_writer_then_gives_up_clearly(tenant, settings, topology):
+    """A transaction that wrote and stays open keeps the block from completing: after
+    PPP_LOCK_TIMEOUT the move stops with an Error, the tenant stays on its source; --abort
+    makes it writable again."""
+    holder = db.connect(settings.shard("bluth_co"), "app")
+    try:
+        holder.cursor().execute(f"UPDATE {tenant}.authors SET last_name = 'x' WHERE id = 1")
+        quick = topology.settings_for(topology.variant(PPP_LOCK_TIMEOUT="0.5"))
+        with pytest.raises(PPPError, match=r"still holds its tables.*rerun the same command"):
+            mv.move_tenant(quick, tenant, "cyberdyne")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert catalog(settings, tenant) == (("bluth_co", "moving"), "started")
+    mv.move_tenant(settings, tenant, abort=True)
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    assert app_can_write(settings, "bluth_co", tenant)
