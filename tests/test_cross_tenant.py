@@ -14,7 +14,7 @@ import pytest
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.veneer import catalog, views
+from ppp_env.veneer import catalog, views, wiring
 from ppp_env.veneer import tables as veneer
 from tests.plugins.veneer import app_conn, shard_sql
 
@@ -187,3 +187,42 @@ def test_the_opt_in_list_is_closed_to_the_app_role(settings: Settings) -> None:
             app(settings, f"SELECT * FROM {views.TABLES}")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             app(settings, f"DROP VIEW ppp_all.{f.table}")
+
+
+def server_options(settings: Settings, shard: str) -> dict[str, str]:
+    with catalog.admin_connection(settings) as conn:
+        raw = conn.exec_driver_sql(
+            "SELECT srvoptions FROM pg_foreign_server WHERE srvname = %s", (shard,)
+        ).scalar()
+    return dict(item.split("=", 1) for item in raw or [])
+
+
+def test_server_options_changed_by_hand_are_restored_by_the_veneer_upgrade(
+    settings: Settings,
+) -> None:
+    from alembic import command
+
+    from tests.plugins.veneer import alembic_config
+
+    want = wiring.server_options(settings.shards["initech"])
+    assert want["async_capable"] == "true" and want["fetch_size"] == str(wiring.FETCH_SIZE)
+    assert server_options(settings, "initech") == want
+    try:
+        with catalog.admin_connection(settings) as conn:
+            conn.exec_driver_sql(
+                "ALTER SERVER initech OPTIONS (SET fetch_size '50', DROP async_capable)"
+            )
+        assert server_options(settings, "initech") != want
+        command.upgrade(alembic_config(settings), "head")  # `alembic -n veneer upgrade head`
+        assert server_options(settings, "initech") == want
+    finally:
+        with catalog.admin_connection(settings) as conn:
+            wiring.reconcile(conn, settings, remove=False)
+    # And queries on the cross-tenant views run on the shards at once again.
+    with fleet(settings) as f:
+        for shard in SHARDS:
+            f.add(shard)
+        f.refresh()
+        opt_in(settings, f.table)
+        plan = app(settings, f"EXPLAIN (VERBOSE) SELECT count(*) FROM ppp_all.{f.table}")
+        assert sum("Async Foreign Scan" in r[0] for r in plan) == 3

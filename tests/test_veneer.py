@@ -100,6 +100,7 @@ def test_upgrade_head_builds_catalog_servers_and_mappings(settings: Settings) ->
             "dbname": inst.dbname,
             "async_capable": "true",
             "fetch_size": "1000",
+            "use_remote_estimate": "true",
         }
         assert (name, settings.veneer.admin_role) in mappings
         assert (name, settings.veneer.app_role) in mappings
