@@ -225,6 +225,7 @@ class Writer(threading.Thread):
         self.settings, self.schema = settings, schema
         self.acked: list[tuple[int, float]] = []
         self.refused = 0
+        self.errors: set[str] = set()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -240,9 +241,37 @@ class Writer(threading.Thread):
                     )
                     self.acked.append((next_id, time.monotonic()))
                     next_id += 1
-                except psycopg2.Error:
+                except psycopg2.Error as exc:
                     self.refused += 1
+                    self.errors.add(type(exc).__name__)
                     time.sleep(0.005)
+        finally:
+            conn.close()
+
+
+class Reader(threading.Thread):
+    """Reads the tenant through the veneer as veneer_app until stopped; counts failures."""
+
+    def __init__(self, settings, schema) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.schema = settings, schema
+        self.reads = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        conn = db.connect(self.settings.veneer, "app", autocommit=True)
+        try:
+            while not self.stop.is_set():
+                try:
+                    cur = conn.cursor()
+                    cur.execute(
+                        f"SELECT count(*) FROM {self.schema}.authors a "
+                        f"JOIN {self.schema}.books b ON b.author_id = a.id"
+                    )
+                    self.reads += 1
+                except psycopg2.Error as exc:
+                    self.failures.append(str(exc).splitlines()[0])
         finally:
             conn.close()
 
@@ -254,7 +283,9 @@ def test_online_move_keeps_every_acknowledged_write(tenant, settings):
     def say(line: str) -> None:
         times[line.rsplit(" ", 1)[-1]] = time.monotonic()
 
+    reader = Reader(settings, tenant)
     writer.start()
+    reader.start()
     try:
         time.sleep(0.3)
         times["started"] = time.monotonic()
@@ -262,7 +293,12 @@ def test_online_move_keeps_every_acknowledged_write(tenant, settings):
         time.sleep(0.3)
     finally:
         writer.stop.set()
+        reader.stop.set()
         writer.join(10)
+        reader.join(10)
+    # readers never saw the tenant missing; writers were only refused (permission denied)
+    assert reader.reads > 0 and reader.failures == []
+    assert writer.errors <= {"InsufficientPrivilege"}, writer.errors
     assert report.steps == list(mv.STEPS)
     assert catalog(settings, tenant) == (("initech", "active"), None)
     assert server_of(settings, tenant) == "initech"
@@ -410,6 +446,11 @@ def test_bad_moves_change_nothing(tenant, settings, topology, monkeypatch):
 def test_online_move_refuses_tables_without_identity(tenant, settings):
     shard_sql(settings, "bluth_co", f"CREATE TABLE {tenant}.log (line text)")
     with pytest.raises(PPPError, match=r"table\(s\) log have no primary key.*--mode block"):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode="online")
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    shard_sql(settings, "bluth_co", f"DROP TABLE {tenant}.log")
+    shard_sql(settings, "bluth_co", f"CREATE UNLOGGED TABLE {tenant}.cache (k int PRIMARY KEY)")
+    with pytest.raises(PPPError, match=r"table\(s\) cache are unlogged.*--mode block"):
         mv.move_tenant(settings, tenant, "cyberdyne", mode="online")
     assert catalog(settings, tenant) == (("bluth_co", "active"), None)
 

@@ -502,6 +502,13 @@ def _check_new(settings: Settings, schema: str, source: str, target: str, mode: 
                             "primary key or replica identity (logical replication could not "
                             "apply their updates); use --mode block"
                         )
+                    bad = shard.unlogged(cur, schema)
+                    if bad:
+                        raise PPPError(
+                            f"cannot move {schema!r} online: table(s) {', '.join(bad)} are "
+                            "unlogged (logical replication does not carry their rows); use "
+                            "--mode block"
+                        )
     if mode == "online":
         for inst in (src, dst):
             if not inst.superuser_password:

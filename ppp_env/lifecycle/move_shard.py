@@ -161,6 +161,17 @@ def without_identity(cur: Any, schema: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
+def unlogged(cur: Any, schema: str) -> list[str]:
+    """Unlogged tables: logical replication does not carry their rows."""
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND c.relpersistence = 'u' "
+        'ORDER BY c.relname COLLATE "C"',
+        (schema,),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
 def _qualified(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
