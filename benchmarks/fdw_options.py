@@ -246,9 +246,9 @@ def run_inserts(settings: Settings, tenant: str, shard: str, n: int, base: int) 
 def show(title: str, rows: dict[str, dict[str, list[float]]]) -> None:
     metrics = list(next(iter(rows.values())))
     print(f"\n{title}")
-    print(f"{'':52}" + "".join(f"{m:>20}" for m in metrics))
+    print(f"{'':44}" + "".join(f"{m:>24}" for m in metrics))
     for name, values in rows.items():
-        print(f"{name:52}" + "".join(f"{statistics.median(values[m]):20.1f}" for m in metrics))
+        print(f"{name:44}" + "".join(f"{statistics.median(values[m]):24.1f}" for m in metrics))
     print("every run:")
     for name, values in rows.items():
         for m in metrics:
