@@ -185,6 +185,9 @@ class TenantRouter:
         return found
 
     def _routable(self, tenant: str, read_only: bool) -> Placement:
+        p = self._cache.get(tenant)
+        if p is not None and p.state in ("active", "pending"):
+            return p  # the hot path: no clock, no validation again
         deadline = time.monotonic() + self.move_wait
         while True:
             p = self.placement(tenant)
