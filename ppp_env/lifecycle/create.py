@@ -36,6 +36,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ProgrammingError
 
 from ppp_env import db
 from ppp_env.errors import PPPError
@@ -176,37 +177,47 @@ def _lookup(
 ) -> tuple[str, bool]:
     """(shard, resumed): the tenant's shard, and whether an earlier create left it
     ``provisioning``; PPPError for a tenant that exists or a shard the catalog lacks."""
-    with conn.begin():
-        catalog.require_lifecycle(conn)
-        found = catalog.lookup_tenant(conn, schema)
-        if found is not None:
-            origin = catalog.origins(conn, [schema]).get(schema)
-            if origin != "runtime":
-                raise PPPError(
-                    f"tenant {schema!r} already exists: an onboarding revision registered it "
-                    f"(shard {found.shard!r}, state {found.state})"
-                )
-            if found.state != "provisioning":
-                raise PPPError(
-                    f"tenant {schema!r} already exists on shard {found.shard!r} "
-                    f"(state {found.state})"
-                )
-            if shard is not None and shard != found.shard:
-                raise PPPError(
-                    f"tenant {schema!r} is being created on shard {found.shard!r}, not "
-                    f"{shard!r}: run the same create again without --shard to finish it"
-                )
-            return found.shard, True
-        if shard is None:
-            return choose_shard(conn, settings), False
-        if not conn.execute(
-            text("SELECT EXISTS (SELECT 1 FROM ppp.shards WHERE name = :s)"), {"s": shard}
-        ).scalar():
+    try:
+        with conn.begin():
+            # One round trip in the common case; a catalog without the lifecycle revision
+            # fails here and is explained below.
+            row = conn.execute(
+                text(
+                    "SELECT t.shard, t.state, t.origin, "
+                    "EXISTS (SELECT 1 FROM ppp.shards WHERE name = :shard) AS shard_known "
+                    "FROM (SELECT 1) one LEFT JOIN ppp.tenants t ON t.schema = :schema"
+                ),
+                {"schema": schema, "shard": shard or ""},
+            ).one()
+    except ProgrammingError:
+        with conn.begin():
+            catalog.require_lifecycle(conn)
+        raise
+    if row.shard is not None:
+        if row.origin != "runtime":
             raise PPPError(
-                f"unknown shard {shard!r}: not in the catalog; add it to PPP_SHARDS and run "
-                "`alembic -n veneer upgrade head`"
+                f"tenant {schema!r} already exists: an onboarding revision registered it "
+                f"(shard {row.shard!r}, state {row.state})"
             )
-        return shard, False
+        if row.state != "provisioning":
+            raise PPPError(
+                f"tenant {schema!r} already exists on shard {row.shard!r} (state {row.state})"
+            )
+        if shard is not None and shard != row.shard:
+            raise PPPError(
+                f"tenant {schema!r} is being created on shard {row.shard!r}, not "
+                f"{shard!r}: run the same create again without --shard to finish it"
+            )
+        return str(row.shard), True
+    if shard is None:
+        with conn.begin():
+            return choose_shard(conn, settings), False
+    if not row.shard_known:
+        raise PPPError(
+            f"unknown shard {shard!r}: not in the catalog; add it to PPP_SHARDS and run "
+            "`alembic -n veneer upgrade head`"
+        )
+    return shard, False
 
 
 def _check_shard(cur: object, shard: str, schema: str, ini: Path) -> bool:
