@@ -267,7 +267,7 @@ def test_a_stale_placement_fails_the_first_statement_then_retries(settings, tena
             pytest.raises(TenantMoved, match="from shard 'bluth_co' to 'cyberdyne'"),
             router.connect(a) as conn,
         ):
-            conn.execute(text("SELECT 1"))  # even a statement that names no table
+            conn.execute(text("SELECT note FROM items"))
         with router.connect(a) as conn:
             assert conn.execute(text("SELECT current_database()")).scalar() == "cyberdyne"
         assert router.placement(a).shard == "cyberdyne"
@@ -331,7 +331,7 @@ def test_a_registered_tenant_without_schema_is_a_clear_error(settings, veneer_he
             pytest.raises(RoutingError, match="no schema on shard 'initech' yet"),
             router.connect(schema) as conn,
         ):
-            conn.execute(text("SELECT 1"))
+            conn.execute(text("SELECT * FROM items"))
     finally:
         unregister(settings, [schema])
 
@@ -477,3 +477,16 @@ def test_the_routing_example_runs_against_the_demo_tenants(veneer_head):
     for tenant in tenants.split(","):
         assert f"{tenant}: Ernest Hemingway" in res.stdout
     assert "initech: wrote an author through the ORM (rolled back)" in res.stdout
+
+
+def test_a_connection_lost_mid_session_names_the_shard(settings, tenants, router):
+    a = next(iter(tenants))
+    with (
+        pytest.raises(ShardUnavailable, match="lost the connection to shard 'bluth_co'"),
+        router.connect(a) as conn,
+    ):
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        shard_sql(settings, "bluth_co", "SELECT pg_terminate_backend(%s)", (pid,), "superuser")
+        conn.execute(text("SELECT note FROM items"))
+    with router.connect(a) as conn:  # the pool replaced it
+        assert conn.execute(text("SELECT note FROM items")).scalar() == a

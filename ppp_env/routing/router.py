@@ -7,14 +7,14 @@ once and cached; a listener on the veneer drops what changed.
 
 Selecting the schema costs no round trip: the first statement of every transaction on a
 routed connection carries, in the same query string, ``set_config('search_path', <tenant>,
-true)`` (transaction-local) behind a check that the tenant's schema exists on that shard.
-The setting ends with the transaction, so a connection back in the pool holds no tenant;
-new connections start with an empty ``search_path`` (not ``public``), and a checkout that
-does not come through the router is refused by a pool event: no statement runs with an
-unset or another tenant's schema. A schema missing on the shard (a finished move the
-router has not heard of, a tenant not created yet) fails that first statement; the router
-re-reads the placement and raises :class:`TenantMoved` (retry: it goes to the new shard) or
-a clear error.
+true)`` (transaction-local). The setting ends with the transaction, so a connection back in
+the pool holds no tenant; new connections start with an empty ``search_path`` (not
+``public``), and a pool event refuses any checkout that does not come through the router:
+no statement runs with an unset or another tenant's schema. A tenant whose schema is not on
+the shard (a finished move the router has not heard of, a tenant not created yet) makes its
+first table access fail (undefined table: nothing resolves, nothing is written); the router
+then re-reads the placement and raises :class:`TenantMoved` (retry: it goes to the new
+shard) or a clear error.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
+import psycopg2.extensions
 from sqlalchemy import create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
@@ -45,16 +45,14 @@ from ppp_env.routing.placement import (
 from ppp_env.settings import Instance, Settings
 
 APPLICATION_NAME = "ppp-router"
-#: Keys in each pooled connection's info dict: the routed tenant's prefix, and whether the
-#: current transaction still needs it.
+#: Key in each pooled connection's info dict: the routed tenant's prefix.
 _PREFIX = "ppp_prefix"
-_PENDING = "ppp_pending"
 #: Set while the router checks a connection out; the pool refuses checkouts without it.
+_IDLE = psycopg2.extensions.STATUS_READY
 _ROUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ppp_routing", default=False)
-#: Errors that mean "the tenant's schema is not (or no longer writable) here".
+#: Errors that may mean "the tenant's schema is not (or no longer writable) here": undefined
+#: table, schema or function, read-only transaction, insufficient privilege.
 _MOVE_SIGNS = {"42P01", "3F000", "25006", "42501", "42883"}
-#: Text of the error the prefix raises when the tenant's schema is not on the shard.
-_MISSING = "ppp: no tenant schema"
 
 
 class RoutingError(PPPError):
@@ -90,22 +88,13 @@ class PoolExhausted(RoutingError):
     pass
 
 
-@dataclass(frozen=True)
-class _Target:
-    """What a checkout needs: the pool and what to select on its connections."""
-
-    placement: Placement
-    engine: Engine
-    path: str
-
-
 class TenantRouter:
     """Connections and ORM sessions routed straight to each tenant's shard.
 
     ``shared_schemas`` follow the tenant in ``search_path``. ``strict=True`` logs in as the
     tenant's own role (see :func:`ppp_env.routing.isolation.enable`), one pool per tenant.
-    ``listen=False`` skips the LISTEN thread: a stale placement is then still found at the
-    next checkout (the schema is missing on the old shard) or by the error of a statement.
+    ``listen=False`` skips the LISTEN thread: a stale placement is then found by the first
+    statement of a transaction (the tenant's schema is missing on the old shard).
     ``move_wait`` bounds how long a checkout waits for a tenant in state ``moving``.
     """
 
@@ -249,7 +238,6 @@ class TenantRouter:
                     },
                 )
                 event.listen(eng, "checkout", _refuse_unrouted)
-                event.listen(eng, "begin", _transaction_begins)
                 event.listen(eng, "before_cursor_execute", _select_tenant, retval=True)
                 self._engines[key] = eng
         return eng
@@ -260,14 +248,8 @@ class TenantRouter:
         prefix = self._paths.get(key)
         if prefix is None:
             path = ", ".join(quote_ident(s) for s in (tenant, *self.shared_schemas))
-            # A CAST of a non-constant (current_database()) fails at run time, not at plan
-            # time, and only when the schema is missing.
-            missing = quote_literal(f"{_MISSING} {tenant} in database ")
             prefix = (
-                "SELECT CASE WHEN pg_catalog.to_regnamespace("
-                f"{quote_literal(quote_ident(tenant))}) IS NULL THEN "
-                f"CAST({missing} || pg_catalog.current_database() AS int)::text "
-                f"ELSE pg_catalog.set_config('search_path', {quote_literal(path)}, true) END"
+                f"SELECT pg_catalog.set_config('search_path', {quote_literal(path)}, true)"
                 + (
                     ", pg_catalog.set_config('transaction_read_only', 'on', true)"
                     if read_only
@@ -277,6 +259,25 @@ class TenantRouter:
             )
             self._paths[key] = prefix
         return prefix
+
+    def _schema_here(self, p: Placement) -> bool | None:
+        """Whether the tenant's schema exists on the shard of ``p`` (None: cannot tell)."""
+        token = _ROUTING.set(True)
+        try:
+            with self.engine(p).connect() as conn:
+                conn.info[_PREFIX] = ""
+                try:
+                    found = conn.exec_driver_sql(
+                        "SELECT pg_catalog.to_regnamespace(%(s)s) IS NOT NULL",
+                        {"s": quote_ident(p.schema)},
+                    ).scalar()
+                finally:
+                    conn.info.pop(_PREFIX, None)
+                return bool(found)
+        except (sa_exc.SQLAlchemyError, PPPError):
+            return None
+        finally:
+            _ROUTING.reset(token)
 
     def _checkout(self, tenant: str, read_only: bool) -> tuple[Connection, Placement]:
         p = self._routable(tenant, read_only)
@@ -295,7 +296,6 @@ class TenantRouter:
         finally:
             _ROUTING.reset(token)
         conn.info[_PREFIX] = self._prefix(tenant, read_only)
-        conn.info[_PENDING] = False
         return conn, p
 
     def _connect_error(self, p: Placement, exc: sa_exc.DBAPIError) -> RoutingError:
@@ -315,18 +315,14 @@ class TenantRouter:
         )
 
     def _translate(self, exc: sa_exc.DBAPIError, tenant: str, p: Placement) -> None:
-        """Raise TenantMoved / TenantMoving when a statement failed because of a move."""
-        missing = _MISSING in str(exc.orig)
-        if not missing and getattr(exc.orig, "pgcode", None) not in _MOVE_SIGNS:
+        """Raise TenantMoved / TenantMoving / a clear error when a statement failed because
+        the tenant's schema is not (or no longer writable) on this shard."""
+        code = getattr(exc.orig, "pgcode", None)
+        if code not in _MOVE_SIGNS:
             return
         try:
             fresh = self._read([tenant]).get(tenant)
         except PPPError:
-            if missing:
-                raise RoutingError(
-                    f"tenant {tenant!r} has no schema on shard {p.shard!r}, and its placement "
-                    "cannot be read from the veneer"
-                ) from exc
             return  # the veneer cannot say: the database's own error stands
         if fresh is None:
             self.invalidate(tenant)
@@ -340,7 +336,7 @@ class TenantRouter:
                 f"tenant {tenant!r} is being moved off shard {p.shard!r}: writes are "
                 "refused until the move finishes; retry later"
             ) from exc
-        if missing:
+        if code in ("42P01", "3F000") and self._schema_here(p) is False:
             raise RoutingError(
                 f"tenant {tenant!r} has no schema on shard {p.shard!r} yet (state "
                 f"{fresh.state}): run `ppp migrate` to create it"
@@ -355,10 +351,16 @@ class TenantRouter:
         try:
             yield conn
         except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise ShardUnavailable(
+                    p.shard,
+                    f"lost the connection to shard {p.shard!r} for tenant {tenant!r}: "
+                    f"{first_line(exc)}",
+                ) from exc
             self._translate(exc, tenant, p)
             raise
         finally:
-            if not conn.closed:
+            if not conn.closed and not conn.invalidated:
                 conn.info.pop(_PREFIX, None)
             conn.close()
 
@@ -400,11 +402,6 @@ def _refuse_unrouted(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         )
 
 
-def _transaction_begins(conn: Connection) -> None:
-    if _PREFIX in conn.info:
-        conn.info[_PENDING] = True
-
-
 def _select_tenant(
     conn: Connection,
     cursor: Any,
@@ -413,18 +410,20 @@ def _select_tenant(
     context: Any,
     executemany: bool,
 ) -> tuple[str, Any]:
-    """The transaction's first statement selects the tenant, in the same round trip."""
-    info = conn.info
-    if not info.get(_PENDING):
+    """The transaction's first statement selects the tenant, in the same round trip.
+
+    psycopg2 sends its BEGIN with the first statement of a transaction: while the DBAPI
+    connection is still idle (``status`` READY), this statement is that first one.
+    """
+    raw: Any = cursor.connection
+    if raw.status != _IDLE:
         return statement, parameters
-    info[_PENDING] = False
-    prefix = info.get(_PREFIX)
+    prefix = conn.info.get(_PREFIX)
     if prefix is None:
         raise RoutingError("a statement on the tenant router's pool without a tenant")
     streaming = context is not None and context.execution_options.get("stream_results")
-    if executemany or streaming or not isinstance(statement, str):
+    if executemany or streaming:
         # executemany would repeat it, a server-side cursor cannot DECLARE it: its own trip.
-        raw: Any = conn.connection.dbapi_connection
         with raw.cursor() as cur:
             cur.execute(prefix)
         return statement, parameters
