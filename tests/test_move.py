@@ -523,3 +523,13 @@ def test_block_waits_for_an_open_writer_then_gives_up_clearly(tenant, settings, 
     mv.move_tenant(settings, tenant, abort=True)
     assert catalog(settings, tenant) == (("bluth_co", "active"), None)
     assert app_can_write(settings, "bluth_co", tenant)
+
+
+def test_two_movers_of_one_tenant_never_run_at_once(tenant, settings):
+    with db.connection(settings.veneer, "admin", autocommit=True) as other:
+        other.cursor().execute(
+            "SELECT pg_advisory_lock(%s, hashtext(%s))", (mv.MOVE_LOCK_NAMESPACE, tenant)
+        )
+        with pytest.raises(PPPError, match="being moved by another process"):
+            mv.move_tenant(settings, tenant, "cyberdyne")
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
