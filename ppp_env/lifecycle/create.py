@@ -35,8 +35,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ppp_env import db
 from ppp_env.errors import PPPError
@@ -57,6 +57,8 @@ _SHARED_HEADS: dict[tuple[str, int], tuple[str, ...] | None] = {}
 #: The tenant chain rendered from base to head, per ini and version files (None: it
 #: cannot be rendered once for every tenant).
 _RENDERED: dict[tuple[object, ...], str | None] = {}
+_ENGINES: dict[tuple[int, str], Engine] = {}
+_POOL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -168,8 +170,40 @@ def rendered_chain(settings: Settings, schema: str, ini: Path) -> str | None:
 
 @contextmanager
 def _veneer(settings: Settings) -> Iterator[Connection]:
-    with catalog.admin_connection(settings, begin=False) as conn:
+    """A veneer connection as ``veneer_admin`` from this process's small pool: an
+    application calls create_tenant again and again, and a new connection (SCRAM, and
+    SQLAlchemy's first-connect queries) costs more than the rest of the catalog work."""
+    inst = settings.veneer
+    key = (os.getpid(), inst.url("admin").render_as_string(hide_password=False))
+    with _POOL_LOCK:
+        eng = _ENGINES.get(key)
+        if eng is None:
+            eng = db.engine(
+                inst,
+                "admin",
+                connect_timeout=settings.connect_timeout,
+                pool_size=2,
+                max_overflow=8,
+                pool_pre_ping=True,
+                pool_recycle=300,
+            )
+            _ENGINES[key] = eng
+    try:
+        conn = eng.connect()
+    except OperationalError as exc:
+        raise PPPError(
+            f"cannot connect to the veneer at {inst.masked_url('admin')}: {db.first_line(exc)}"
+        ) from None
+    with conn:
         yield conn
+
+
+def close_pools() -> None:
+    """Close this process's pooled veneer connections (tests, shutdown)."""
+    with _POOL_LOCK:
+        for eng in _ENGINES.values():
+            eng.dispose()
+        _ENGINES.clear()
 
 
 def _lookup(
