@@ -226,3 +226,44 @@ def test_server_options_changed_by_hand_are_restored_by_the_veneer_upgrade(
         opt_in(settings, f.table)
         plan = app(settings, f"EXPLAIN (VERBOSE) SELECT count(*) FROM ppp_all.{f.table}")
         assert sum("Async Foreign Scan" in r[0] for r in plan) == 3
+
+
+def test_create_move_and_remove_keep_the_view_right(settings: Settings) -> None:
+    """The lifecycle's own calls (refresh_in when creating and moving, unwire when removing)
+    keep the view right: a created tenant is in it, a moved one counted once, from its new
+    shard, a removed one gone."""
+    lifecycle = pytest.importorskip("ppp_env.lifecycle")
+    from ppp_env.lifecycle import move as mv
+    from tests.plugins.veneer import ROOT
+
+    schema = f"ct_lc_{uuid.uuid4().hex[:8]}"
+    with catalog.admin_connection(settings) as conn:
+        listed_before = "authors" in views.list_tables(conn)
+    try:
+        opt_in(settings, "authors")
+        lifecycle.create_tenant(settings, schema, "cyberdyne", ROOT / "alembic.ini")
+        app(settings, f"INSERT INTO {schema}.authors (first_name, last_name) VALUES ('A', 'B')")
+        count = f"SELECT count(*) FROM ppp_all.authors WHERE tenant = '{schema}'"
+        rows = app(settings, f"SELECT count(*) FROM {schema}.authors")
+        assert rows[0][0] >= 1 and app(settings, count) == rows
+
+        mv.move_tenant(settings, schema, "initech", mode="block")
+        assert app(settings, count) == rows
+        plan = "\n".join(
+            r[0] for r in app(settings, "EXPLAIN (VERBOSE) SELECT * FROM ppp_all.authors")
+        )
+        assert f"Remote SQL: SELECT id, first_name, last_name FROM {schema}.authors" in plan
+
+        lifecycle.remove_tenant(settings, schema, drop_data=True)
+        assert app(settings, count) == [(0,)]
+    finally:
+        with catalog.admin_connection(settings) as conn:
+            if not listed_before:
+                views.remove_table(conn, settings, "authors")
+            shard = conn.exec_driver_sql(
+                "SELECT shard FROM ppp.tenants WHERE schema = %s", (schema,)
+            ).scalar()
+            veneer.unwire(conn, schema)
+            catalog.unregister_tenant(conn, schema)
+        for s in [shard] if shard else SHARDS:
+            shard_sql(settings.shards[s], f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")

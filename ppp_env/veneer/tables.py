@@ -1035,7 +1035,10 @@ def _rebuild_views(conn: Connection, settings: Settings, report: RefreshReport, 
     the tenants' own refresh stands)."""
     try:
         with _unit(conn, own, settings.lock_timeout):
-            report.cross_tenant = views.rebuild(conn)
+            # In the caller's transaction (refresh_in), the tenants it wires count as live
+            # even while still 'provisioning': the caller makes them active before it
+            # commits, or rolls the views back with them.
+            report.cross_tenant = views.rebuild(conn, include=() if own else list(report.revisions))
     except DBAPIError as exc:
         _failed(conn, exc)
         report.views_error = f"cannot rebuild the cross-tenant views: {first_line(exc)}"

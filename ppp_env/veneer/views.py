@@ -133,19 +133,21 @@ def drop_views(conn: Connection, tables: Sequence[str]) -> list[str]:
 
 
 def _columns(
-    conn: Connection, tables: Sequence[str]
+    conn: Connection, tables: Sequence[str], include: Sequence[str]
 ) -> dict[str, dict[str, list[tuple[str, str]]]]:
-    """table -> live tenant -> its foreign table's columns (name, type), in order."""
+    """table -> live tenant (or one of ``include`` being created) -> its foreign table's
+    columns (name, type), in order."""
     rows = conn.execute(
         text(
             "SELECT c.relname, t.schema, a.attname, format_type(a.atttypid, a.atttypmod) "
             "FROM ppp.tenants t JOIN pg_namespace n ON n.nspname = t.schema "
             "JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
             "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            "WHERE c.relname = ANY(:tables) AND t.state = ANY(:states) "
+            "WHERE c.relname = ANY(:tables) AND (t.state = ANY(:states) "
+            "OR (t.state = 'provisioning' AND t.schema = ANY(:include))) "
             'ORDER BY c.relname, t.schema COLLATE "C", a.attnum'
         ),
-        {"tables": list(tables), "states": list(LIVE_STATES)},
+        {"tables": list(tables), "states": list(LIVE_STATES), "include": list(include)},
     ).all()
     out: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for table, schema, column, type_ in rows:
@@ -195,9 +197,15 @@ def _readers(conn: Connection) -> list[str]:
     )
 
 
-def rebuild(conn: Connection, tables: Sequence[str] | None = None) -> ViewReport:
+def rebuild(
+    conn: Connection, tables: Sequence[str] | None = None, *, include: Sequence[str] = ()
+) -> ViewReport:
     """Make the views of ``tables`` (None: every listed table) match the catalog and the
-    tenants' foreign tables; a view whose definition is unchanged is left as it is."""
+    tenants' foreign tables; a view whose definition is unchanged is left as it is.
+
+    ``include``: tenants still ``provisioning`` that count as live, because the caller's
+    transaction wired them and makes them ``active`` before it commits (``ppp tenant
+    create`` wires with :func:`ppp_env.veneer.refresh_in`, then sets the state)."""
     report = ViewReport()
     listed = list_tables(conn)
     wanted = [t for t in listed if tables is None or t in tables]
@@ -208,7 +216,7 @@ def rebuild(conn: Connection, tables: Sequence[str] | None = None) -> ViewReport
         {"t": wanted},
     ).all()
     stored: dict[str, str | None] = {r[0]: r[1] for r in rows}
-    found = _columns(conn, wanted)
+    found = _columns(conn, wanted, include)
     readers = _readers(conn)
     for table in wanted:
         qt = f"{SCHEMA}.{quote_ident(table)}"
