@@ -28,7 +28,6 @@ from ppp_env.routing import (
     UnknownTenant,
     isolation,
 )
-from ppp_env.routing import router as router_module
 from ppp_env.servers.local import free_port
 from ppp_env.settings import Settings
 from ppp_env.veneer.catalog import admin_connection
@@ -137,20 +136,19 @@ def test_search_path_is_exactly_the_tenant_and_never_leaks(settings, tenants):
         # A returned connection holds no tenant: its search_path lasted as long as the
         # transaction ...
         eng = router.engine(router.placement(a))
-        token = router_module._ROUTING.set(True)
-        try:
-            raw = eng.raw_connection()
-        finally:
-            router_module._ROUTING.reset(token)
+        raw = eng.raw_connection()
         try:
             cur = raw.cursor()
             cur.execute("SELECT pg_backend_pid(), current_schemas(false)")
             assert cur.fetchone() == (pid, [])
         finally:
             raw.close()
-        # ... and cannot be taken from the pool without a tenant (refused, discarded).
-        with pytest.raises(RoutingError, match="without a tenant"):
-            eng.connect()
+        # ... and refuses statements unless it came through the router.
+        with (
+            pytest.raises(RoutingError, match="without a tenant"),
+            eng.connect() as conn,
+        ):
+            conn.execute(text("SELECT 1"))
         # Every transaction of a routed connection selects the tenant again.
         with router.connect(a) as conn:
             conn.execute(text("SELECT 1"))

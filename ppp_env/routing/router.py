@@ -9,18 +9,17 @@ Selecting the schema costs no round trip: the first statement of every transacti
 routed connection carries, in the same query string, ``set_config('search_path', <tenant>,
 true)`` (transaction-local). The setting ends with the transaction, so a connection back in
 the pool holds no tenant; new connections start with an empty ``search_path`` (not
-``public``), and a pool event refuses any checkout that does not come through the router:
-no statement runs with an unset or another tenant's schema. A tenant whose schema is not on
-the shard (a finished move the router has not heard of, a tenant not created yet) makes its
-first table access fail (undefined table: nothing resolves, nothing is written); the router
-then re-reads the placement and raises :class:`TenantMoved` (retry: it goes to the new
-shard) or a clear error.
+``public``), and a statement on a connection that did not come through the router is
+refused (a cursor event): no statement runs with an unset or another tenant's schema. A
+tenant whose schema is not on the shard (a finished move the router has not heard of, a
+tenant not created yet) makes its first table access fail (undefined table: nothing
+resolves, nothing is written); the router then re-reads the placement and raises
+:class:`TenantMoved` (retry: it goes to the new shard) or a clear error.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -47,9 +46,7 @@ from ppp_env.settings import Instance, Settings
 APPLICATION_NAME = "ppp-router"
 #: Key in each pooled connection's info dict: the routed tenant's prefix.
 _PREFIX = "ppp_prefix"
-#: Set while the router checks a connection out; the pool refuses checkouts without it.
 _IDLE = psycopg2.extensions.STATUS_READY
-_ROUTING: contextvars.ContextVar[bool] = contextvars.ContextVar("ppp_routing", default=False)
 #: Errors that may mean "the tenant's schema is not (or no longer writable) here": undefined
 #: table, schema or function, read-only transaction, insufficient privilege.
 _MOVE_SIGNS = {"42P01", "3F000", "25006", "42501", "42883"}
@@ -237,7 +234,6 @@ class TenantRouter:
                         "options": "-c search_path=",
                     },
                 )
-                event.listen(eng, "checkout", _refuse_unrouted)
                 event.listen(eng, "before_cursor_execute", _select_tenant, retval=True)
                 self._engines[key] = eng
         return eng
@@ -262,7 +258,6 @@ class TenantRouter:
 
     def _schema_here(self, p: Placement) -> bool | None:
         """Whether the tenant's schema exists on the shard of ``p`` (None: cannot tell)."""
-        token = _ROUTING.set(True)
         try:
             with self.engine(p).connect() as conn:
                 conn.info[_PREFIX] = ""
@@ -276,13 +271,10 @@ class TenantRouter:
                 return bool(found)
         except (sa_exc.SQLAlchemyError, PPPError):
             return None
-        finally:
-            _ROUTING.reset(token)
 
     def _checkout(self, tenant: str, read_only: bool) -> tuple[Connection, Placement]:
         p = self._routable(tenant, read_only)
         eng = self.engine(p)
-        token = _ROUTING.set(True)
         try:
             conn = eng.connect()
         except sa_exc.TimeoutError:
@@ -293,8 +285,6 @@ class TenantRouter:
             ) from None
         except sa_exc.DBAPIError as exc:
             raise self._connect_error(p, exc) from None
-        finally:
-            _ROUTING.reset(token)
         conn.info[_PREFIX] = self._prefix(tenant, read_only)
         return conn, p
 
@@ -394,14 +384,6 @@ class TenantRouter:
         self.close()
 
 
-def _refuse_unrouted(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    if not _ROUTING.get():
-        raise RoutingError(
-            "a connection of the tenant router's pool was checked out without a tenant: use "
-            "TenantRouter.connect(tenant), never the router's engines directly"
-        )
-
-
 def _select_tenant(
     conn: Connection,
     cursor: Any,
@@ -420,7 +402,10 @@ def _select_tenant(
         return statement, parameters
     prefix = conn.info.get(_PREFIX)
     if prefix is None:
-        raise RoutingError("a statement on the tenant router's pool without a tenant")
+        raise RoutingError(
+            "a statement on a connection of the tenant router's pool without a tenant: use "
+            "TenantRouter.connect(tenant), never the router's engines directly"
+        )
     streaming = context is not None and context.execution_options.get("stream_results")
     if executemany or streaming:
         # executemany would repeat it, a server-side cursor cannot DECLARE it: its own trip.
