@@ -533,3 +533,24 @@ def test_two_movers_of_one_tenant_never_run_at_once(tenant, settings):
         with pytest.raises(PPPError, match="being moved by another process"):
             mv.move_tenant(settings, tenant, "cyberdyne")
     assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+
+
+def test_the_source_password_is_never_shown_nor_logged(tenant, settings, topology):
+    """The subscription's connection string holds the source superuser's password: not in
+    an error, not in the target's statement log (log_statement = all)."""
+    password = settings.shard("bluth_co").superuser_password
+    from ppp_env.servers.local import free_port
+
+    wrong = topology.settings_for(topology.variant(PPP_SHARD_BLUTH_CO_FDW_PORT=str(free_port())))
+    with pytest.raises(PPPError) as caught:
+        mv.move_tenant(wrong, tenant, "initech", mode="online")
+    assert "cannot subscribe" in str(caught.value) and password not in str(caught.value)
+    mv.move_tenant(settings, tenant, abort=True)
+    mv.move_tenant(settings, tenant, "initech", mode="online")  # and a successful one
+    if topology.servers is not None:
+        logs = {
+            name: topology.servers.log_file(name).read_text(errors="replace")
+            for name in ("initech", "bluth_co")
+        }
+        assert "CREATE SUBSCRIPTION" not in logs["initech"]
+        assert all(password not in log for log in logs.values())
