@@ -143,3 +143,23 @@ def test_unknown_tenant_is_an_error(veneer_head: Topology) -> None:
         doctor(veneer_head.settings, INI, tenants=["dr_nobody"])
     out = run("doctor", "dr_nobody", "-c", str(INI))
     assert out.exit_code == 1 and out.output.startswith("Error: unknown tenant")
+
+
+def test_a_removed_tenant_wired_again_is_found_and_fixed(veneer_head: Topology) -> None:
+    from ppp_env.lifecycle import remove_tenant
+    from ppp_env.veneer import refresh
+
+    settings = veneer_head.settings
+    schema = f"dr_{uuid.uuid4().hex[:8]}_gone"
+    try:
+        create_tenant(settings, schema, SHARD, INI)
+        remove_tenant(settings, schema)
+        assert doctor(settings, INI, tenants=[schema]).ok
+        refresh(settings, [schema])  # a refresh that names it wires it again
+        report = doctor(settings, INI, tenants=[schema])
+        assert [(f.kind, f.schema) for f in report.findings] == [("removed_wired", schema)]
+        out = run("tenant", "remove", schema)
+        assert out.exit_code == 0, out.output
+        assert doctor(settings, INI, tenants=[schema]).ok
+    finally:
+        forget(settings, [schema])

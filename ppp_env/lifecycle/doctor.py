@@ -14,6 +14,8 @@ fingerprint per tenant); the veneer's foreign tables in one query. Kinds of find
 ``veneer_extra``       a foreign table whose shard table is gone
 ``behind_head``        a tenant not at the tenant chain's head
 ``move``               a move left in ``ppp.moves``
+``removed_wired``      a removed tenant whose veneer schema exists again (a refresh of
+                       every tenant wires removed ones too)
 ``drift``              tenants at the same revision whose tables, columns, types, indexes or
                        constraints differ (the outliers against the most common fingerprint)
 """
@@ -29,6 +31,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from sqlalchemy import text
 
 from ppp_env import db
 from ppp_env.errors import PPPError
@@ -244,6 +247,27 @@ def doctor(
                     add(Finding("orphan_schema", shard, schema, "no catalog entry claims it"))
 
     # -- the veneer ---------------------------------------------------------------------------
+    removed = [t.schema for t in chosen if t.state == "removed"]
+    if removed:
+        with catalog.admin_connection(settings) as conn:
+            wired = conn.execute(
+                text(
+                    "SELECT nspname::text FROM pg_namespace "
+                    "WHERE nspname::text = ANY(CAST(:s AS text[])) ORDER BY 1"
+                ),
+                {"s": removed},
+            ).scalars()
+            shard_of = {t.schema: t.shard for t in chosen}
+            for schema in wired:
+                add(
+                    Finding(
+                        "removed_wired",
+                        shard_of[schema],
+                        schema,
+                        "removed, but its veneer schema is back (a refresh wired it again): "
+                        f"run `ppp tenant remove {schema}` again",
+                    )
+                )
     active = [t for t in chosen if t.state == "active" and t.shard in schemas_on]
     if active:
         veneer_columns: dict[str, dict[str, set[tuple[str, str]]]] = {}

@@ -103,6 +103,11 @@ def remove_tenant(
             raise PPPError(f"unknown tenant {schema!r}: not in the catalog (see `ppp tenant list`)")
         origin = catalog.origins(conn, [schema])[schema]
         moving = [m for m in catalog.list_moves(conn) if m.schema == schema]
+        wired = bool(
+            conn.exec_driver_sql(
+                "SELECT to_regnamespace(%(s)s) IS NOT NULL", {"s": schema}
+            ).scalar()
+        )
     if origin != "runtime":
         raise PPPError(
             f"tenant {schema!r} has an onboarding revision: take it back with `ppp veneer "
@@ -110,7 +115,7 @@ def remove_tenant(
         )
     if moving or found.state == "moving":
         raise PPPError(f"tenant {schema!r} is being moved: finish or cancel the move first")
-    if found.state == "removed" and not drop_data and archive is None:
+    if found.state == "removed" and not drop_data and archive is None and not wired:
         raise PPPError(f"tenant {schema!r} is already removed (its data is on {found.shard!r})")
     inst = settings.shard(found.shard)
     result = RemoveResult(schema, found.shard)
