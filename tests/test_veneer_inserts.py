@@ -138,3 +138,9 @@ def test_the_defaults_name_the_shards_server_and_sequence(settings: Settings) ->
 def test_the_app_role_cannot_use_dblink_itself(settings: Settings) -> None:
     with pytest.raises(psycopg2.errors.InsufficientPrivilege):
         app(settings, "SELECT ppp_remote.dblink_connect('x', 'initech')")
+
+
+def test_the_sequence_function_reaches_ppps_foreign_servers_only(settings: Settings) -> None:
+    for server in ("host=127.0.0.1 user=x password=y dbname=z", "no_such_server"):
+        with pytest.raises(psycopg2.errors.RaiseException, match="not a postgres_fdw foreign"):
+            app(settings, "SELECT ppp_remote.nextval(%s, 'public.s')", (server,))

@@ -241,6 +241,12 @@ DECLARE
     query text := format('SELECT pg_catalog.nextval(%L::pg_catalog.regclass)', seq);
     value bigint;
 BEGIN
+    -- Only PPP's foreign servers: dblink would take any other text for a connection string.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_foreign_server s
+                   JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+                   WHERE s.srvname = server AND w.fdwname = 'postgres_fdw') THEN
+        RAISE EXCEPTION 'ppp_remote.nextval: % is not a postgres_fdw foreign server', server;
+    END IF;
     IF link = ANY (coalesce(ppp_remote.dblink_get_connections(), '{}')) THEN
         BEGIN
             SELECT x INTO value FROM ppp_remote.dblink(link, query) AS t(x bigint);
@@ -260,8 +266,13 @@ $f$
 def _remote_nextval(cur: Any, admin: str, app: str, report: Report) -> None:
     """dblink in schema ``ppp_remote`` and ``ppp_remote.nextval(server, sequence)``."""
     qa, qp = quote_ident(admin), quote_ident(app)
-    cur.execute("SELECT to_regprocedure('ppp_remote.nextval(text,text)') IS NOT NULL")
-    if cur.fetchone()[0]:
+    body = _NEXTVAL.split("$f$")[1]
+    cur.execute(
+        "SELECT p.prosrc FROM pg_proc p "
+        "WHERE p.oid = to_regprocedure('ppp_remote.nextval(text,text)')"
+    )
+    found = cur.fetchone()
+    if found is not None and found[0] == body:
         return
     cur.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'dblink'")
     if cur.fetchone() is None:  # no contrib: inserts through the veneer give sequence values
@@ -275,7 +286,10 @@ def _remote_nextval(cur: Any, admin: str, app: str, report: Report) -> None:
     cur.execute("REVOKE ALL ON FUNCTION ppp_remote.nextval(text, text) FROM PUBLIC")
     cur.execute(f"GRANT USAGE ON SCHEMA ppp_remote TO {qp}")
     cur.execute(f"GRANT EXECUTE ON FUNCTION ppp_remote.nextval(text, text) TO {qp}")
-    report.changes.append("created ppp_remote.nextval (dblink) for remote sequence defaults")
+    report.changes.append(
+        f"{'created' if found is None else 'updated'} ppp_remote.nextval (dblink) for remote "
+        "sequence defaults"
+    )
 
 
 def teardown_instance(inst: Instance, settings: Settings) -> Report:
