@@ -256,6 +256,11 @@ def test_bad_input_changes_nothing(veneer_head: Topology, tenants: list[str]) ->
     with pytest.raises(PPPError, match=f"tenant '{schema}' already exists on shard 'initech'"):
         create_tenant(settings, schema, None, INI)
 
+    # remove with its shard unreachable: an error, still wired and active
+    with pytest.raises(PPPError, match="initech"):
+        remove_tenant(unreachable, schema)
+    assert catalog_row(settings, schema).state == "active" and veneer_schema(settings, schema)
+
     # remove: unknown tenant, a revision's tenant
     example = tuple(catalog_row(settings, "bluth_co"))
     for bad, message in [
