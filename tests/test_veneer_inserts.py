@@ -144,3 +144,32 @@ def test_the_sequence_function_reaches_ppps_foreign_servers_only(settings: Setti
     for server in ("host=127.0.0.1 user=x password=y dbname=z", "no_such_server"):
         with pytest.raises(psycopg2.errors.RaiseException, match="not a postgres_fdw foreign"):
             app(settings, "SELECT ppp_remote.nextval(%s, 'public.s')", (server,))
+
+
+def test_without_the_sequence_function_the_default_is_left_out(settings: Settings) -> None:
+    """A veneer without dblink (no ppp_remote.nextval): serial columns get no default, as
+    before, and the record notices when the function appears (every table made again)."""
+    with tenant(settings) as t:
+        default = (
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+            "WHERE d.adrelid = %s::regclass AND d.adnum = 1"
+        )
+        renamed = False
+        try:
+            with catalog.admin_connection(settings) as conn:
+                conn.exec_driver_sql("ALTER FUNCTION ppp_remote.nextval(text, text) RENAME TO nv")
+                renamed = True
+            report = veneer.refresh(settings, [t])
+            assert report.ok and report.tables_created == 3
+            with catalog.admin_connection(settings) as conn:
+                assert conn.exec_driver_sql(default, (f"{t}.serials",)).scalar() is None
+            with pytest.raises(psycopg2.errors.NotNullViolation):
+                app(settings, f"INSERT INTO {t}.serials (name) VALUES ('a')")
+        finally:
+            if renamed:
+                with catalog.admin_connection(settings) as conn:
+                    conn.exec_driver_sql(
+                        "ALTER FUNCTION ppp_remote.nv(text, text) RENAME TO nextval"
+                    )
+        assert veneer.refresh(settings, [t]).tables_created == 3
+        assert app(settings, f"INSERT INTO {t}.serials (name) VALUES ('a') RETURNING id") == [(42,)]
