@@ -554,3 +554,24 @@ def test_the_source_password_is_never_shown_nor_logged(tenant, settings, topolog
         }
         assert "CREATE SUBSCRIPTION" not in logs["initech"]
         assert all(password not in log for log in logs.values())
+
+
+def test_abort_with_the_target_gone_still_restores_the_source(
+    tenant, settings, topology, monkeypatch
+):
+    from ppp_env.servers.local import free_port
+
+    monkeypatch.setenv(mv.STOP_ENV, "copied")
+    with pytest.raises(mv.MoveStopped):
+        mv.move_tenant(settings, tenant, "cyberdyne")
+    monkeypatch.delenv(mv.STOP_ENV)
+    lost = topology.settings_for(topology.variant(PPP_SHARD_CYBERDYNE_PORT=str(free_port())))
+    lines: list[str] = []
+    mv.move_tenant(lost, tenant, abort=True, say=lines.append)
+    assert any("could not clean up shard 'cyberdyne'" in line for line in lines), lines
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
+    assert app_can_write(settings, "bluth_co", tenant)
+    # the leftover copy on the target is named; a new move there is refused until it is gone
+    with pytest.raises(PPPError, match="already has a schema"):
+        mv.move_tenant(settings, tenant, "cyberdyne")
+    shard_sql(settings, "cyberdyne", f"DROP SCHEMA {tenant} CASCADE")

@@ -457,7 +457,21 @@ class _Mover:
                 f"veneer reads it there; finish it (`ppp tenant move {self.schema} --to "
                 f"{self.move.target}`) and move it back"
             )
-        self.reset_target()
+        try:
+            self.reset_target()
+        except (PPPError, psycopg2.Error) as exc:
+            # The target is gone: the tenant still goes back to its source. What is left
+            # there (the copy, a subscription) is named for the operator.
+            why = str(exc) if isinstance(exc, PPPError) else db.error_text(exc)
+            if self.move.mode == "online":
+                shard.drop_publication_and_slot(self.cur("source", "superuser"), self.name)
+                shard.drop_marker(self.cur("source"), self.name)
+            self.say(
+                f"{self.schema}: could not clean up shard {self.move.target!r} ({why}); when it "
+                f"is back, drop schema {self.schema}"
+                + (f" and subscription {self.name}" if self.move.mode == "online" else "")
+                + " there"
+            )
         shard.open_writes(self.cur("source"), self.schema, self.source.app_role)
         cur = self.vconn.cursor()
         cur.execute(
