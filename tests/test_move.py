@@ -504,6 +504,17 @@ def test_no_migration_of_the_tenant_while_it_moves(tenant, settings, monkeypatch
         (LOCK_NAMESPACE, tenant),
     )  # fmt: skip
     assert got == [(True,)]
+    # and a migration running on the tenant keeps a move from starting its work
+    with db.connection(settings.shard("cyberdyne"), "admin") as migration:
+        migration.cursor().execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, tenant)
+        )
+        with pytest.raises(PPPError, match="is being migrated on shard 'cyberdyne'"):
+            mv.move_tenant(settings, tenant, "bluth_co")
+        assert catalog(settings, tenant) == (("cyberdyne", "active"), None)  # nothing changed
+        migration.rollback()
+    mv.move_tenant(settings, tenant, "bluth_co")
+    assert catalog(settings, tenant) == (("bluth_co", "active"), None)
 
 
 def test_block_waits_for_an_open_writer_then_gives_up_clearly(tenant, settings, topology):

@@ -54,6 +54,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import psycopg2
+import psycopg2.errors
 from sqlalchemy import text
 
 from ppp_env import db
@@ -258,11 +259,20 @@ class _Mover:
         from ppp_env.fleet.worker import LOCK_NAMESPACE
 
         cur = self.cur("source")
-        cur.execute(
-            f"SET lock_timeout = '{int(self.settings.lock_timeout * 1000)}ms'; "
-            "SELECT pg_advisory_lock(%s, hashtext(%s)); RESET lock_timeout",
-            (LOCK_NAMESPACE, self.schema),
-        )
+        try:
+            cur.execute(
+                f"SET lock_timeout = '{int(self.settings.lock_timeout * 1000)}ms'; "
+                "SELECT pg_advisory_lock(%s, hashtext(%s))",
+                (LOCK_NAMESPACE, self.schema),
+            )
+        except psycopg2.errors.LockNotAvailable:
+            raise PPPError(
+                f"tenant {self.schema!r} is being migrated on shard {self.move.source!r} "
+                f"(waited {self.settings.lock_timeout:g} s, PPP_LOCK_TIMEOUT): try again when "
+                "the migration is done"
+            ) from None
+        finally:
+            cur.execute("RESET lock_timeout")
 
     def run(self) -> None:
         order = steps_of(self.move.mode)
@@ -503,6 +513,16 @@ def _check_new(settings: Settings, schema: str, source: str, target: str, mode: 
                     "catalog places it elsewhere); drop or rename it there first"
                 )
             if inst is src:
+                from ppp_env.fleet.worker import LOCK_NAMESPACE
+
+                cur.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema)
+                )
+                if not cur.fetchone()[0]:
+                    raise PPPError(
+                        f"tenant {schema!r} is being migrated on shard {source!r}: try again "
+                        "when the migration is done"
+                    )
                 if not shard.schema_exists(cur, schema):
                     raise PPPError(
                         f"tenant {schema!r} has no schema on shard {source!r} yet: nothing to "
