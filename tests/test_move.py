@@ -315,6 +315,9 @@ def test_online_move_keeps_every_acknowledged_write(tenant, settings):
     assert set(acked) == on_target
     seen = veneer_app(settings, f"SELECT count(*) FROM {tenant}.books WHERE id >= 1000000")
     assert seen == [(len(acked),)]
+    # sequence values came along (logical replication does not carry them)
+    assert shard_sql(settings, "initech", f"SELECT nextval('{tenant}.books_id_seq')") == [(81,)]
+    assert shard_sql(settings, "initech", f"SELECT nextval('{tenant}.authors_id_seq')") == [(42,)]
     # the replication objects are gone from both shards
     name = mv.replication_name(tenant)
     assert replication_objects(settings, name) == []
