@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg2.extensions
 import pytest
 from sqlalchemy import Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -135,15 +136,19 @@ def test_search_path_is_exactly_the_tenant_and_never_leaks(settings, tenants):
             assert conn.execute(text("SELECT note FROM items")).scalar() == b
         # A returned connection holds no tenant: its search_path lasted as long as the
         # transaction ...
+        # (read with a plain psycopg2 cursor, going around the router on purpose) ...
         eng = router.engine(router.placement(a))
         raw = eng.raw_connection()
         try:
-            cur = raw.cursor()
+            cur = raw.cursor(cursor_factory=psycopg2.extensions.cursor)
             cur.execute("SELECT pg_backend_pid(), current_schemas(false)")
             assert cur.fetchone() == (pid, [])
+            raw.rollback()
+            # ... and refuses statements unless it came through the router.
+            with pytest.raises(RoutingError, match="without a tenant"):
+                raw.cursor().execute("SELECT 1")
         finally:
             raw.close()
-        # ... and refuses statements unless it came through the router.
         with (
             pytest.raises(RoutingError, match="without a tenant"),
             eng.connect() as conn,
