@@ -31,7 +31,7 @@ from ppp_env.fleet.results import FleetResult, TenantResult
 from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
 from ppp_env.shared.env import SharedResult
-from ppp_env.veneer.catalog import list_tenants
+from ppp_env.veneer.catalog import in_service, list_tenants
 
 
 @dataclass
@@ -162,7 +162,7 @@ def migrate(
         veneer_step()
 
     # After the veneer step: onboarding revisions may just have registered tenants.
-    catalog = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    catalog = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     if options.tenants is not None:
         shard_names = list(dict.fromkeys(t.shard for t in catalog))
     else:

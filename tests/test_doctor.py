@@ -155,7 +155,26 @@ def test_a_removed_tenant_wired_again_is_found_and_fixed(veneer_head: Topology) 
         create_tenant(settings, schema, SHARD, INI)
         remove_tenant(settings, schema)
         assert doctor(settings, INI, tenants=[schema]).ok
-        refresh(settings, [schema])  # a refresh that names it wires it again
+        # A refresh never wires a removed tenant again, named or not ...
+        named = refresh(settings, [schema])
+        assert "it was removed (ppp tenant remove)" in named.errors[schema]
+        assert schema not in refresh(settings).refreshed
+        assert doctor(settings, INI, tenants=[schema]).ok
+        # ... nor does the fleet migrate it.
+        from alembic import command
+
+        from ppp_env.fleet import RunOptions
+        from tests.conftest import alembic_config
+
+        cfg = alembic_config(**{"ppp.options": RunOptions(output="quiet", tenants=[schema])})
+        command.upgrade(cfg, "head")
+        assert cfg.attributes["ppp.result"].tenants == []
+        # ... but wiring made by hand is found, and `ppp tenant remove` takes it away again.
+        with catalog.admin_connection(settings) as conn:
+            conn.exec_driver_sql(
+                f'CREATE SCHEMA "{schema}"; IMPORT FOREIGN SCHEMA "{schema}" '
+                f'FROM SERVER "{SHARD}" INTO "{schema}"'
+            )
         report = doctor(settings, INI, tenants=[schema])
         assert [(f.kind, f.schema) for f in report.findings] == [("removed_wired", schema)]
         out = run("tenant", "remove", schema)

@@ -20,7 +20,7 @@ from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
 from ppp_env.shared import env as shared_env
 from ppp_env.veneer import env as veneer_env
-from ppp_env.veneer.catalog import list_tenants
+from ppp_env.veneer.catalog import in_service, list_tenants
 
 EXAMPLE_QUERY = "SELECT * FROM {schema}.authors WHERE first_name = 'Ernest'"
 
@@ -153,7 +153,7 @@ def status(
     """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
     settings = state.settings
     heads = ScriptDirectory.from_config(alembic_config(config_path)).get_heads()
-    catalog = list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants))
+    catalog = in_service(list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants)))
     rows, errors = fleet_status(settings, catalog, heads)
     shared: dict[str, Any] | None = None
     if shared_env.has_shared_section(config_path):

@@ -45,7 +45,7 @@ from ppp_env.fleet.status import shard_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings
 from ppp_env.tenant_state import group_by_shard
-from ppp_env.veneer.catalog import list_tenants
+from ppp_env.veneer.catalog import in_service, list_tenants
 
 log = logging.getLogger("ppp.migrations")
 
@@ -141,7 +141,7 @@ def _fleet(
     metadata: Any,
     kw: dict[str, Any],
 ) -> FleetResult:
-    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     _ = env.script.revision_map.heads  # load every revision once, before the workers fork
 
     def steps(heads: tuple[str, ...]) -> list[Any]:
@@ -179,7 +179,7 @@ def _refresh(settings: Settings, result: FleetResult) -> None:
 
 # -- current ------------------------------------------------------------------------------------
 def _current(env: EnvironmentContext, settings: Settings, options: RunOptions) -> None:
-    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     heads = set(env.script.get_heads())
     states, errors = shard_states(settings, tenants)
     for t in tenants:
@@ -205,7 +205,7 @@ def _offline(
     metadata: Any,
     kw: dict[str, Any],
 ) -> None:
-    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     starting = env.get_starting_revision_argument()  # None: from base
     from_base = starting is None
     fn = env.context_opts["fn"]
@@ -259,7 +259,7 @@ def _on_template(
     kw: dict[str, Any],
 ) -> None:
     """Commands that look at one database: use one template tenant's schema."""
-    tenants = list_tenants(settings, shards=options.shards, tenants=options.tenants)
+    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     if options.template:
         chosen = [t for t in tenants if t.schema == options.template]
         if not chosen:

@@ -183,6 +183,11 @@ def find_tenants(
     return found
 
 
+def in_service(tenants: Sequence[Tenant]) -> list[Tenant]:
+    """The tenants PPP migrates and wires: all but those ``ppp tenant remove`` retired."""
+    return [t for t in tenants if t.state != "removed"]
+
+
 def list_tenants(
     settings: Settings,
     *,

@@ -924,7 +924,13 @@ def _refresh(
     report = RefreshReport()
     app = quote_ident(settings.veneer.app_role)
     with _reading(conn, own):
-        wanted = catalog.find_tenants(conn, tenants=tenants)
+        found = catalog.find_tenants(conn, tenants=tenants)
+        wanted = catalog.in_service(found)
+        for t in found:
+            if t.state == "removed" and tenants is not None:
+                report.errors[t.schema] = (
+                    "it was removed (ppp tenant remove): not wired again; create it anew instead"
+                )
         _ensure_wired(conn, settings)
         if tenants is None:  # records of tenants no longer in the catalog
             conn.execute(
