@@ -105,19 +105,20 @@ class MigrateResult:
         return report
 
 
-def alembic_config(path: str | Path, section: str = "alembic", settings: Any = None) -> Config:
-    """A Config for one section of an alembic.ini, carrying ``settings`` to its env.py."""
-    if not Path(path).is_file():
-        raise PPPError(
-            f"no Alembic configuration at {path}: run ppp from the project folder or pass -c"
-        )
-    cfg = Config(str(path), ini_section=section)
+def alembic_config(
+    path: str | Path | None, section: str = "alembic", settings: Any = None
+) -> Config:
+    """A Config for one section of an alembic.ini (``-c``, else the one lookup every command
+    shares: :func:`ppp_env.veneer.env.find_alembic_ini`), carrying ``settings`` to its env.py."""
+    from ppp_env.veneer.env import find_alembic_ini
+
+    cfg = Config(str(find_alembic_ini(path)), ini_section=section)
     if settings is not None:
         cfg.attributes["ppp.settings"] = settings
     return cfg
 
 
-def upgrade_veneer(settings: Settings, config_path: str | Path) -> None:
+def upgrade_veneer(settings: Settings, config_path: str | Path | None) -> None:
     """Step 1 as a library call: ``alembic -n veneer upgrade heads`` (every onboarding
     revision is a head); the tenants it registers are wired by the refresh step, once the
     tenant step created their schemas. ``ppp migrate`` passes its own ``veneer_step``
@@ -136,7 +137,7 @@ def _say(step: str, detail: str) -> None:
 
 def migrate(
     settings: Settings,
-    config_path: str | Path,
+    config_path: str | Path | None,
     options: MigrateOptions,
     *,
     veneer_step: Callable[[], None] | None = None,
@@ -153,7 +154,9 @@ def migrate(
     started = time.perf_counter()
     for shard in options.shards or []:
         settings.shard(shard)  # unknown shards fail before anything runs
-    alembic_config(config_path)  # a missing ini fails before anything runs too
+    from ppp_env.veneer.env import find_alembic_ini
+
+    config_path = find_alembic_ini(config_path)  # a missing ini fails before anything runs too
 
     if veneer_step is None:
         say("1/4 veneer", "alembic -n veneer upgrade heads")
@@ -203,6 +206,7 @@ def migrate(
             output=options.output,
             verbose=options.verbose,
         )
+        cfg.attributes["ppp.command"] = "upgrade"  # the env need not guess the command
         failure = None
         try:
             command.upgrade(cfg, options.revision)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -48,3 +49,13 @@ class PPPGroup(click.Group):
 
 
 pass_state = click.make_pass_decorator(State)
+
+#: ``-c/--config``: which alembic.ini (the same lookup in every command).
+CONFIG_OPTION = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Alembic configuration file (default: ALEMBIC_CONFIG, ./alembic.ini, the project's).",
+)

@@ -39,9 +39,10 @@ def fleet_options(f: F) -> F:
                 "-c",
                 "--config",
                 "config_path",
-                default="alembic.ini",
-                show_default=True,
-                help="Alembic configuration file.",
+                default=None,
+                metavar="INI",
+                help="Alembic configuration file (default: ALEMBIC_CONFIG, ./alembic.ini, "
+                "the project's).",
             ),
             click.option("--shard", "shards", metavar="A,B", help="Only these shards."),
             click.option("--tenant", "tenants", metavar="X,Y", help="Only these tenants."),
@@ -86,7 +87,7 @@ def fleet_options(f: F) -> F:
 @pass_state
 def migrate(
     state: State,
-    config_path: str,
+    config_path: str | None,
     shards: str | None,
     tenants: str | None,
     as_json: bool,
@@ -148,17 +149,18 @@ def migrate(
 @fleet_options
 @pass_state
 def status(
-    state: State, config_path: str, shards: str | None, tenants: str | None, as_json: bool
+    state: State, config_path: str | None, shards: str | None, tenants: str | None, as_json: bool
 ) -> None:
     """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
     settings = state.settings
-    heads = ScriptDirectory.from_config(alembic_config(config_path)).get_heads()
+    ini = veneer_env.find_alembic_ini(config_path)
+    heads = ScriptDirectory.from_config(alembic_config(ini)).get_heads()
     catalog = in_service(list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants)))
     rows, errors = fleet_status(settings, catalog, heads)
     shared: dict[str, Any] | None = None
-    if shared_env.has_shared_section(config_path):
+    if shared_env.has_shared_section(ini):
         names = list(dict.fromkeys(t.shard for t in catalog)) if tenants else _csv(shards)
-        shared_heads, shared_rows, shared_errors = shared_env.status(settings, config_path, names)
+        shared_heads, shared_rows, shared_errors = shared_env.status(settings, ini, names)
         shared = {"heads": shared_heads, "shards": [asdict(r) for r in shared_rows]}
         for shard, error in shared_errors.items():
             errors.setdefault(shard, error)

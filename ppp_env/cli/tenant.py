@@ -12,20 +12,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ppp_env.cli.common import State, console, pass_state
+from ppp_env.cli.common import CONFIG_OPTION, State, console, pass_state
 from ppp_env.cli.veneer import _print_wiring, _revisions, _show_alembic_progress
 from ppp_env.errors import PPPError
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
-
-CONFIG_OPTION = click.option(
-    "-c",
-    "--config",
-    "config_path",
-    default=None,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Alembic configuration file (default: ALEMBIC_CONFIG, ./alembic.ini, the project's).",
-)
 
 
 @click.group("tenant")
@@ -42,9 +33,15 @@ def tenant_group() -> None:
     help="Do not look the tenant up in the veneer's catalog (no connection needed).",
 )
 @click.option("--upgrade", is_flag=True, help="Then apply it (`ppp veneer upgrade`).")
+@CONFIG_OPTION
 @pass_state
 def tenant_add(
-    state: State, schema: str, shard: str, no_catalog_check: bool, upgrade: bool
+    state: State,
+    schema: str,
+    shard: str,
+    no_catalog_check: bool,
+    upgrade: bool,
+    config_path: Path | None,
 ) -> None:
     """Write the onboarding revision of tenant SCHEMA on shard NAME.
 
@@ -52,14 +49,17 @@ def tenant_add(
     tenant in the catalog and wires it; its downgrade unwires and unregisters it.
     """
     settings = state.settings
+    cfg = veneer_env.veneer_config(settings, config_path)
     path = tenant_revision.add_tenant_revision(
-        settings, schema, shard, check_catalog=not no_catalog_check
+        settings, schema, shard, config=cfg, check_catalog=not no_catalog_check
     )
     out = console()
     out.print(f"wrote {path}")
     if upgrade:
         _show_alembic_progress()
-        result = veneer_env.upgrade(settings)
+        result = veneer_env.upgrade(
+            settings, "head", veneer_env.veneer_config(settings, config_path)
+        )
         _print_wiring(result)
         out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
     else:

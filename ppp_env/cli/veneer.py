@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 from rich.table import Table
 
 from ppp_env import veneer
-from ppp_env.cli.common import State, console, pass_state
+from ppp_env.cli.common import CONFIG_OPTION, State, console, pass_state
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
 
@@ -61,15 +62,17 @@ def _revisions(revs: tuple[str, ...]) -> str:
 
 @veneer_group.command("upgrade")
 @click.argument("revision", default="head")
+@CONFIG_OPTION
 @pass_state
-def veneer_upgrade(state: State, revision: str) -> None:
+def veneer_upgrade(state: State, revision: str, config_path: Path | None) -> None:
     """Apply the veneer's revisions (same as `alembic -n veneer upgrade head`).
 
     Every tenant's onboarding revision is a head of its own: `head` and `heads` both apply
     all of them. Also reconciles the foreign servers and user mappings with the settings.
     """
     _show_alembic_progress()
-    result = veneer_env.upgrade(state.settings, revision)
+    cfg = veneer_env.veneer_config(state.settings, config_path)
+    result = veneer_env.upgrade(state.settings, revision, cfg)
     out = console()
     for change in result.changes:
         out.print(change)
@@ -87,8 +90,11 @@ def veneer_upgrade(state: State, revision: str) -> None:
     metavar="NAME",
     help="Take back only this tenant's onboarding revision (= REV@-1); the others stay.",
 )
+@CONFIG_OPTION
 @pass_state
-def veneer_downgrade(state: State, revision: str | None, tenant: str | None) -> None:
+def veneer_downgrade(
+    state: State, revision: str | None, tenant: str | None, config_path: Path | None
+) -> None:
     """Revert veneer revisions down to REVISION (`alembic -n veneer downgrade REVISION`).
 
     One tenant: `--tenant NAME`, or `<its revision>@-1`. Downgrading a tenant's onboarding
@@ -97,10 +103,14 @@ def veneer_downgrade(state: State, revision: str | None, tenant: str | None) -> 
     """
     if tenant is not None and revision is None:
         _show_alembic_progress()
-        result = tenant_revision.downgrade_tenant(state.settings, tenant)
+        result = tenant_revision.downgrade_tenant(
+            state.settings, tenant, veneer_env.veneer_config(state.settings, config_path)
+        )
     elif revision is not None and tenant is None:
         _show_alembic_progress()
-        result = veneer_env.downgrade(state.settings, revision)
+        result = veneer_env.downgrade(
+            state.settings, revision, veneer_env.veneer_config(state.settings, config_path)
+        )
     else:
         raise click.UsageError("give a REVISION or --tenant NAME (one of the two)")
     out = console()
@@ -135,10 +145,11 @@ def veneer_refresh(state: State, tenants: tuple[str, ...]) -> None:
 
 
 @veneer_group.command("status")
+@CONFIG_OPTION
 @pass_state
-def veneer_status(state: State) -> None:
+def veneer_status(state: State, config_path: Path | None) -> None:
     """The veneer's revision (against head) and its shards' foreign servers."""
-    st = veneer_env.status(state.settings)
+    st = veneer_env.status(state.settings, veneer_env.veneer_config(state.settings, config_path))
     out = console()
     where = "at head" if st.at_head else f"head is {_revisions(st.heads)}: run `ppp veneer upgrade`"
     out.print(f"veneer revision: {_revisions(st.current)} ({where})")

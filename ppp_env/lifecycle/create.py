@@ -50,7 +50,7 @@ from ppp_env.shared import env as shared_env
 from ppp_env.tenant_state import ensure_index, read_states, track_sql
 from ppp_env.veneer import catalog
 from ppp_env.veneer.env import find_alembic_ini, veneer_config
-from ppp_env.veneer.onboarding import find_tenant_revisions
+from ppp_env.veneer.onboarding import find_tenant_revisions, version_dirs
 
 _ALEMBIC = threading.Lock()
 _SHARED_HEADS: dict[tuple[str, int], tuple[str, ...] | None] = {}
@@ -76,7 +76,7 @@ class CreateResult:
 
 
 def _ini(config: str | Path | None) -> Path:
-    path = Path(config) if config is not None else find_alembic_ini()
+    path = find_alembic_ini(config)
     if not path.is_file():
         raise PPPError(f"no Alembic configuration at {path}: run ppp from the project folder")
     return path
@@ -102,6 +102,7 @@ def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
     cfg = Config(str(ini), ini_section="alembic")
     cfg.attributes["ppp.settings"] = settings
     cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
+    cfg.attributes["ppp.command"] = "upgrade"
     failure = None
     with _ALEMBIC:
         try:
@@ -131,7 +132,7 @@ def _chain_key(ini: Path) -> tuple[object, ...]:
     except CommandError as exc:
         raise PPPError(f"cannot read the tenant chain: {exc}") from None
     files: list[tuple[str, int]] = []
-    for folder in script._version_locations:
+    for folder in version_dirs(script):
         if os.path.isdir(folder):
             for entry in os.scandir(folder):
                 if entry.name.endswith(".py"):
@@ -150,6 +151,7 @@ def rendered_chain(settings: Settings, schema: str, ini: Path) -> str | None:
     cfg = Config(str(ini), ini_section="alembic", output_buffer=buf, stdout=io.StringIO())
     cfg.attributes["ppp.settings"] = settings
     cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
+    cfg.attributes["ppp.command"] = "upgrade"
     body: str | None = None
     with _ALEMBIC:
         try:

@@ -143,7 +143,7 @@ def doctor(
 ) -> DoctorReport:
     """Every difference between the catalog, the shards and the veneer. ``tenants`` narrows
     the per-tenant checks (orphan schemas are then only looked for among those names)."""
-    ini = Path(config) if config is not None else find_alembic_ini()
+    ini = find_alembic_ini(config)
     heads = tenant_heads(ini)
     report = DoctorReport()
     add = report.findings.append

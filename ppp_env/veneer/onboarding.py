@@ -76,7 +76,9 @@ class TenantRevision:
 
 
 def version_dirs(script: ScriptDirectory) -> list[Path]:
-    return [Path(p) for p in script._version_locations]
+    """The folders a script directory keeps revisions in (``version_locations``, else its
+    ``versions`` folder), from its public attributes."""
+    return [Path(p) for p in (script.version_locations or [script.versions])]
 
 
 def _scan(script: ScriptDirectory) -> tuple[list[TenantRevision], list[Path]]:
