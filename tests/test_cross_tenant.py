@@ -267,3 +267,29 @@ def test_create_move_and_remove_keep_the_view_right(settings: Settings) -> None:
             catalog.unregister_tenant(conn, schema)
         for s in [shard] if shard else SHARDS:
             shard_sql(settings.shards[s], f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+
+
+def test_cross_tenant_commands(settings: Settings) -> None:
+    from click.testing import CliRunner
+
+    from ppp_env.cli.main import cli
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["veneer", "cross-tenant", *args])
+
+    with fleet(settings) as f:
+        f.add("initech")
+        f.add("cyberdyne")
+        f.refresh()
+        added = run("add", f.table)
+        assert added.exit_code == 0, added.output
+        assert f"ppp_all.{f.table}: 2 tenants" in added.output
+        assert f"ppp_all.{f.table}" in run("list").output
+        assert app(settings, f"SELECT count(DISTINCT tenant) FROM ppp_all.{f.table}") == [(2,)]
+        bad = run("add", "Bad Name")
+        assert bad.exit_code == 1 and "invalid table name" in bad.output
+        assert run("remove", f.table).exit_code == 0
+        again = run("remove", f.table)
+        assert again.exit_code == 1
+        assert f"Error: '{f.table}' has no cross-tenant view" in again.output
+        assert f"ppp_all.{f.table}" not in run("list").output

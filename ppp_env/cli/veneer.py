@@ -14,6 +14,8 @@ from rich.table import Table
 
 from ppp_env import veneer
 from ppp_env.cli.common import CONFIG_OPTION, State, console, pass_state
+from ppp_env.errors import PPPError
+from ppp_env.veneer import catalog, views
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
 
@@ -162,3 +164,43 @@ def veneer_status(state: State, config_path: Path | None) -> None:
                 s.shard, s.address, str(s.tenants), str(s.pending), "yes" if s.in_settings else "NO"
             )
         out.print(table)
+
+
+@veneer_group.group("cross-tenant")
+def cross_tenant_group() -> None:
+    """Opt-in views ppp_all.<table>: a table over every active tenant, with a tenant column."""
+
+
+@cross_tenant_group.command("add")
+@click.argument("table")
+@pass_state
+def cross_tenant_add(state: State, table: str) -> None:
+    """Build ppp_all.TABLE over every tenant that has TABLE (kept by every refresh)."""
+    with catalog.admin_connection(state.settings) as conn:
+        report = views.add_table(conn, state.settings, table)
+    out = console()
+    tenants = report.built.get(table, [])
+    out.print(f"ppp_all.{table}: {_count(tenants)}")
+    for tenant, why in report.left_out.get(table, {}).items():
+        out.print(f"left out {tenant}: {why}")
+
+
+@cross_tenant_group.command("remove")
+@click.argument("table")
+@pass_state
+def cross_tenant_remove(state: State, table: str) -> None:
+    """Drop ppp_all.TABLE and stop keeping it."""
+    with catalog.admin_connection(state.settings) as conn:
+        removed = views.remove_table(conn, state.settings, table)
+    if not removed:
+        raise PPPError(f"{table!r} has no cross-tenant view (see `ppp veneer cross-tenant list`)")
+    console().print(f"ppp_all.{table}: dropped")
+
+
+@cross_tenant_group.command("list")
+@pass_state
+def cross_tenant_list(state: State) -> None:
+    """The tables that have a cross-tenant view."""
+    with catalog.admin_connection(state.settings) as conn:
+        tables = views.list_tables(conn)
+    console().print("\n".join(f"ppp_all.{t}" for t in tables) or "no cross-tenant views")
