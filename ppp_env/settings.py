@@ -111,6 +111,9 @@ class Settings:
     lock_retries: int = 5
     #: Seconds any statement of a tenant's migration may run (0: no limit).
     statement_timeout: float = 0.0
+    #: postgres_fdw's use_remote_estimate on the veneer's foreign servers (joins plan better,
+    #: every query pays a remote EXPLAIN).
+    remote_estimate: bool = False
     connect_timeout: int = 5
     source: str = ""
 
@@ -216,6 +219,14 @@ class _Reader:
             raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
         return value
 
+    def boolean(self, var: str, expects: str, default: bool) -> bool:
+        raw = self.get(var, expects, "true" if default else "false").lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
+
     def number(self, var: str, expects: str, default: float) -> float:
         raw = self.get(var, expects, str(default))
         try:
@@ -317,6 +328,9 @@ def load_settings(
         lock_retries=r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
         statement_timeout=r.number(
             "PPP_STATEMENT_TIMEOUT", "seconds a migration statement may run (0: no limit)", 0.0
+        ),
+        remote_estimate=r.boolean(
+            "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
         ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
         source=str(path) if path.is_file() else "process environment",

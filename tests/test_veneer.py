@@ -100,7 +100,7 @@ def test_upgrade_head_builds_catalog_servers_and_mappings(settings: Settings) ->
             "dbname": inst.dbname,
             "async_capable": "true",
             "fetch_size": "1000",
-            "use_remote_estimate": "true",
+            "use_remote_estimate": "false",
         }
         assert (name, settings.veneer.admin_role) in mappings
         assert (name, settings.veneer.app_role) in mappings
@@ -529,3 +529,26 @@ def test_no_password_in_revision_files_or_the_veneer_log(topology: Any, settings
     log = topology.servers.log_file("veneer").read_text(errors="replace")
     leaked = [s for s in secrets if s in log]
     assert not leaked, "a password is in the veneer's statement log"
+
+
+def test_remote_estimates_are_a_setting_the_upgrade_keeps(
+    topology: Any, settings: Settings
+) -> None:
+    def estimate() -> set[str]:
+        with catalog.admin_connection(settings) as conn:
+            rows = conn.execute(
+                text("SELECT srvoptions FROM pg_foreign_server WHERE srvname = ANY(:s)"),
+                {"s": list(settings.shards)},
+            ).scalars()
+            return {options(r).get("use_remote_estimate", "") for r in rows}
+
+    assert estimate() == {"false"}
+    on = load_settings(environ=topology.variant(PPP_FDW_REMOTE_ESTIMATE="true"))
+    try:
+        veneer_env.upgrade(on, "head")
+        assert estimate() == {"true"}
+    finally:
+        veneer_env.upgrade(settings, "head")
+    assert estimate() == {"false"}
+    with pytest.raises(PPPError, match="PPP_FDW_REMOTE_ESTIMATE='maybe' is not valid"):
+        load_settings(environ=topology.variant(PPP_FDW_REMOTE_ESTIMATE="maybe"))

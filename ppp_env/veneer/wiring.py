@@ -47,22 +47,23 @@ def lock(conn: Connection) -> None:
 
 
 # -- foreign servers and user mappings ----------------------------------------------------------
-def server_options(inst: Instance) -> dict[str, str]:
+def server_options(inst: Instance, remote_estimate: bool = False) -> dict[str, str]:
     """The postgres_fdw options PPP manages on a shard's foreign server (every veneer upgrade
-    restores them). Chosen with ``benchmarks/fdw_options.py``: ``fetch_size`` 1000 (range
-    scans and fan-outs 1.5-2.5x faster than postgres_fdw's 100), ``async_capable`` (an
+    restores them). Chosen by measurement: ``fetch_size`` 1000 (``benchmarks/fdw_options.py``:
+    range scans and fan-outs 1.5-2.5x faster than postgres_fdw's 100), ``async_capable`` (an
     Append over several shards runs them at once: a cross-tenant view costs its slowest
-    shard, not the sum), ``use_remote_estimate`` (the shard's own estimates: a join of two
-    tenant tables 3-10x faster; point lookups and a 150-tenant fan-out showed no cost above
-    the machine's noise). ``extensions`` is not set: no extension is shared by the veneer
-    and the shards whose functions queries would push down."""
+    shard, not the sum). ``use_remote_estimate`` is off unless ``PPP_FDW_REMOTE_ESTIMATE``:
+    it makes a join of two tenant tables 3-10x faster, but every query pays a remote EXPLAIN,
+    and ``benchmarks/query_paths.py`` measured the veneer's point lookups 1.3x slower than a
+    hand-wired postgres_fdw with it (1.04x without). ``extensions`` is not set: no extension
+    is shared by the veneer and the shards whose functions queries would push down."""
     return {
         "host": inst.fdw_host,
         "port": str(inst.fdw_port),
         "dbname": inst.dbname,
         "async_capable": "true",
         "fetch_size": str(FETCH_SIZE),
-        "use_remote_estimate": "true",
+        "use_remote_estimate": "true" if remote_estimate else "false",
     }
 
 
@@ -165,7 +166,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
     changes: list[str] = []
     servers = _servers(conn)
     for name, inst in settings.shards.items():
-        want = server_options(inst)
+        want = server_options(inst, settings.remote_estimate)
         where = f"{inst.fdw_host}:{inst.fdw_port}/{inst.dbname}"
         row = servers.get(name)
         if row is None:
