@@ -22,12 +22,12 @@ from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, TextIO
 
-from alembic import context as alembic_context
 from alembic.runtime.environment import EnvironmentContext
 from alembic.util import CommandError
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
+from ppp_env.alembic_env import command_name, environment
 from ppp_env.errors import PPPError
 from ppp_env.fleet.hooks import AlembicHooks, Rendered
 from ppp_env.fleet.options import MUTATING, RunOptions
@@ -50,43 +50,7 @@ from ppp_env.veneer.catalog import in_service, list_tenants
 log = logging.getLogger("ppp.migrations")
 
 
-#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``current``...).
-COMMAND_KEY = "ppp.command"
 #: The names of Alembic's step functions, for in-process callers that say nothing else.
-_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
-
-
-def environment() -> EnvironmentContext:
-    """The running command's EnvironmentContext, through Alembic's public API.
-
-    ``alembic.context`` only proxies the object's methods: configure a MigrationContext
-    without a connection (no database is touched; every later ``configure`` replaces it),
-    whose public ``environment_context`` is the object itself.
-    """
-    alembic_context.configure(dialect_name="postgresql")
-    env = alembic_context.get_context().environment_context
-    if env is None:
-        raise PPPError("no Alembic command is running (env.py runs under one)")
-    return env
-
-
-def command_name(env: EnvironmentContext) -> str:
-    """The Alembic command this run is: ``config.attributes["ppp.command"]`` (PPP's in-process
-    calls), else ``config.cmd_opts.cmd`` (Alembic's command line keeps the command function
-    there), else the public name of the step function Alembic passed (other in-process
-    callers of ``alembic.command``)."""
-    config = env.config
-    named = config.attributes.get(COMMAND_KEY)
-    if isinstance(named, str):
-        return named
-    cmd = getattr(config.cmd_opts, "cmd", None)
-    if cmd:
-        return str(cmd[0].__name__)
-    fn = env.context_opts.get("fn")
-    if fn is None:
-        return "unknown"
-    name = str(fn.__name__)
-    return _STEP_NAMES.get(name, name)
 
 
 def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:

@@ -39,7 +39,6 @@ from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, TextIO
 
-from alembic import context as alembic_context
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
@@ -48,6 +47,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
+from ppp_env.alembic_env import COMMAND_KEY, command_name, environment
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Instance, Settings, load_settings
@@ -211,36 +211,6 @@ def selected_shards(settings: Settings, names: Sequence[str] | None) -> list[Ins
     wanted = [settings.shard(n) for n in dict.fromkeys(names)]
     order = list(settings.shards)
     return sorted(wanted, key=lambda inst: order.index(inst.name))
-
-
-#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``current``...).
-COMMAND_KEY = "ppp.command"
-_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
-
-
-def environment() -> EnvironmentContext:
-    """The running command's EnvironmentContext through Alembic's public API: a
-    MigrationContext configured without a connection (replaced by every later
-    ``configure``) names it in its public ``environment_context``."""
-    alembic_context.configure(dialect_name="postgresql")
-    env = alembic_context.get_context().environment_context
-    if env is None:
-        raise PPPError("no Alembic command is running (env.py runs under one)")
-    return env
-
-
-def command_name(env: EnvironmentContext) -> str:
-    """``config.attributes["ppp.command"]`` (PPP's calls), else ``config.cmd_opts.cmd``
-    (Alembic's command line), else the public name of Alembic's step function."""
-    named = env.config.attributes.get(COMMAND_KEY)
-    if isinstance(named, str):
-        return named
-    cmd = getattr(env.config.cmd_opts, "cmd", None)
-    if cmd:
-        return str(cmd[0].__name__)
-    fn = env.context_opts.get("fn")
-    name = str(fn.__name__) if fn is not None else "unknown"
-    return _STEP_NAMES.get(name, name)
 
 
 def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:

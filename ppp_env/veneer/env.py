@@ -43,6 +43,8 @@ from sqlalchemy.engine import Connection
 
 import ppp_env
 from ppp_env import veneer
+from ppp_env.alembic_env import COMMAND_KEY, command_name
+from ppp_env.alembic_env import environment as _environment
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings, project_dir
@@ -112,37 +114,8 @@ def current_settings() -> Settings:
     return settings
 
 
-#: Set by PPP's in-process calls: the Alembic command being run (``upgrade``, ``downgrade``...).
-COMMAND_KEY = "ppp.command"
-_STEP_NAMES = {"do_stamp": "stamp", "display_version": "current"}
 #: Commands that move the veneer's revision.
 MOVING = frozenset({"upgrade", "downgrade", "stamp"})
-
-
-def _environment() -> EnvironmentContext:
-    """This command's EnvironmentContext, through Alembic's public API: ``context`` proxies
-    its methods only, but a MigrationContext configured without a connection (no database
-    touched; the real ``configure`` below replaces it) names it in ``environment_context``."""
-    context.configure(dialect_name="postgresql")
-    env = context.get_context().environment_context
-    if env is None:
-        raise PPPError("no Alembic command is running (the veneer's env.py runs under one)")
-    return env
-
-
-def command_name(env: EnvironmentContext) -> str:
-    """``config.attributes["ppp.command"]`` (PPP's in-process calls), else
-    ``config.cmd_opts.cmd`` (Alembic's command line keeps the command function there), else
-    the public name of the step function (other in-process callers of ``alembic.command``)."""
-    named = env.config.attributes.get(COMMAND_KEY)
-    if isinstance(named, str):
-        return named
-    cmd = getattr(env.config.cmd_opts, "cmd", None)
-    if cmd:
-        return str(cmd[0].__name__)
-    fn = env.context_opts.get("fn")
-    name = str(fn.__name__) if fn is not None else "unknown"
-    return _STEP_NAMES.get(name, name)
 
 
 def _targets_every_head(env: EnvironmentContext) -> bool:
