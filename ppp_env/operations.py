@@ -25,6 +25,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 
+from ppp_env.alembic_env import COMMAND_KEY
 from ppp_env.errors import PPPError
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult, TenantResult
@@ -206,7 +207,7 @@ def migrate(
             output=options.output,
             verbose=options.verbose,
         )
-        cfg.attributes["ppp.command"] = "upgrade"  # the env need not guess the command
+        cfg.attributes[COMMAND_KEY] = "upgrade"  # the env need not guess the command
         failure = None
         try:
             command.upgrade(cfg, options.revision)

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ppp_env import db
+from ppp_env.alembic_env import COMMAND_KEY
 from ppp_env.errors import PPPError
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult
@@ -102,7 +103,7 @@ def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
     cfg = Config(str(ini), ini_section="alembic")
     cfg.attributes["ppp.settings"] = settings
     cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
-    cfg.attributes["ppp.command"] = "upgrade"
+    cfg.attributes[COMMAND_KEY] = "upgrade"
     failure = None
     with _ALEMBIC:
         try:
@@ -151,7 +152,7 @@ def rendered_chain(settings: Settings, schema: str, ini: Path) -> str | None:
     cfg = Config(str(ini), ini_section="alembic", output_buffer=buf, stdout=io.StringIO())
     cfg.attributes["ppp.settings"] = settings
     cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
-    cfg.attributes["ppp.command"] = "upgrade"
+    cfg.attributes[COMMAND_KEY] = "upgrade"
     body: str | None = None
     with _ALEMBIC:
         try:
