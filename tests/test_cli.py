@@ -25,7 +25,10 @@ def ppp(*args: str, env: dict[str, str | None] | None = None) -> Result:
 
 def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
     found = []
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # loads the lazily imported ones too
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         found.append((" ".join((*path, name)), cmd))
         if isinstance(cmd, click.Group):
             found.extend(commands(cmd, (*path, name)))

@@ -6,6 +6,7 @@ Every PPPError becomes ``Error: <message>`` on stderr and exit code 1; ``--trace
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -22,8 +23,34 @@ from ppp_env.servers import local as local_servers
 from ppp_env.servers import provision as provisioning
 from ppp_env.settings import env_prefix, parse_shard_names, read_environment
 
+#: Subcommands imported only when they run (or for help), so that `ppp tenant add` or
+#: `ppp psql` do not import the fleet runner, the lifecycle or the router first.
+_LAZY: dict[str, tuple[str, str]] = {
+    "veneer": ("ppp_env.cli.veneer", "veneer_group"),
+    # tenant_move adds `move` and `cleanup` to the tenant group it imports.
+    "tenant": ("ppp_env.cli.tenant_move", "tenant_group"),
+    "doctor": ("ppp_env.cli.tenant", "doctor_command"),
+    "migrate": ("ppp_env.cli.migrate", "migrate"),
+    "status": ("ppp_env.cli.migrate", "status"),
+    "demo": ("ppp_env.cli.migrate", "demo"),
+    "new": ("ppp_env.cli.new", "new"),
+}
 
-@click.group(cls=PPPGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(PPPGroup):
+    """PPP's top-level group: the heavier subcommands load on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            module, attr = _LAZY[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--env",
     "env_name",
@@ -330,21 +357,6 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
     text = servers.log_file(instance).read_text(errors="replace").splitlines()
     for line in text[-lines:] if lines else text:
         click.echo(line)
-
-
-from ppp_env.cli import tenant_move  # noqa: E402,F401  (ppp tenant move, cleanup)
-from ppp_env.cli.migrate import demo, migrate, status  # noqa: E402
-from ppp_env.cli.new import new  # noqa: E402
-from ppp_env.cli.tenant import doctor_command, tenant_group  # noqa: E402
-from ppp_env.cli.veneer import veneer_group  # noqa: E402
-
-cli.add_command(veneer_group)
-cli.add_command(tenant_group)
-cli.add_command(doctor_command)
-cli.add_command(migrate)
-cli.add_command(status)
-cli.add_command(demo)
-cli.add_command(new)
 
 
 def main() -> None:
