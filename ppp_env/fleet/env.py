@@ -45,7 +45,7 @@ from ppp_env.fleet.status import shard_states
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings
 from ppp_env.tenant_state import group_by_shard
-from ppp_env.veneer.catalog import in_service, list_tenants
+from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
 log = logging.getLogger("ppp.migrations")
 
@@ -73,6 +73,12 @@ def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
     """The command's name and its step function (what Alembic plans with; no getter exists,
     ``context_opts`` is the EnvironmentContext's public attribute)."""
     return command_name(env), env.context_opts.get("fn")
+
+
+def _tenants(settings: Settings, options: RunOptions) -> list[Tenant]:
+    """The tenants a command covers: the catalog's, narrowed by -x shard/tenant, without those
+    ``ppp tenant remove`` retired."""
+    return in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
 
 
 def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> None:
@@ -105,7 +111,7 @@ def _fleet(
     metadata: Any,
     kw: dict[str, Any],
 ) -> FleetResult:
-    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
+    tenants = _tenants(settings, options)
     _ = env.script.revision_map.heads  # load every revision once, before the workers fork
 
     def steps(heads: tuple[str, ...]) -> list[Any]:
@@ -143,7 +149,7 @@ def _refresh(settings: Settings, result: FleetResult) -> None:
 
 # -- current ------------------------------------------------------------------------------------
 def _current(env: EnvironmentContext, settings: Settings, options: RunOptions) -> None:
-    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
+    tenants = _tenants(settings, options)
     heads = set(env.script.get_heads())
     states, errors = shard_states(settings, tenants)
     for t in tenants:
@@ -169,7 +175,7 @@ def _offline(
     metadata: Any,
     kw: dict[str, Any],
 ) -> None:
-    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
+    tenants = _tenants(settings, options)
     starting = env.get_starting_revision_argument()  # None: from base
     from_base = starting is None
     fn = env.context_opts["fn"]
@@ -223,7 +229,7 @@ def _on_template(
     kw: dict[str, Any],
 ) -> None:
     """Commands that look at one database: use one template tenant's schema."""
-    tenants = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
+    tenants = _tenants(settings, options)
     if options.template:
         chosen = [t for t in tenants if t.schema == options.template]
         if not chosen:

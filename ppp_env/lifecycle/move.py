@@ -239,6 +239,20 @@ class _Mover:
             raise MoveStopped(f"stopped after step {step!r} ({STOP_ENV})")
 
     # -- steps ------------------------------------------------------------------------------
+    def copy_to_target(self, *, with_data: bool) -> None:
+        """A fresh copy of the tenant's schema on the target (its data too, or only its DDL
+        for an online move), closed to the target's app role until the switch."""
+        self.reset_target()
+        shard.prepare_target(self.cur("target"), self.target.app_role)
+        shard.copy_schema(
+            self.source,
+            self.target,
+            self.schema,
+            with_data=with_data,
+            connect_timeout=self.settings.connect_timeout,
+        )
+        shard.close_writes(self.cur("target"), self.schema, self.target.app_role)
+
     def reset_target(self) -> None:
         """Drop whatever an interrupted run made on the target (and the replication objects)."""
         if self.move.mode == "online":
@@ -301,16 +315,7 @@ class _Mover:
         for step in todo:
             step_started = time.monotonic()
             if step == "schema_copied":
-                self.reset_target()
-                shard.prepare_target(self.cur("target"), self.target.app_role)
-                shard.copy_schema(
-                    self.source,
-                    self.target,
-                    self.schema,
-                    with_data=False,
-                    connect_timeout=self.settings.connect_timeout,
-                )
-                shard.close_writes(self.cur("target"), self.schema, self.target.app_role)
+                self.copy_to_target(with_data=False)
             elif step == "subscribed":
                 shard.create_marker(self.cur("source"), self.name, self.source.app_role)
                 shard.create_marker(self.cur("target"), self.name, self.target.app_role)
@@ -339,16 +344,7 @@ class _Mover:
                     shard.copy_sequences(self.cur("source"), self.cur("target"), self.schema)
                 else:
                     t0 = time.monotonic()
-                    self.reset_target()
-                    shard.prepare_target(self.cur("target"), self.target.app_role)
-                    shard.copy_schema(
-                        self.source,
-                        self.target,
-                        self.schema,
-                        with_data=True,
-                        connect_timeout=self.settings.connect_timeout,
-                    )
-                    shard.close_writes(self.cur("target"), self.schema, self.target.app_role)
+                    self.copy_to_target(with_data=True)
                     self.report.copy_seconds = time.monotonic() - t0
             elif step == "verified":
                 # Online, the checksums were compared at step checked (outside the block);
