@@ -20,6 +20,8 @@ from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from sqlalchemy.engine import URL
 
+from ppp_env.compose_settings import DEVELOPMENT_MARKER, development_values
+from ppp_env.compose_settings import env_prefix as env_prefix
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_identifier
 
@@ -48,6 +50,10 @@ class Instance:
     #: how PPP reaches it: e.g. a compose service name and 5432 inside a Docker network.
     fdw_host: str = ""
     fdw_port: int = 0
+    #: The Docker container that runs this instance's server, when PPP should run the
+    #: PostgreSQL client programs (pg_dump, psql, pg_restore) inside it: the server's own
+    #: binaries, whatever this machine has. Inside it the server listens on 127.0.0.1:5432.
+    container: str = ""
 
     @property
     def admin_role(self) -> str:
@@ -164,6 +170,8 @@ def read_environment(
             ) from None
     path = dotenv_path(name, project_dir(process))
     values: dict[str, str] = {}
+    if not path.is_file() and name is None and "PPP_SHARDS" not in process:
+        values = development_values(path.parent) or {}
     if path.is_file():
         try:
             check_dotenv(path)
@@ -238,11 +246,6 @@ class _Reader:
         return value
 
 
-def env_prefix(kind: str, name: str) -> str:
-    """Prefix of an instance's variables: ``PPP_VENEER_`` or ``PPP_SHARD_<NAME>_``."""
-    return "PPP_VENEER_" if kind == "veneer" else f"PPP_SHARD_{name.upper()}_"
-
-
 def parse_shard_names(raw: str, var: str = "PPP_SHARDS", veneer: str = "veneer") -> list[str]:
     """Split a comma-separated list of shard names; PPPError naming ``var`` when one is bad."""
     names: list[str] = []
@@ -284,6 +287,7 @@ def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instan
         env_prefix=p,
         fdw_host=r.get(f"{p}FDW_HOST", "a host name the veneer's server can reach", default=host),
         fdw_port=r.integer(f"{p}FDW_PORT", "a TCP port number (1-65535)", port, 1, 65535),
+        container=r.get(f"{p}CONTAINER", "a Docker container name or id", default=""),
     )
 
 
@@ -333,5 +337,11 @@ def load_settings(
             "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
         ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
-        source=str(path) if path.is_file() else "process environment",
+        source=(
+            str(path)
+            if path.is_file()
+            else "DEVELOPMENT DEFAULTS of docker-compose.yml"
+            if values.get(DEVELOPMENT_MARKER)
+            else "process environment"
+        ),
     )

@@ -3,7 +3,9 @@
 Backends, chosen with PPP_TEST_BACKEND:
 - ``local`` (default): throwaway servers from this machine's binaries (ppp_env.servers.local),
   the same code as ``ppp local up``; as root they run as the ``postgres`` OS user.
-- ``docker``: four testcontainers PostgreSQL containers.
+- ``docker``: four testcontainers PostgreSQL containers on one Docker network, of the image
+  ``PPP_POSTGRES_IMAGE`` (the veneer's: ``PPP_TEST_VENEER_IMAGE``), with the compose file's
+  server settings.
 - ``env``: servers already described by PPP_* settings in the environment.
 
 The session fixture provisions the example's instances (``ppp init``) and exports the
@@ -66,16 +68,55 @@ def _local_backend(workdir: Path) -> tuple[dict[str, str], LocalServers]:
     return values, servers
 
 
-def _docker_backend(stack: list[Any]) -> dict[str, str]:
-    from testcontainers.postgres import PostgresContainer
+#: The image of every container (PPP_POSTGRES_IMAGE, as docker-compose.yml reads it); the
+#: veneer's may differ (PPP_TEST_VENEER_IMAGE), as during an upgrade of the veneer first.
+DEFAULT_IMAGE = "postgres:16-alpine"
 
+
+def _server_args() -> list[str]:
+    """The server settings of docker-compose.yml (logical replication, statement logging):
+    the suite's containers run exactly what the compose stack runs."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return [str(a) for a in spec["x-postgres"]["command"]]
+
+
+def _docker_backend(stack: list[Any]) -> dict[str, str]:
+    """Four containers on one Docker network: PPP reaches each on a published port of
+    127.0.0.1, the veneer's postgres_fdw reaches the shards by network alias on 5432, and the
+    client programs of a move run inside the containers (PPP_*_CONTAINER)."""
+    import secrets
+
+    from testcontainers.core.network import Network
+
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # testcontainers before 4.15
+        from testcontainers.postgres import PostgresContainer
+
+    image = os.environ.get("PPP_POSTGRES_IMAGE") or DEFAULT_IMAGE
+    veneer_image = os.environ.get("PPP_TEST_VENEER_IMAGE") or image
+    network = Network().create()
+    stack.append(network)
+    command = _server_args()
     values: dict[str, str] = {"PPP_SHARDS": ",".join(EXAMPLE_SHARDS)}
     for name in INSTANCES:
-        container = PostgresContainer(
-            "postgres:16-alpine", username="postgres", password="postgres", dbname="postgres"
-        ).with_command("postgres -c log_statement=all")
+        password = secrets.token_urlsafe(12)
+        container = (
+            PostgresContainer(
+                veneer_image if name == "veneer" else image,
+                username="postgres",
+                password=password,
+                dbname="postgres",
+            )
+            .with_env("POSTGRES_INITDB_ARGS", "--auth-host=scram-sha-256")
+            .with_command(command)
+            .with_network(network)
+            .with_network_aliases(name)
+        )
+        stack.insert(0, container)  # containers stop before their network goes
         container.start()
-        stack.append(container)
         p = env_prefix("veneer" if name == "veneer" else "shard", name)
         values.update(
             {
@@ -83,11 +124,15 @@ def _docker_backend(stack: list[Any]) -> dict[str, str]:
                 f"{p}PORT": str(container.get_exposed_port(5432)),
                 f"{p}DB": name,
                 f"{p}SUPERUSER": "postgres",
-                f"{p}SUPERUSER_PASSWORD": "postgres",
+                f"{p}SUPERUSER_PASSWORD": password,
                 f"{p}ADMIN_PASSWORD": f"{name}-admin-pw",
                 f"{p}APP_PASSWORD": f"{name}-app-pw",
+                f"{p}CONTAINER": container.get_wrapped_container().name,
             }
         )
+        if name != "veneer":
+            values[f"{p}FDW_HOST"] = name
+            values[f"{p}FDW_PORT"] = "5432"
     return values
 
 
@@ -122,7 +167,7 @@ def topology() -> Iterator[Topology]:
         os.environ.update(saved)
         for c in containers:
             with contextlib.suppress(Exception):  # every cleanup step runs
-                c.stop()
+                c.stop() if hasattr(c, "stop") else c.remove()
         if servers is not None:
             with contextlib.suppress(Exception):
                 servers.down(purge=True)

@@ -1,8 +1,8 @@
-"""docker-compose.yml and the Docker backend of `ppp local`.
+"""docker-compose.yml and the Docker backend of `ppp local`, without an engine.
 
-No Docker engine runs here, so the compose file is parsed and checked against what ppp
-expects (ppp_env.settings.env_prefix, ppp_env.servers.compose), and the CLI's Docker path runs
-against a stand-in ``docker`` command that records how it was called.
+The compose file is parsed and checked against what ppp expects (ppp_env.compose_settings),
+and the CLI's failure paths run against a stand-in ``docker`` command that records how it was
+called. tests/test_compose_engine.py runs the same paths against a real Docker engine.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
+from ppp_env import compose_settings as compose
+from ppp_env import docker
 from ppp_env.cli.main import _backend_for_up, cli
-from ppp_env.servers import compose
 from ppp_env.settings import env_prefix, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,13 +64,17 @@ def test_service_definition(spec: dict[str, Any], service: str) -> None:
     svc = spec["services"][service]
     p = prefix(service)
     image = svc["image"]
-    m = re.fullmatch(r"postgres:(\d+)(?:\.\d+)?(?:-[a-z0-9.]+)?", image)
+    assert image == "${" + f"{compose.IMAGE_VARIABLE}:-{compose.DEFAULT_IMAGE}" + "}"
+    m = re.fullmatch(r"postgres:(\d+)(?:\.\d+)?(?:-[a-z0-9.]+)?", compose.DEFAULT_IMAGE)
     assert m and int(m.group(1)) >= 15, image
     assert "log_statement=all" in svc["command"]
     env = svc["environment"]
     assert env["POSTGRES_USER"] == compose.SUPERUSER
     assert "--auth-host=scram-sha-256" in env["POSTGRES_INITDB_ARGS"].split()
-    assert env["POSTGRES_PASSWORD"].startswith("${" + p + "SUPERUSER_PASSWORD:?")
+    # Development default: the one PPP uses when no .env exists and this stack runs.
+    assert env["POSTGRES_PASSWORD"] == (
+        "${" + p + "SUPERUSER_PASSWORD:-" + compose.DEVELOPMENT_PASSWORD + "}"
+    )
     assert svc["ports"] == [
         f"127.0.0.1:${{{p}PORT:-{compose.default_port(service)}}}:{compose.CONTAINER_PORT}"
     ]
@@ -130,6 +135,15 @@ case "$1" in
     if [ "$FAKE_ENGINE" = up ]; then echo 27.3.1; exit 0; fi
     echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock." >&2
     exit 1 ;;
+  ps)  # the project's containers by its name; none run from the folder with no .env
+    case "$*" in *working_dir*) exit 0 ;; esac
+    echo c1 c2 c3 c4; exit 0 ;;
+  inspect)
+    for s in veneer bluth_co cyberdyne initech; do echo "$s|/project-$s-1|running|healthy"; done
+    exit 0 ;;
+  image) exit 0 ;;
+  volume) exit 0 ;;
+  logs) exit 0 ;;
   compose)
     if [ "$2" = version ]; then echo "Docker Compose version v2.29.7"; exit 0; fi
     env | grep '^PPP_' | sort > "$FAKE_DOCKER_ENV"
@@ -171,7 +185,7 @@ class FakeDocker:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
     def compose_calls(self) -> list[str]:
-        return [c for c in self.calls() if c.startswith("compose ") and c != "compose version"]
+        return [c for c in self.calls() if c.startswith("compose ") and " version" not in c]
 
     def ppp(self, *args: str, **env: str) -> Result:
         return CliRunner().invoke(cli, list(args), env={**self.env(), **env})
@@ -188,18 +202,20 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
 def test_docker_available(fake: FakeDocker, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in fake.env(engine="down").items():
         monkeypatch.setenv(key, value)
-    assert compose.docker_available() is False
-    assert compose.docker_problem() == (
+    assert docker.docker_available() is False
+    assert docker.docker_problem() == (
         "no Docker engine answers (`docker info`: Cannot connect to the Docker daemon at "
         "unix:///var/run/docker.sock.)"
     )
     monkeypatch.setenv("FAKE_ENGINE", "up")
-    assert compose.docker_available() is True
-    assert compose.compose_command() == [str(fake.bin / "docker"), "compose"]
+    assert docker.docker_available() is True
+    found = docker.find_compose()
+    assert found is not None and found.command == (str(fake.bin / "docker"), "compose")
+    assert found.major == 2 and found.has_wait
     assert _backend_for_up("auto") == "docker"
     monkeypatch.setenv("PATH", str(fake.project))  # no docker at all
-    assert compose.docker_available() is False
-    assert compose.docker_problem() == "the docker command is not on PATH"
+    assert docker.docker_available() is False
+    assert docker.docker_problem() == "the docker command is not on PATH"
     assert _backend_for_up("auto") == "local"
     assert _backend_for_up("docker") == "docker"
 
@@ -227,8 +243,8 @@ def test_auto_picks_docker_and_the_rest_follows(fake: FakeDocker) -> None:
     name = compose.project_name(fake.project)
     assert result.stdout.splitlines() == [
         *(
-            f"{s}: running in Docker on 127.0.0.1:{compose.default_port(s)} "
-            f"(compose service {s}, project {name})"
+            f"{s}: running in Docker on 127.0.0.1:{compose.default_port(s)}, running, healthy "
+            f"(container project-{s}-1)"
             for s in compose.SERVICES
         ),
         f"settings written to {fake.project / '.env'}",

@@ -16,6 +16,14 @@ import click
 from rich.table import Table
 
 from ppp_env.cli.common import PPPGroup, State, console, pass_state
+from ppp_env.compose_settings import (
+    COMPOSE_FILE,
+    DEVELOPMENT_MARKER,
+    SERVICES,
+    compose_values,
+    container_values,
+)
+from ppp_env.docker import docker_available, find_compose
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_tenant
 from ppp_env.servers import compose
@@ -123,7 +131,7 @@ def _local(values: dict[str, str], env_name: str | None, path: Path) -> local_se
 def _backend_for_up(choice: str) -> str:
     if choice != "auto":
         return choice
-    return "docker" if compose.docker_available() and compose.compose_command() else "local"
+    return "docker" if docker_available() and find_compose() is not None else "local"
 
 
 def _backend_in_use(choice: str, values: dict[str, str]) -> str:
@@ -162,22 +170,35 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
     chosen = _backend_for_up(backend)
     out = console()
     if chosen == "docker":
-        expected = ",".join(s for s in compose.SERVICES if s != "veneer")
+        expected = ",".join(s for s in SERVICES if s != "veneer")
         if shards is not None and parse_shard_names(shards, "--shards") != expected.split(","):
             raise PPPError(
                 f"--shards={shards!r}: the compose stack has the shards {expected}; "
                 "other shards need --backend local"
             )
-        new_values = compose.compose_values(values)
+        new_values = compose_values(values)
         stack = compose.ComposeStack(path.parent, new_values, env_name)
-        stack.command()  # Docker and compose answer, the file is there: before touching .env
+        stack.compose()  # Docker and compose answer, the file is there: before touching .env
+        if not path.is_file() and stack.volumes() and not values.get(DEVELOPMENT_MARKER):
+            raise PPPError(
+                f"compose project {stack.name} already has data volumes, made without {path} "
+                "(their passwords are not known here): remove them with `docker compose down "
+                "-v`, or write their settings to .env"
+            )
+        if values.get(DEVELOPMENT_MARKER):
+            out.print(
+                f"[bold yellow]the stack runs with the DEVELOPMENT DEFAULTS of "
+                f"{COMPOSE_FILE}: they are kept in {path} (its volumes were made with them); "
+                "for real passwords: `docker compose down -v`, then this command again[/]"
+            )
         local_servers.write_dotenv(path, {**new_values, compose.BACKEND_VARIABLE: "docker"})
-        stack.up()
-        for service in compose.SERVICES:
+        containers = stack.up()
+        local_servers.write_dotenv(path, container_values(containers))
+        for service in SERVICES:
             p = _prefixes([service])[0]
             out.print(
-                f"{service}: running in Docker on 127.0.0.1:{new_values[p + 'PORT']} "
-                f"(compose service {service}, project {stack.name})"
+                f"{service}: running in Docker on 127.0.0.1:{new_values[p + 'PORT']}, "
+                f"{containers[service].describe()} (container {containers[service].name})"
             )
         out.print(f"settings written to {path}")
         return
@@ -189,8 +210,8 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
     new_values = servers.up(wanted, values)
     stale = [
         p + var
-        for p in _prefixes(sorted({*wanted, *compose.SERVICES}))
-        for var in ("FDW_HOST", "FDW_PORT")
+        for p in _prefixes(sorted({*wanted, *SERVICES}))
+        for var in ("FDW_HOST", "FDW_PORT", "CONTAINER")
     ]
     # The servers' folder too: `down`, `status` and `logs` must find them without the
     # PPP_LOCAL_DIR that `up` may have been given.
@@ -339,10 +360,9 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
     shards = values.get("PPP_SHARDS", "")
     known = ["veneer", *[s.strip() for s in shards.split(",") if s.strip()]]
     if _backend_in_use(backend, values) == "docker":
-        if instance not in compose.SERVICES:
+        if instance not in SERVICES:
             raise PPPError(
-                f"unknown instance {instance!r}: the compose stack has "
-                + ", ".join(compose.SERVICES)
+                f"unknown instance {instance!r}: the compose stack has " + ", ".join(SERVICES)
             )
         compose.ComposeStack(path.parent, values, env_name).logs(instance, lines)
         return

@@ -457,6 +457,9 @@ def _int(raw: str | None) -> int | None:
         return None
 
 
+DOTENV_HEADER = "# Written by `ppp local up`"
+
+
 def write_dotenv(path: Path, values: Mapping[str, str], remove: Collection[str] = ()) -> None:
     """Set ``values`` in a dotenv file, keeping its other lines and comments as they are.
 
@@ -475,9 +478,10 @@ def write_dotenv(path: Path, values: Mapping[str, str], remove: Collection[str] 
         with open(path, "a") as f:
             if text and not text.endswith("\n"):
                 f.write("\n")
-            if text.strip() and not text.endswith("\n\n"):
-                f.write("\n")
-            f.write("# Written by `ppp local up`\n")
+            if DOTENV_HEADER not in text:
+                if text.strip() and not text.endswith("\n\n"):
+                    f.write("\n")
+                f.write(DOTENV_HEADER + "\n")
     for key, value in values.items():
         dotenv.set_key(path, key, value, quote_mode="auto")
     for key in remove:
