@@ -18,6 +18,14 @@ LOWEST := alembic==1.13.0 sqlalchemy==2.0.0 psycopg2-binary==2.9.5 click==8.2.0 
 	rich==13.0.0 python-dotenv==1.0.0
 LOWEST_TESTS := tests/test_migrations.py tests/test_runner_paths.py \
 	tests/test_live_migrations.py tests/test_shared.py tests/test_onboarding.py
+# The container stage (`make test-docker`): the tests of the servers, the fleet, the veneer
+# and the lifecycle on containers of PPP_POSTGRES_IMAGE (testcontainers; the veneer's image:
+# PPP_TEST_VENEER_IMAGE). `make test-docker-mixed` runs the fleet and the moves with the
+# veneer on PPP_TEST_VENEER_IMAGE and the shards on PPP_POSTGRES_IMAGE.
+DOCKER_TESTS := tests/test_provision.py tests/test_migrations.py tests/test_runner_paths.py \
+	tests/test_shared.py tests/test_veneer.py tests/test_veneer_refresh.py \
+	tests/test_onboarding.py tests/test_lifecycle.py tests/test_move.py tests/test_clients.py
+MIXED_TESTS := tests/test_migrations.py tests/test_runner_paths.py tests/test_move.py
 DIST ?= build/dist
 TEMPLATE := ppp_env/templates/project
 
@@ -29,7 +37,7 @@ STAMP := $(VENV)/.ppp-installed
 .PHONY: help venv install start-containers stop-containers initialize-databases \
 	teardown-databases migrations psql-veneer psql-bluth-co psql-cyberdyne psql-initech \
 	show-logs-veneer show-logs-bluth-co show-logs-cyberdyne show-logs-initech \
-	lint test test-lowest wheel scaffold-check ci templates clean
+	lint test test-lowest test-docker test-docker-mixed wheel scaffold-check ci templates clean
 
 ##@ General
 help: ## Show this list of targets (the default)
@@ -131,6 +139,13 @@ test-lowest: $(STAMP) ## The fleet tests in VENV_LOWEST, on the lowest declared 
 	$(VENV_LOWEST)/bin/python -m pip freeze --exclude-editable | grep -iE \
 		'^(alembic|sqlalchemy|psycopg2-binary|click|rich|python-dotenv)=='
 	$(VENV_LOWEST)/bin/python -m pytest -p no:randomly $(LOWEST_TESTS) $(LOWEST_PYTEST_ARGS)
+
+test-docker: $(STAMP) ## The servers, fleet, veneer and lifecycle tests on containers (a Docker engine)
+	PPP_TEST_BACKEND=docker $(BIN)/python -m pytest $(DOCKER_TESTS) $(PYTEST_ARGS)
+
+test-docker-mixed: $(STAMP) ## The fleet and move tests, veneer on PPP_TEST_VENEER_IMAGE
+	test -n "$$PPP_TEST_VENEER_IMAGE" || { echo "set PPP_TEST_VENEER_IMAGE"; exit 2; }
+	PPP_TEST_BACKEND=docker $(BIN)/python -m pytest $(MIXED_TESTS) $(PYTEST_ARGS)
 
 wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates included
 	rm -rf $(DIST) build

@@ -187,6 +187,10 @@ def test_ci_script(tmp_path: Path) -> None:
         "VENV": str(venv_dir()),
         "PYTHON": sys.executable,
         "CI_MAKE_TARGET": "help",
+        # No kit and no engine: the container stage says it is skipped (and this run never
+        # starts or stops the engine the suite itself may be using).
+        "PPP_DOCKER_KIT": str(tmp_path / "no-kit"),
+        "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
     }
     res = subprocess.run(
         [str(script)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
@@ -194,6 +198,7 @@ def test_ci_script(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert "==== make help ====" in res.stdout and "==== OK ====" in res.stdout
     assert "found initdb and pg_ctl in" in res.stdout
+    assert "container stage skipped: no kit at" in res.stdout
     made = calls.read_text().splitlines()
     assert made == [
         f"make install VENV={venv_dir()} PYTHON={sys.executable}",
