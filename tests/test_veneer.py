@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -390,6 +391,8 @@ def test_reconcile_applies_a_changed_port(
 ) -> None:
     prefix = settings.shards["initech"].env_prefix
     query = "SELECT count(*) FROM initech.authors WHERE first_name = 'Ernest'"
+    # The session's own FDW_PORT (containers: 5432 on their network; local: unset) comes back.
+    original = os.environ.get(f"{prefix}FDW_PORT")
     monkeypatch.setenv(f"{prefix}FDW_PORT", str(free_port()))
     try:
         _upgrade_from_environment()
@@ -399,7 +402,10 @@ def test_reconcile_applies_a_changed_port(
             recorded = {s.name: s.port for s in catalog.list_shards(conn)}
         assert recorded["initech"] != settings.shards["initech"].fdw_port
     finally:
-        monkeypatch.delenv(f"{prefix}FDW_PORT")
+        if original is None:
+            monkeypatch.delenv(f"{prefix}FDW_PORT")
+        else:
+            monkeypatch.setenv(f"{prefix}FDW_PORT", original)
         _upgrade_from_environment()
     assert app_rows(settings, query)[0][0] >= 1
 
