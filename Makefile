@@ -37,7 +37,7 @@ STAMP := $(VENV)/.ppp-installed
 .PHONY: help venv install start-containers stop-containers initialize-databases \
 	teardown-databases migrations psql-veneer psql-bluth-co psql-cyberdyne psql-initech \
 	show-logs-veneer show-logs-bluth-co show-logs-cyberdyne show-logs-initech \
-	lint test test-lowest test-docker test-docker-mixed wheel scaffold-check ci templates clean
+	lint test test-lowest test-docker test-docker-mixed docs wheel scaffold-check ci templates clean
 
 ##@ General
 help: ## Show this list of targets (the default)
@@ -146,6 +146,9 @@ test-docker: $(STAMP) ## The servers, fleet, veneer and lifecycle tests on conta
 test-docker-mixed: $(STAMP) ## The fleet and move tests, veneer on PPP_TEST_VENEER_IMAGE
 	test -n "$$PPP_TEST_VENEER_IMAGE" || { echo "set PPP_TEST_VENEER_IMAGE"; exit 2; }
 	PPP_TEST_BACKEND=docker $(BIN)/python -m pytest $(MIXED_TESTS) $(PYTEST_ARGS)
+
+docs: $(STAMP) ## Regenerate docs/cli.md, the command reference, from the CLI itself
+	$(BIN)/python -m ppp_env.cli.reference > docs/cli.md
 
 wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates included
 	rm -rf $(DIST) build

@@ -222,3 +222,55 @@ def test_dotenv_example_is_a_valid_topology(tmp_path: Path) -> None:
     s = load_settings(environ={"PPP_PROJECT_DIR": str(tmp_path)})
     assert [i.name for i in s.instances] == ["veneer", *EXAMPLE_SHARDS]
     assert s.veneer.port == 15432 and s.shard("initech").port == 15435
+
+
+# -- the documentation: a short README, topic pages, a reference generated from the CLI -------
+DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_command_reference_is_generated_from_the_cli() -> None:
+    """docs/cli.md is what `make docs` writes today: every command, option and exit code."""
+    from ppp_env.cli.reference import render_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == render_reference(), (
+        "docs/cli.md is out of date: run `make docs`"
+    )
+
+
+def test_reference_lists_every_command() -> None:
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    for args in (["ppp", "local", "up"], ["ppp", "tenant", "move"], ["ppp", "veneer", "refresh"]):
+        assert f"## {' '.join(args)}\n" in reference
+        assert f"Usage: {' '.join(args)} [OPTIONS]" in reference
+    assert "## Exit codes" in reference
+
+
+def test_readme_is_short_and_every_page_is_linked() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"(docs/{page.name})" in readme, f"README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    text = page.read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+    for anchor in re.findall(r"\]\(([^)#\s]*)#([^)]+)\)", text):
+        file, name = anchor
+        doc = (page.parent / file) if file else page
+        if doc.suffix != ".md":
+            continue
+        assert name in _anchors(doc.read_text()), f"{page.name}: no anchor #{name} in {doc.name}"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors (lower case, punctuation dropped, spaces to '-') and ids."""
+    found = set(re.findall(r'<a id="([^"]+)"', markdown))
+    for heading in re.findall(r"^#+ (.+)$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug)
+    return found
