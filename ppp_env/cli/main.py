@@ -165,7 +165,11 @@ def local_group() -> None:
 @backend_option
 @pass_state
 def local_up(state: State, shards: str | None, backend: str) -> None:
-    """Start one server per instance (created on first use) and write their settings to .env."""
+    """Start one server per instance (created on first use) and write their settings to .env.
+
+    With Docker: random passwords written to .env first, `docker compose up -d`, then success
+    only once every service runs and is healthy (read from the engine; Compose v2 or v1).
+    """
     values, env_name, path = _environment(state)
     chosen = _backend_for_up(backend)
     out = console()
