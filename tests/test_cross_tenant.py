@@ -232,7 +232,7 @@ def test_create_move_and_remove_keep_the_view_right(settings: Settings) -> None:
     """The lifecycle's own calls (refresh_in when creating and moving, unwire when removing)
     keep the view right: a created tenant is in it, a moved one counted once, from its new
     shard, a removed one gone."""
-    lifecycle = pytest.importorskip("ppp_env.lifecycle")
+    from ppp_env import lifecycle
     from ppp_env.lifecycle import move as mv
     from tests.plugins.veneer import ROOT
 

@@ -24,10 +24,6 @@ from tests import realistic as rc
 def realistic_fleet(veneer_head, tmp_path) -> Iterator[tuple[Path, dict[str, str]]]:
     """30 tenants (10 per shard) registered for the realistic chain; afterwards the tenants,
     their schemas and the shared chain are gone from every shard and the veneer."""
-    pytest.importorskip(
-        "ppp_env.shared.env",
-        reason="ppp_env.shared.env (the shard-wide shared chain's environment) is not there yet",
-    )
     settings: Settings = veneer_head.settings
     ini = rc.write_ini(tmp_path)
     tenants = rc.tenant_names(settings)
