@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from ppp_env.cli.common import CONFIG_OPTION, State, console, pass_state
-from ppp_env.cli.veneer import _print_wiring, _revisions, _show_alembic_progress
+from ppp_env.cli.veneer import print_wiring, revs, show_alembic_progress
 from ppp_env.errors import PPPError
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
@@ -56,12 +56,12 @@ def tenant_add(
     out = console()
     out.print(f"wrote {path}")
     if upgrade:
-        _show_alembic_progress()
+        show_alembic_progress()
         result = veneer_env.upgrade(
             settings, "head", veneer_env.veneer_config(settings, config_path)
         )
-        _print_wiring(result)
-        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+        print_wiring(result)
+        out.print(f"veneer upgraded: {revs(result.before)} -> {revs(result.after)}")
     else:
         out.print("apply it with `ppp veneer upgrade`, then `alembic upgrade head` for its tables")
 

@@ -20,7 +20,7 @@ from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
 
 
-def _show_alembic_progress() -> None:
+def show_alembic_progress() -> None:
     """Alembic's `Running upgrade ...` lines and PPP's changes, as plain lines on stderr."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -33,7 +33,7 @@ def veneer_group() -> None:
     """The veneer: catalog, foreign servers, per-tenant foreign tables."""
 
 
-def _print_wiring(result: veneer_env.UpgradeResult) -> None:
+def print_wiring(result: veneer_env.UpgradeResult) -> None:
     out = console()
     report = result.wired
     if report is None:
@@ -56,7 +56,7 @@ def _short(names: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _revisions(revs: tuple[str, ...]) -> str:
+def revs(revs: tuple[str, ...]) -> str:
     if len(revs) > 6:
         return f"{len(revs)} heads"
     return ", ".join(revs) or "base"
@@ -72,17 +72,17 @@ def veneer_upgrade(state: State, revision: str, config_path: Path | None) -> Non
     Every tenant's onboarding revision is a head of its own: `head` and `heads` both apply
     all of them. Also reconciles the foreign servers and user mappings with the settings.
     """
-    _show_alembic_progress()
+    show_alembic_progress()
     cfg = veneer_env.veneer_config(state.settings, config_path)
     result = veneer_env.upgrade(state.settings, revision, cfg)
     out = console()
     for change in result.changes:
         out.print(change)
-    _print_wiring(result)
+    print_wiring(result)
     if result.before == result.after:
-        out.print(f"veneer at {_revisions(result.after)}: no revision to apply")
+        out.print(f"veneer at {revs(result.after)}: no revision to apply")
     else:
-        out.print(f"veneer upgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+        out.print(f"veneer upgraded: {revs(result.before)} -> {revs(result.after)}")
 
 
 @veneer_group.command("downgrade")
@@ -104,12 +104,12 @@ def veneer_downgrade(
     so does its revision file (delete it, or the next upgrade onboards the tenant again).
     """
     if tenant is not None and revision is None:
-        _show_alembic_progress()
+        show_alembic_progress()
         result = tenant_revision.downgrade_tenant(
             state.settings, tenant, veneer_env.veneer_config(state.settings, config_path)
         )
     elif revision is not None and tenant is None:
-        _show_alembic_progress()
+        show_alembic_progress()
         result = veneer_env.downgrade(
             state.settings, revision, veneer_env.veneer_config(state.settings, config_path)
         )
@@ -118,7 +118,7 @@ def veneer_downgrade(
     out = console()
     for change in result.changes:
         out.print(change)
-    out.print(f"veneer downgraded: {_revisions(result.before)} -> {_revisions(result.after)}")
+    out.print(f"veneer downgraded: {revs(result.before)} -> {revs(result.after)}")
 
 
 @veneer_group.command("refresh")
@@ -153,8 +153,8 @@ def veneer_status(state: State, config_path: Path | None) -> None:
     """The veneer's revision (against head) and its shards' foreign servers."""
     st = veneer_env.status(state.settings, veneer_env.veneer_config(state.settings, config_path))
     out = console()
-    where = "at head" if st.at_head else f"head is {_revisions(st.heads)}: run `ppp veneer upgrade`"
-    out.print(f"veneer revision: {_revisions(st.current)} ({where})")
+    where = "at head" if st.at_head else f"head is {revs(st.heads)}: run `ppp veneer upgrade`"
+    out.print(f"veneer revision: {revs(st.current)} ({where})")
     if st.servers:
         table = Table()
         for col in ("shard", "foreign server address", "tenants", "pending", "in settings"):

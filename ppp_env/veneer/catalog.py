@@ -117,7 +117,7 @@ def _names(values: Sequence[str] | None, what: str) -> list[str] | None:
     return list(dict.fromkeys(values))
 
 
-def _plural(names: Sequence[str]) -> str:
+def plural(names: Sequence[str]) -> str:
     shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
     return shown
 
@@ -153,8 +153,8 @@ def find_tenants(
         unknown = [s for s in want_shards if s not in known_shards]
         if unknown:
             raise PPPError(
-                f"unknown shard{'s' if len(unknown) > 1 else ''} {_plural(unknown)}: the catalog "
-                f"has {_plural(sorted(known_shards)) or '(none)'}"
+                f"unknown shard{'s' if len(unknown) > 1 else ''} {plural(unknown)}: the catalog "
+                f"has {plural(sorted(known_shards)) or '(none)'}"
             )
     found = [
         Tenant(
@@ -174,7 +174,7 @@ def find_tenants(
         unknown = [t for t in want_tenants if t not in have]
         if unknown:
             raise PPPError(
-                f"unknown tenant{'s' if len(unknown) > 1 else ''} {_plural(unknown)}: not in the "
+                f"unknown tenant{'s' if len(unknown) > 1 else ''} {plural(unknown)}: not in the "
                 "catalog (see `ppp tenant list`; add one with `ppp tenant add`)"
             )
     if want_shards is not None:
@@ -246,7 +246,7 @@ def register_tenant(conn: Connection, schema: str, shard: str) -> bool:
     if not row.shard_known:
         known = [s.name for s in list_shards(conn)]
         raise PPPError(
-            f"unknown shard {shard!r}: the catalog has {_plural(known) or '(none)'}; add it "
+            f"unknown shard {shard!r}: the catalog has {plural(known) or '(none)'}; add it "
             "to PPP_SHARDS and run `alembic -n veneer upgrade head`"
         )
     inserted = conn.execute(

@@ -67,7 +67,7 @@ class ViewReport:
     changed: list[str] = field(default_factory=list)
 
 
-def _ddl(conn: Connection, sql: str) -> None:
+def ddl(conn: Connection, sql: str) -> None:
     conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
 
 
@@ -79,10 +79,10 @@ def _ensure(conn: Connection, settings: Settings) -> None:
     """The opt-in list and schema ``ppp_all`` (USAGE for ``veneer_app``)."""
     catalog.require_catalog(conn)
     if not _exists(conn):
-        _ddl(conn, _CREATE_TABLES)
-        _ddl(conn, f"REVOKE ALL ON {TABLES} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
-    _ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    _ddl(conn, f"GRANT USAGE ON SCHEMA {SCHEMA} TO {quote_ident(settings.veneer.app_role)}")
+        ddl(conn, _CREATE_TABLES)
+        ddl(conn, f"REVOKE ALL ON {TABLES} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
+    ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    ddl(conn, f"GRANT USAGE ON SCHEMA {SCHEMA} TO {quote_ident(settings.veneer.app_role)}")
 
 
 def list_tables(conn: Connection) -> list[str]:
@@ -113,7 +113,7 @@ def remove_table(conn: Connection, settings: Settings, table: str) -> bool:
     if table not in list_tables(conn):
         return False
     conn.execute(text(f"DELETE FROM {TABLES} WHERE table_name = :t"), {"t": table})
-    _ddl(conn, f"DROP VIEW IF EXISTS {SCHEMA}.{quote_ident(table)}")
+    ddl(conn, f"DROP VIEW IF EXISTS {SCHEMA}.{quote_ident(table)}")
     log.info("cross-tenant view %s.%s dropped (table no longer listed)", SCHEMA, table)
     return True
 
@@ -125,7 +125,7 @@ def drop_views(conn: Connection, tables: Sequence[str]) -> list[str]:
     if not listed:
         return []
     names = sorted(listed)
-    _ddl(conn, "DROP VIEW IF EXISTS " + ", ".join(f"{SCHEMA}.{quote_ident(n)}" for n in names))
+    ddl(conn, "DROP VIEW IF EXISTS " + ", ".join(f"{SCHEMA}.{quote_ident(n)}" for n in names))
     conn.execute(
         text(f"UPDATE {TABLES} SET definition = NULL WHERE table_name = ANY(:t)"), {"t": names}
     )
@@ -248,14 +248,14 @@ def rebuild(
         present = conn.execute(text("SELECT to_regclass(:v)"), {"v": qt}).scalar() is not None
         if digest is not None and digest == stored.get(table) and present:
             continue
-        _ddl(conn, f"DROP VIEW IF EXISTS {qt}")
+        ddl(conn, f"DROP VIEW IF EXISTS {qt}")
         if sql is None:
             if present:
                 report.dropped.append(table)
         else:
-            _ddl(conn, sql)
+            ddl(conn, sql)
             if readers:
-                _ddl(conn, f"GRANT SELECT ON {qt} TO {', '.join(map(quote_ident, readers))}")
+                ddl(conn, f"GRANT SELECT ON {qt} TO {', '.join(map(quote_ident, readers))}")
             report.changed.append(table)
         conn.execute(
             text(f"UPDATE {TABLES} SET definition = :d, built_at = now() WHERE table_name = :t"),

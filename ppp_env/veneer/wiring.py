@@ -36,9 +36,13 @@ VENEER_LOCK_KEY = 0x50505F76656E  # "PPP_ven"
 FETCH_SIZE = 1000
 
 
-def _ddl(conn: Connection, sql: str) -> None:
+def ddl(conn: Connection, sql: str) -> None:
     """Run a statement with no parameters (so ``%`` is never taken for a placeholder)."""
     conn.exec_driver_sql(sql, execution_options={"no_parameters": True})
+
+
+#: The old private name, for a module that still imports it (fleet/rendering.py).
+_ddl = ddl
 
 
 def lock(conn: Connection) -> None:
@@ -144,9 +148,9 @@ def lock_down_catalog(conn: Connection, settings: Settings) -> list[str]:
     if not exposed:
         return []
     qa = quote_ident(app)
-    _ddl(conn, f"REVOKE {'CREATE' if placement else 'ALL'} ON SCHEMA ppp FROM PUBLIC, {qa}")
-    _ddl(conn, f"REVOKE ALL ON ALL TABLES IN SCHEMA ppp FROM PUBLIC, {qa}")
-    _ddl(conn, f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA ppp FROM PUBLIC, {qa}")
+    ddl(conn, f"REVOKE {'CREATE' if placement else 'ALL'} ON SCHEMA ppp FROM PUBLIC, {qa}")
+    ddl(conn, f"REVOKE ALL ON ALL TABLES IN SCHEMA ppp FROM PUBLIC, {qa}")
+    ddl(conn, f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA ppp FROM PUBLIC, {qa}")
     return [f"revoked every privilege of {app} on the catalog (schema ppp)"]
 
 
@@ -171,7 +175,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
         row = servers.get(name)
         if row is None:
             opts = ", ".join(f"{k} {quote_literal(v)}" for k, v in want.items())
-            _ddl(
+            ddl(
                 conn,
                 f"CREATE SERVER {quote_ident(name)} FOREIGN DATA WRAPPER postgres_fdw "
                 f"OPTIONS ({opts})",
@@ -191,7 +195,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
                     f"{'SET' if k in have else 'ADD'} {k} {quote_literal(v)}"
                     for k, v in diff.items()
                 )
-                _ddl(conn, f"ALTER SERVER {quote_ident(name)} OPTIONS ({opts})")
+                ddl(conn, f"ALTER SERVER {quote_ident(name)} OPTIONS ({opts})")
                 shown = ", ".join(f"{k}={v}" for k, v in diff.items())
                 changes.append(f"updated foreign server {name}: {shown}")
         catalog.upsert_shard(conn, name, inst.fdw_host, inst.fdw_port, inst.dbname)
@@ -229,7 +233,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
         living = catalog.tenants_on(conn, gone)
         if living:
             detail = "; ".join(
-                f"shard {shard}: {catalog._plural(names)}" for shard, names in living.items()
+                f"shard {shard}: {catalog.plural(names)}" for shard, names in living.items()
             )
             raise PPPError(
                 f"shard{'s' if len(living) > 1 else ''} {', '.join(living)} "
@@ -239,7 +243,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
             )
         for shard in gone:
             if shard in servers:
-                _ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard)} CASCADE")
+                ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard)} CASCADE")
             catalog.delete_shard(conn, shard)
             changes.append(f"dropped foreign server {shard} (no longer in the settings)")
     changes.extend(lock_down_catalog(conn, settings))
@@ -250,8 +254,8 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
 
 def drop_all_wiring(conn: Connection) -> None:
     """Unwire every tenant and drop every shard's server (the base revision's downgrade)."""
-    _ddl(conn, "DROP SCHEMA IF EXISTS ppp_all CASCADE")  # the cross-tenant views
+    ddl(conn, "DROP SCHEMA IF EXISTS ppp_all CASCADE")  # the cross-tenant views
     for tenant in catalog.find_tenants(conn):
-        _ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
+        ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(tenant.schema)} CASCADE")
     for shard in catalog.list_shards(conn):
-        _ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard.name)} CASCADE")
+        ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard.name)} CASCADE")

@@ -1,0 +1,350 @@
+"""What a refresh changes in a tenant's veneer schema.
+
+The veneer schema as it is (:class:`LiveSchema`, with PPP's record of what it wired,
+:data:`WIRED`) is compared with the tenant on its shard (:func:`diff`): what to drop, create
+or alter, nothing when the signatures match; :func:`finish` turns that into statements once
+the shard's column lists are read. :class:`RefreshReport` is what a whole refresh did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from ppp_env.identifiers import quote_ident, quote_literal
+from ppp_env.settings import Settings
+from ppp_env.veneer import catalog, views
+from ppp_env.veneer.remote import OTHER_TYPES, RemoteTenant, RemoteType
+from ppp_env.veneer.wiring import ddl
+
+#: PPP's record of what it wired, in the veneer's catalog schema (admin-only, created by the
+#: first refresh): per tenant schema, every foreign table and type PPP created there, the
+#: signature of the definition it was created from, and the object's oid (an object dropped
+#: or replaced by hand has another oid, or none, and is wired again).
+WIRED = "ppp.wired_objects"
+#: Locks one refresh transaction may take, estimated. PostgreSQL's lock table has
+#: max_locks_per_transaction (64) x max_connections slots for the whole server, shared by
+#: every session: a refresh batches tenants into transactions that stay under this.
+LOCK_BUDGET = 1000
+#: Locks taken per foreign table created; per foreign table or type dropped (it also locks
+#: its row and array types, plus one per column default: counted from the new definition,
+#: or :data:`_LOCKS_GONE` for a table gone from the shard); per tenant (schema, catalog rows).
+_LOCKS_CREATE, _LOCKS_DROP, _LOCKS_GONE, _LOCKS_TENANT = 1, 3, 6, 4
+#: Privileges ``veneer_app`` gets on every foreign table.
+_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
+#: The wired record's kinds.
+TABLE, TYPE = "table", "type"
+
+_CREATE_WIRED = f"""
+CREATE TABLE IF NOT EXISTS {WIRED} (
+    schema      text NOT NULL,
+    name        text NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('{TABLE}', '{TYPE}')),
+    signature   text NOT NULL,
+    local_oid   oid NOT NULL,
+    wired_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema, name)
+)
+"""
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh did: tenants wired, pending (no schema on the shard yet), failed."""
+
+    refreshed: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    #: The revision recorded for each refreshed tenant (None: no alembic_version yet).
+    revisions: dict[str, str | None] = field(default_factory=dict)
+    seconds: float = 0.0
+    #: Refreshed tenants that needed no DDL (their foreign tables were already in step).
+    unchanged: list[str] = field(default_factory=list)
+    #: Foreign tables created (new or changed on the shard) and dropped (changed or gone).
+    tables_created: int = 0
+    tables_dropped: int = 0
+    #: Types created, altered (an enum's new labels) or dropped.
+    types_changed: int = 0
+    #: The cross-tenant views rebuilt at the end (:mod:`ppp_env.veneer.views`), and why
+    #: they could not be (None: rebuilt, or nothing opted in).
+    cross_tenant: views.ViewReport = field(default_factory=views.ViewReport)
+    views_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass
+class LiveSchema:
+    """A tenant's veneer schema as it is now, and PPP's record of what it wired there."""
+
+    exists: bool = False
+    tables: dict[str, int] = field(default_factory=dict)  # foreign table -> oid
+    types: dict[str, tuple[int, str]] = field(default_factory=dict)  # type -> (oid, typtype)
+    wired: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # -> kind, sig, oid
+
+
+def ensure_wired(conn: Connection, settings: Settings) -> None:
+    """Create PPP's record of the wiring if missing, closed to ``veneer_app``."""
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+        return
+    ddl(conn, _CREATE_WIRED)
+    ddl(conn, f"REVOKE ALL ON {WIRED} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
+
+
+def read_live(conn: Connection, schemas: Sequence[str]) -> dict[str, LiveSchema]:
+    """The veneer schemas of ``schemas``: foreign tables, types, PPP's record of them. Three
+    plain queries (compared here, not joined in SQL: a join with the record, which a refresh
+    has just filled and nothing has analyzed, can get a plan quadratic in its size)."""
+    live = {s: LiveSchema() for s in schemas}
+    args = {"schemas": list(schemas)}
+    raw: Any = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
+            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
+            "WHERE n.nspname = ANY(%(schemas)s)",
+            args,
+        )
+        for schema, table, oid in cur.fetchall():
+            live[schema].exists = True
+            if table is not None:
+                live[schema].tables[table] = oid
+        cur.execute(
+            "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
+            "WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b') "
+            "AND (t.typrelid = 0 OR rc.relkind = 'c') "
+            "AND NOT (t.typcategory = 'A' AND t.typelem <> 0)",
+            args,
+        )
+        for schema, name, oid, kind in cur.fetchall():
+            live[schema].types[name] = (oid, kind)
+        cur.execute(
+            f"SELECT schema, name, kind, signature, local_oid::bigint FROM {WIRED} "
+            "WHERE schema = ANY(%(schemas)s)",
+            args,
+        )
+        for schema, name, kind, sig, oid in cur.fetchall():
+            live[schema].wired[name] = (kind, sig, oid)
+    return live
+
+
+def read_labels(
+    conn: Connection, wanted: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """The labels of these enums in the veneer, in order."""
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        text(
+            "SELECT n.nspname, t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) "
+            "FROM unnest(CAST(:s AS text[]), CAST(:n AS text[])) AS w(schema, name) "
+            "JOIN pg_namespace n ON n.nspname = w.schema "
+            "JOIN pg_type t ON t.typnamespace = n.oid AND t.typname = w.name "
+            "JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY n.nspname, t.typname"
+        ),
+        {"s": [s for s, _n in wanted], "n": [n for _s, n in wanted]},
+    ).all()
+    return {(r[0], r[1]): list(r[2]) for r in rows}
+
+
+def _enum_additions(
+    schema: str, name: str, old: Sequence[str], new: Sequence[str]
+) -> list[str] | None:
+    """``ALTER TYPE ... ADD VALUE`` statements turning enum ``old`` into ``new``, or None when
+    ``new`` is not ``old`` with labels added (a label renamed, removed or moved)."""
+    if len(set(new)) != len(new):
+        return None
+    rest = iter(new)
+    if not all(any(label == x for x in rest) for label in old):
+        return None
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
+    present = set(old)
+    out = []
+    for i, label in enumerate(new):
+        if label in present:
+            continue
+        if i > 0:
+            where = f" AFTER {quote_literal(new[i - 1])}"
+        elif old:
+            where = f" BEFORE {quote_literal(old[0])}"
+        else:
+            where = ""
+        out.append(f"ALTER TYPE {target} ADD VALUE {quote_literal(label)}{where}")
+        present.add(label)
+    return out
+
+
+def _in_order(types: Sequence[RemoteType]) -> list[RemoteType]:
+    """Types ordered so that each comes after the types it is built from."""
+    pending = {t.name: t for t in types}
+    out: list[RemoteType] = []
+    while pending:
+        ready = [t for t in pending.values() if not any(d in pending for d in t.depends)]
+        for t in ready or list(pending.values()):  # a cycle: let PostgreSQL name it
+            out.append(t)
+            del pending[t.name]
+    return out
+
+
+@dataclass
+class Plan:
+    """What one tenant's refresh does in the veneer."""
+
+    tenant: catalog.Tenant
+    revision: str | None
+    create_schema: bool = False
+    drop_tables: list[str] = field(default_factory=list)
+    drop_types: list[str] = field(default_factory=list)
+    create_types: list[RemoteType] = field(default_factory=list)
+    alter: list[str] = field(default_factory=list)
+    #: (table, signature) to create from the shard's column list of that signature.
+    create_tables: list[tuple[str, str]] = field(default_factory=list)
+    statements: list[str] = field(default_factory=list)
+    #: Wired records to write: (name, kind, signature); and names whose record goes.
+    record: list[tuple[str, str, str]] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    #: Estimated locks (see :data:`LOCK_BUDGET`).
+    locks: int = _LOCKS_TENANT
+    #: Remote types this tenant's tables may need that the veneer cannot create.
+    others: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> str:
+        return self.tenant.schema
+
+    @property
+    def tables_created(self) -> int:
+        return len(self.create_tables)
+
+    @property
+    def tables_dropped(self) -> int:
+        return len(self.drop_tables)
+
+    @property
+    def types_changed(self) -> int:
+        return (
+            len(self.create_types)
+            + len(self.drop_types)
+            + len({a.split(" ADD VALUE")[0] for a in self.alter})
+        )
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.statements or self.record or self.forget)
+
+
+def diff(
+    tenant: catalog.Tenant,
+    remote: RemoteTenant,
+    live: LiveSchema,
+    labels: Mapping[tuple[str, str], list[str]],
+    full: bool,
+    nextval: bool = False,
+) -> Plan:
+    """Compare a tenant's tables and types on its shard (their signatures) with its veneer
+    schema and PPP's record: what to drop, create or alter (nothing when all match)."""
+    schema, shard = tenant.schema, tenant.shard
+    plan = Plan(tenant, remote.revision, create_schema=not live.exists)
+    wanted_types = {n: t for n, t in remote.types.items() if t.creatable}
+    plan.others = {
+        n: OTHER_TYPES.get(t.kind, t.kind) for n, t in remote.types.items() if not t.creatable
+    }
+
+    def intact(name: str, kind: str, sig: str, oid: int | None) -> bool:
+        return not full and oid is not None and live.wired.get(name) == (kind, sig, oid)
+
+    # Types: kept when in step; an enum that only gained labels gets them; any other change
+    # (or a type PPP did not record) means dropping and re-creating the tenant's types, and
+    # so its foreign tables, which use them.
+    keep: set[str] = set()
+    rebuild = False
+    for name, ty in wanted_types.items():
+        have = live.types.get(name)
+        if have is None:
+            plan.create_types.append(ty)
+        elif intact(name, TYPE, ty.signature, have[0]):
+            keep.add(name)
+        else:
+            old = labels.get((schema, name))
+            adds = None
+            if ty.kind == "e" and have[1] == "e" and old is not None and name in live.wired:
+                adds = _enum_additions(schema, name, old, ty.labels)
+            if adds is None:
+                rebuild = True
+            else:
+                plan.alter.extend(adds)
+                plan.record.append((name, TYPE, ty.signature))
+                keep.add(name)
+    ours = {n for n, (kind, _s, _o) in live.wired.items() if kind == TYPE}
+    if rebuild:
+        plan.drop_types = [n for n in live.types if n in wanted_types or n in ours]
+        plan.create_types = list(wanted_types.values())
+        plan.alter, plan.record, keep = [], [], set()
+    else:
+        plan.drop_types = [n for n in live.types if n in ours and n not in wanted_types]
+    plan.create_types = _in_order(plan.create_types)
+    plan.record.extend((ty.name, TYPE, ty.signature) for ty in plan.create_types)
+
+    for name, sig in remote.tables.items():
+        # The server is part of the definition, and so is whether sequence defaults call
+        # ppp_remote.nextval (the veneer gained or lost it: every table is made again).
+        signature = f"{sig}@{shard}{'+nextval' if nextval else ''}"
+        have_table = live.tables.get(name)
+        if not rebuild and intact(name, TABLE, signature, have_table):
+            keep.add(name)
+            continue
+        if have_table is not None:
+            plan.drop_tables.append(name)
+        plan.create_tables.append((name, sig))
+        plan.record.append((name, TABLE, signature))
+    gone = [n for n in live.tables if n not in remote.tables]
+    plan.drop_tables.extend(gone)
+    plan.locks += _LOCKS_GONE * len(gone) + _LOCKS_DROP * plan.types_changed
+    written = {n for n, _k, _s in plan.record}
+    plan.forget = [n for n in live.wired if n not in keep and n not in written]
+    return plan
+
+
+def finish(plan: Plan, definitions: Mapping[str, str], app: str) -> None:
+    """The plan's statements, with the column lists read from the shard (KeyError: one is
+    missing because its table changed while the refresh read it)."""
+    schema = plan.schema
+    q = quote_ident(schema)
+    out = plan.statements
+    if plan.create_schema:
+        out += [f"CREATE SCHEMA {q}", f"GRANT USAGE ON SCHEMA {q} TO {app}"]
+    if plan.drop_tables:
+        out.append(f"DROP FOREIGN TABLE {_names(schema, sorted(plan.drop_tables))}")
+    if plan.drop_types:
+        out.append(f"DROP TYPE {_names(schema, sorted(plan.drop_types))}")
+    for ty in plan.create_types:
+        verb = "DOMAIN" if ty.kind == "d" else "TYPE"
+        out.append(f"CREATE {verb} {q}.{quote_ident(ty.name)} AS {ty.body}")
+    out.extend(plan.alter)
+    server = quote_ident(plan.tenant.shard)
+    dropped = set(plan.drop_tables)
+    for name, sig in plan.create_tables:
+        cols = definitions[sig]
+        out.append(
+            f"CREATE FOREIGN TABLE {q}.{quote_ident(name)} ({cols}) SERVER {server} "
+            f"OPTIONS (schema_name {quote_literal(schema)}, table_name {quote_literal(name)})"
+        )
+        plan.locks += _LOCKS_CREATE
+        if name in dropped:  # its row and array types, and one lock per default
+            plan.locks += _LOCKS_DROP + cols.count(" DEFAULT ") + cols.count(" GENERATED ")
+    if plan.create_tables:
+        names = _names(schema, [n for n, _s in plan.create_tables])
+        out.append(f"GRANT {_PRIVILEGES} ON {names} TO {app}")
+
+
+def _names(schema: str, names: Sequence[str]) -> str:
+    q = quote_ident(schema)
+    return ", ".join(f"{q}.{quote_ident(n)}" for n in names)
