@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -165,13 +165,26 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
     loses its server, unless tenants still live on it: that is a PPPError naming them.
     """
     catalog.require_catalog(conn)
-    admin, app = settings.veneer.admin_role, settings.veneer.app_role
+    servers = _servers(conn)
+    changes = _reconcile_servers(conn, settings, servers)
+    changes += _reconcile_mappings(conn, settings)
+    if remove:
+        changes += _remove_gone_shards(conn, settings, servers)
+    changes.extend(lock_down_catalog(conn, settings))
+    for change in changes:
+        log.info("%s", change)
+    return changes
+
+
+def _reconcile_servers(
+    conn: Connection, settings: Settings, servers: Mapping[str, Any]
+) -> list[str]:
+    """A foreign server per shard with the options of :func:`server_options`, recorded in
+    ``ppp.shards``; a server of that name that is not PPP's is a PPPError."""
     me = conn.execute(text("SELECT current_user")).scalar_one()
     changes: list[str] = []
-    servers = _servers(conn)
     for name, inst in settings.shards.items():
         want = server_options(inst, settings.remote_estimate)
-        where = f"{inst.fdw_host}:{inst.fdw_port}/{inst.dbname}"
         row = servers.get(name)
         if row is None:
             opts = ", ".join(f"{k} {quote_literal(v)}" for k, v in want.items())
@@ -180,6 +193,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
                 f"CREATE SERVER {quote_ident(name)} FOREIGN DATA WRAPPER postgres_fdw "
                 f"OPTIONS ({opts})",
             )
+            where = f"{inst.fdw_host}:{inst.fdw_port}/{inst.dbname}"
             changes.append(f"created foreign server {name} for {where}")
         else:
             if row.fdwname != "postgres_fdw" or row.owner != me:
@@ -199,7 +213,12 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
                 shown = ", ".join(f"{k}={v}" for k, v in diff.items())
                 changes.append(f"updated foreign server {name}: {shown}")
         catalog.upsert_shard(conn, name, inst.fdw_host, inst.fdw_port, inst.dbname)
+    return changes
 
+
+def _reconcile_mappings(conn: Connection, settings: Settings) -> list[str]:
+    """User mappings of ``veneer_admin`` and ``veneer_app`` to each shard's app role."""
+    admin, app = settings.veneer.admin_role, settings.veneer.app_role
     mappings = conn.execute(
         text(
             "SELECT srvname, usename, umoptions FROM pg_user_mappings "
@@ -209,6 +228,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
     ).all()
     found = {(m.srvname, m.usename): m.umoptions for m in mappings}
     stale: list[tuple[str, str, str, str]] = []
+    changes: list[str] = []
     for name, inst in settings.shards.items():
         # veneer_admin may read its own mapping's options (not veneer_app's): PPP always
         # writes both together, so the admin's tells whether both are current.
@@ -227,28 +247,32 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
             )
     if stale:
         _set_user_mappings(conn, stale)
+    return changes
 
-    if remove:
-        gone = [s.name for s in catalog.list_shards(conn) if s.name not in settings.shards]
-        living = catalog.tenants_on(conn, gone)
-        if living:
-            detail = "; ".join(
-                f"shard {shard}: {catalog.plural(names)}" for shard, names in living.items()
-            )
-            raise PPPError(
-                f"shard{'s' if len(living) > 1 else ''} {', '.join(living)} "
-                f"{'are' if len(living) > 1 else 'is'} no longer in the settings (PPP_SHARDS) "
-                f"but tenants still live there ({detail}): add the shard back, or move or "
-                "remove those tenants first"
-            )
-        for shard in gone:
-            if shard in servers:
-                ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard)} CASCADE")
-            catalog.delete_shard(conn, shard)
-            changes.append(f"dropped foreign server {shard} (no longer in the settings)")
-    changes.extend(lock_down_catalog(conn, settings))
-    for change in changes:
-        log.info("%s", change)
+
+def _remove_gone_shards(
+    conn: Connection, settings: Settings, servers: Mapping[str, Any]
+) -> list[str]:
+    """Drop the servers of shards no longer in the settings; PPPError while tenants live
+    on one of them."""
+    gone = [s.name for s in catalog.list_shards(conn) if s.name not in settings.shards]
+    living = catalog.tenants_on(conn, gone)
+    if living:
+        detail = "; ".join(
+            f"shard {shard}: {catalog.plural(names)}" for shard, names in living.items()
+        )
+        raise PPPError(
+            f"shard{'s' if len(living) > 1 else ''} {', '.join(living)} "
+            f"{'are' if len(living) > 1 else 'is'} no longer in the settings (PPP_SHARDS) "
+            f"but tenants still live there ({detail}): add the shard back, or move or "
+            "remove those tenants first"
+        )
+    changes = []
+    for shard in gone:
+        if shard in servers:
+            ddl(conn, f"DROP SERVER IF EXISTS {quote_ident(shard)} CASCADE")
+        catalog.delete_shard(conn, shard)
+        changes.append(f"dropped foreign server {shard} (no longer in the settings)")
     return changes
 
 
