@@ -251,26 +251,42 @@ def diff(
 ) -> Plan:
     """Compare a tenant's tables and types on its shard (their signatures) with its veneer
     schema and PPP's record: what to drop, create or alter (nothing when all match)."""
-    schema, shard = tenant.schema, tenant.shard
     plan = Plan(tenant, remote.revision, create_schema=not live.exists)
-    wanted_types = {n: t for n, t in remote.types.items() if t.creatable}
     plan.others = {
         n: OTHER_TYPES.get(t.kind, t.kind) for n, t in remote.types.items() if not t.creatable
     }
+    keep, rebuild = _diff_types(plan, remote, live, labels, full)
+    keep |= _diff_tables(plan, remote, live, full, rebuild, nextval)
+    written = {n for n, _k, _s in plan.record}
+    plan.forget = [n for n in live.wired if n not in keep and n not in written]
+    return plan
 
-    def intact(name: str, kind: str, sig: str, oid: int | None) -> bool:
-        return not full and oid is not None and live.wired.get(name) == (kind, sig, oid)
 
-    # Types: kept when in step; an enum that only gained labels gets them; any other change
-    # (or a type PPP did not record) means dropping and re-creating the tenant's types, and
-    # so its foreign tables, which use them.
+def _intact(live: LiveSchema, full: bool, name: str, kind: str, sig: str, oid: int | None) -> bool:
+    """The object is as PPP wired it from this signature (never, with ``full``)."""
+    return not full and oid is not None and live.wired.get(name) == (kind, sig, oid)
+
+
+def _diff_types(
+    plan: Plan,
+    remote: RemoteTenant,
+    live: LiveSchema,
+    labels: Mapping[tuple[str, str], list[str]],
+    full: bool,
+) -> tuple[set[str], bool]:
+    """The tenant's types: kept when in step; an enum that only gained labels gets them; any
+    other change (or a type PPP did not record) means dropping and re-creating the tenant's
+    types, and so its foreign tables, which use them. Returns the names kept, and whether
+    everything is rebuilt."""
+    schema = plan.schema
+    wanted_types = {n: t for n, t in remote.types.items() if t.creatable}
     keep: set[str] = set()
     rebuild = False
     for name, ty in wanted_types.items():
         have = live.types.get(name)
         if have is None:
             plan.create_types.append(ty)
-        elif intact(name, TYPE, ty.signature, have[0]):
+        elif _intact(live, full, name, TYPE, ty.signature, have[0]):
             keep.add(name)
         else:
             old = labels.get((schema, name))
@@ -292,13 +308,21 @@ def diff(
         plan.drop_types = [n for n in live.types if n in ours and n not in wanted_types]
     plan.create_types = _in_order(plan.create_types)
     plan.record.extend((ty.name, TYPE, ty.signature) for ty in plan.create_types)
+    return keep, rebuild
 
+
+def _diff_tables(
+    plan: Plan, remote: RemoteTenant, live: LiveSchema, full: bool, rebuild: bool, nextval: bool
+) -> set[str]:
+    """The tenant's foreign tables: re-created when their signature changed (or the types
+    are rebuilt), dropped when gone from the shard. Returns the names kept."""
+    keep: set[str] = set()
     for name, sig in remote.tables.items():
         # The server is part of the definition, and so is whether sequence defaults call
         # ppp_remote.nextval (the veneer gained or lost it: every table is made again).
-        signature = f"{sig}@{shard}{'+nextval' if nextval else ''}"
+        signature = f"{sig}@{plan.tenant.shard}{'+nextval' if nextval else ''}"
         have_table = live.tables.get(name)
-        if not rebuild and intact(name, TABLE, signature, have_table):
+        if not rebuild and _intact(live, full, name, TABLE, signature, have_table):
             keep.add(name)
             continue
         if have_table is not None:
@@ -308,9 +332,7 @@ def diff(
     gone = [n for n in live.tables if n not in remote.tables]
     plan.drop_tables.extend(gone)
     plan.locks += _LOCKS_GONE * len(gone) + _LOCKS_DROP * plan.types_changed
-    written = {n for n, _k, _s in plan.record}
-    plan.forget = [n for n in live.wired if n not in keep and n not in written]
-    return plan
+    return keep
 
 
 def finish(plan: Plan, definitions: Mapping[str, str], app: str) -> None:

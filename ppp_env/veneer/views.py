@@ -219,46 +219,64 @@ def rebuild(
     found = _columns(conn, wanted, include)
     readers = _readers(conn)
     for table in wanted:
-        qt = f"{SCHEMA}.{quote_ident(table)}"
-        per_tenant = found.get(table, {})
-        left: dict[str, str] = {}
-        if any(c == TENANT_COLUMN for cols in per_tenant.values() for c, _t in cols):
-            left = {
-                s: f"its {table} has a column named {TENANT_COLUMN!r}, which the view adds"
-                for s in per_tenant
-            }
-            per_tenant = {}
-        sql = None
-        if per_tenant:
-            counts = Counter(tuple(cols) for cols in per_tenant.values())
-            # The most common definition; on a tie, that of the first tenant by name.
-            order = {tuple(cols): i for i, cols in reversed(list(enumerate(per_tenant.values())))}
-            common = max(counts, key=lambda k: (counts[k], -order[k]))
-            members = [s for s, cols in per_tenant.items() if tuple(cols) == common]
-            for s, cols in per_tenant.items():
-                if tuple(cols) != common:
-                    left[s] = _why(cols, list(common), len(members))
-            sql = _definition(table, members, list(common))
+        sql, members, left = _view_of(table, found.get(table, {}))
+        if members:
             report.built[table] = members
         if left:
             report.left_out[table] = left
+            qt = f"{SCHEMA}.{quote_ident(table)}"
             for s, why in left.items():
                 log.warning("cross-tenant view %s leaves out tenant %s: %s", qt, s, why)
-        digest = hashlib.md5(sql.encode()).hexdigest() if sql else None
-        present = conn.execute(text("SELECT to_regclass(:v)"), {"v": qt}).scalar() is not None
-        if digest is not None and digest == stored.get(table) and present:
-            continue
-        ddl(conn, f"DROP VIEW IF EXISTS {qt}")
-        if sql is None:
-            if present:
-                report.dropped.append(table)
-        else:
-            ddl(conn, sql)
-            if readers:
-                ddl(conn, f"GRANT SELECT ON {qt} TO {', '.join(map(quote_ident, readers))}")
-            report.changed.append(table)
-        conn.execute(
-            text(f"UPDATE {TABLES} SET definition = :d, built_at = now() WHERE table_name = :t"),
-            {"d": digest, "t": table},
-        )
+        _install(conn, table, sql, stored.get(table), readers, report)
     return report
+
+
+def _view_of(
+    table: str, per_tenant: dict[str, list[tuple[str, str]]]
+) -> tuple[str | None, list[str], dict[str, str]]:
+    """The view's SQL over the tenants whose ``table`` has the most common columns (on a
+    tie, those of the first tenant by name), those tenants, and why the others are left out."""
+    if any(c == TENANT_COLUMN for cols in per_tenant.values() for c, _t in cols):
+        why = f"its {table} has a column named {TENANT_COLUMN!r}, which the view adds"
+        return None, [], {s: why for s in per_tenant}
+    if not per_tenant:
+        return None, [], {}
+    counts = Counter(tuple(cols) for cols in per_tenant.values())
+    order = {tuple(cols): i for i, cols in reversed(list(enumerate(per_tenant.values())))}
+    common = max(counts, key=lambda k: (counts[k], -order[k]))
+    members = [s for s, cols in per_tenant.items() if tuple(cols) == common]
+    left = {
+        s: _why(cols, list(common), len(members))
+        for s, cols in per_tenant.items()
+        if tuple(cols) != common
+    }
+    return _definition(table, members, list(common)), members, left
+
+
+def _install(
+    conn: Connection,
+    table: str,
+    sql: str | None,
+    stored: str | None,
+    readers: Sequence[str],
+    report: ViewReport,
+) -> None:
+    """Replace the view when its definition changed (or drop it: no tenant left)."""
+    qt = f"{SCHEMA}.{quote_ident(table)}"
+    digest = hashlib.md5(sql.encode()).hexdigest() if sql else None
+    present = conn.execute(text("SELECT to_regclass(:v)"), {"v": qt}).scalar() is not None
+    if digest is not None and digest == stored and present:
+        return
+    ddl(conn, f"DROP VIEW IF EXISTS {qt}")
+    if sql is None:
+        if present:
+            report.dropped.append(table)
+    else:
+        ddl(conn, sql)
+        if readers:
+            ddl(conn, f"GRANT SELECT ON {qt} TO {', '.join(map(quote_ident, readers))}")
+        report.changed.append(table)
+    conn.execute(
+        text(f"UPDATE {TABLES} SET definition = :d, built_at = now() WHERE table_name = :t"),
+        {"d": digest, "t": table},
+    )
