@@ -171,42 +171,52 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
     only once every service runs and is healthy (read from the engine; Compose v2 or v1).
     """
     values, env_name, path = _environment(state)
-    chosen = _backend_for_up(backend)
-    out = console()
-    if chosen == "docker":
-        expected = ",".join(s for s in SERVICES if s != "veneer")
-        if shards is not None and parse_shard_names(shards, "--shards") != expected.split(","):
-            raise PPPError(
-                f"--shards={shards!r}: the compose stack has the shards {expected}; "
-                "other shards need --backend local"
-            )
-        new_values = compose_values(values)
-        stack = compose.ComposeStack(path.parent, new_values, env_name)
-        stack.compose()  # Docker and compose answer, the file is there: before touching .env
-        if not path.is_file() and stack.volumes() and not values.get(DEVELOPMENT_MARKER):
-            raise PPPError(
-                f"compose project {stack.name} already has data volumes, made without {path} "
-                "(their passwords are not known here): remove them with `docker compose down "
-                "-v`, or write their settings to .env"
-            )
-        if values.get(DEVELOPMENT_MARKER):
-            out.print(
-                f"[bold yellow]the stack runs with the DEVELOPMENT DEFAULTS of "
-                f"{COMPOSE_FILE}: they are kept in {path} (its volumes were made with them); "
-                "for real passwords: `docker compose down -v`, then this command again[/]"
-            )
-        local_servers.write_dotenv(path, {**new_values, compose.BACKEND_VARIABLE: "docker"})
-        containers = stack.up()
-        local_servers.write_dotenv(path, container_values(containers))
-        for service in SERVICES:
-            p = _prefixes([service])[0]
-            out.print(
-                f"{service}: running in Docker on 127.0.0.1:{new_values[p + 'PORT']}, "
-                f"{containers[service].describe()} (container {containers[service].name})"
-            )
-        out.print(f"settings written to {path}")
-        return
+    if _backend_for_up(backend) == "docker":
+        _up_docker(values, env_name, path, shards)
+    else:
+        _up_local(values, env_name, path, shards)
+    console().print(f"settings written to {path}")
 
+
+def _up_docker(
+    values: dict[str, str], env_name: str | None, path: Path, shards: str | None
+) -> None:
+    """The compose stack: settings (passwords) to .env first, then up and healthy."""
+    expected = ",".join(s for s in SERVICES if s != "veneer")
+    if shards is not None and parse_shard_names(shards, "--shards") != expected.split(","):
+        raise PPPError(
+            f"--shards={shards!r}: the compose stack has the shards {expected}; "
+            "other shards need --backend local"
+        )
+    out = console()
+    new_values = compose_values(values)
+    stack = compose.ComposeStack(path.parent, new_values, env_name)
+    stack.compose()  # Docker and compose answer, the file is there: before touching .env
+    if not path.is_file() and stack.volumes() and not values.get(DEVELOPMENT_MARKER):
+        raise PPPError(
+            f"compose project {stack.name} already has data volumes, made without {path} "
+            "(their passwords are not known here): remove them with `docker compose down "
+            "-v`, or write their settings to .env"
+        )
+    if values.get(DEVELOPMENT_MARKER):
+        out.print(
+            f"[bold yellow]the stack runs with the DEVELOPMENT DEFAULTS of "
+            f"{COMPOSE_FILE}: they are kept in {path} (its volumes were made with them); "
+            "for real passwords: `docker compose down -v`, then this command again[/]"
+        )
+    local_servers.write_dotenv(path, {**new_values, compose.BACKEND_VARIABLE: "docker"})
+    containers = stack.up()
+    local_servers.write_dotenv(path, container_values(containers))
+    for service in SERVICES:
+        p = _prefixes([service])[0]
+        out.print(
+            f"{service}: running in Docker on 127.0.0.1:{new_values[p + 'PORT']}, "
+            f"{containers[service].describe()} (container {containers[service].name})"
+        )
+
+
+def _up_local(values: dict[str, str], env_name: str | None, path: Path, shards: str | None) -> None:
+    """Throwaway servers from this machine's binaries, their settings to .env."""
     raw = shards or values.get("PPP_SHARDS") or ",".join(local_servers.EXAMPLE_SHARDS)
     wanted = ["veneer", *parse_shard_names(raw, "--shards" if shards else "PPP_SHARDS")]
     servers = _local(values, env_name, path)
@@ -225,11 +235,11 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
         LOCAL_DIR_VARIABLE: str(servers.base_dir.resolve()),
     }
     local_servers.write_dotenv(path, recorded, remove=stale)
+    out = console()
     for name in wanted:
         st = servers.status(name)
         what = "already running" if before[name] else "started"
         out.print(f"{name}: {what} on 127.0.0.1:{st.port} (data {st.data_dir})")
-    out.print(f"settings written to {path}")
 
 
 @local_group.command("down")
