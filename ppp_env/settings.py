@@ -10,6 +10,7 @@ expects; no message ever contains a password.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from dotenv.parser import parse_stream
 from sqlalchemy.engine import URL
 
 from ppp_env.compose_settings import DEVELOPMENT_MARKER, development_values
@@ -173,31 +173,75 @@ def read_environment(
     if not path.is_file() and name is None and "PPP_SHARDS" not in process:
         values = development_values(path.parent) or {}
     if path.is_file():
-        try:
-            check_dotenv(path)
-            raw = dotenv_values(path, interpolate=False)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PPPError(f"cannot read {path}: {exc}") from None
-        values = {k: v for k, v in raw.items() if v is not None}
+        values = read_dotenv(path)
     values.update(process)
     return values, name, path
 
 
-def check_dotenv(path: Path) -> None:
-    """PPPError naming the file and line of the first statement python-dotenv cannot parse.
+#: python-dotenv's logger: it warns there, with the line number as the record's argument,
+#: about a statement it cannot parse (and skips it).
+_DOTENV_LOGGER = "dotenv.main"
 
-    python-dotenv only logs a warning and skips such a line, so a typo would silently drop a
-    setting (or a password). A line without ``=`` counts as malformed too. The line itself is
-    never shown: it may hold a password.
+
+class _Unparsed(logging.Handler):
+    """Collects the line numbers python-dotenv warns about while it reads a file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.args and isinstance(record.args, tuple):
+            number = str(record.args[0])
+            if number.isdigit():
+                self.lines.append(int(number))
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The file's settings (literal values), or a PPPError naming the file and line of the
+    first statement that is not ``NAME=value``.
+
+    python-dotenv only logs a warning and skips a statement it cannot parse, so a typo would
+    silently drop a setting (or a password); a line without ``=`` counts as malformed too.
+    The line itself is never shown: it may hold a password.
     """
-    with open(path, encoding="utf-8") as stream:
-        for binding in parse_stream(stream):
-            if binding.error or (binding.key is not None and binding.value is None):
-                text = binding.original.string
-                line = binding.original.line + text[: len(text) - len(text.lstrip())].count("\n")
-                quote = binding.error and "=" in text
-                why = "expected NAME=value" + (" (an unterminated quote?)" if quote else "")
-                raise PPPError(f"{path}, line {line}: cannot parse this line: {why}")
+    logger = logging.getLogger(_DOTENV_LOGGER)
+    catch, propagate = _Unparsed(), logger.propagate
+    logger.addHandler(catch)
+    logger.propagate = False  # the application's handlers never see a line of this file
+    try:
+        raw = dotenv_values(path, interpolate=False)
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PPPError(f"cannot read {path}: {exc}") from None
+    finally:
+        logger.removeHandler(catch)
+        logger.propagate = propagate
+    bad = [(_statement_line(lines, n), True) for n in catch.lines]
+    bad += [(_key_line(lines, k), False) for k, v in raw.items() if v is None]
+    if bad:
+        line, unparsed = min(bad)
+        quote = unparsed and "=" in lines[line - 1]
+        why = "expected NAME=value" + (" (an unterminated quote?)" if quote else "")
+        raise PPPError(f"{path}, line {line}: cannot parse this line: {why}")
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def _statement_line(lines: list[str], start: int) -> int:
+    """The first non-blank line from ``start`` (1-based): where the statement's text is."""
+    for number in range(start, len(lines) + 1):
+        if lines[number - 1].strip():
+            return number
+    return start
+
+
+def _key_line(lines: list[str], key: str) -> int:
+    """The line of ``key`` written without ``=``."""
+    for number, line in enumerate(lines, 1):
+        words = line.split()
+        if "=" not in line and words and words[-1] == key:
+            return number
+    return len(lines)
 
 
 class _Reader:
