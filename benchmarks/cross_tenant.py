@@ -20,22 +20,15 @@ Usage: python benchmarks/cross_tenant.py [--seconds 0.2,0.4,0.6] [--repeat 5] [-
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import Stopwatch, every, figure, local_topology, median, met, times
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
+from ppp_env.servers.local import EXAMPLE_SHARDS
+from ppp_env.settings import Settings
 from ppp_env.veneer import catalog, views
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import tables as veneer
@@ -50,13 +43,6 @@ BEGIN
 END $$;
 CREATE VIEW {s}.slow AS SELECT id FROM {s}.slow_rows({d}) AS id;
 """
-
-
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
 
 
 def set_async(settings: Settings, on: bool) -> None:
@@ -75,12 +61,11 @@ def timed_count(settings: Settings, sql: str, expect: int) -> float:
     try:
         cur = conn.cursor()
         cur.execute("SELECT count(*) FROM ppp_all.slow WHERE false")
-        started = time.perf_counter()
-        cur.execute(sql)
-        (n,) = cur.fetchone()
-        took = time.perf_counter() - started
+        with Stopwatch() as sw:
+            cur.execute(sql)
+            (n,) = cur.fetchone()
         assert n == expect, (sql, n, expect)
-        return took
+        return sw.seconds
     finally:
         conn.close()
 
@@ -92,26 +77,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     seconds = [float(x) for x in args.seconds.split(",")]
+    if len(seconds) != len(EXAMPLE_SHARDS):
+        raise SystemExit(f"--seconds: give one figure per shard ({len(EXAMPLE_SHARDS)})")
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        values["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(values)
-        settings = load_settings()
-        provision(settings)
+    with local_topology(args.workdir) as top:
+        settings = top.settings
         veneer_env.upgrade(settings, "heads")
-        shards = list(settings.shards)
-        if len(seconds) != len(shards):
-            raise SystemExit(f"--seconds: give one figure per shard ({len(shards)})")
+        shards = top.shards
         placed = {f"fan_{s}": s for s in shards}
-        with catalog.admin_connection(settings) as conn:
-            for existing in catalog.find_tenants(conn):
-                catalog.unregister_tenant(conn, existing.schema)
-            for schema, shard in placed.items():
-                catalog.register_tenant(conn, schema, shard)
+        top.replace_tenants(placed)
         for (schema, shard), d in zip(placed.items(), seconds, strict=True):
             with db.connection(settings.shards[shard], "admin", autocommit=True) as conn:
                 conn.cursor().execute(SLOW.format(s=quote_ident(schema), d=d))
@@ -147,11 +121,11 @@ def main() -> None:
             set_async(settings, True)
             print(
                 f"run {run + 1}: (a) {a[-1]:.3f} s  parts "
-                + ", ".join(f"{p:.3f}" for p in parts)
+                + every(parts, 3)
                 + f"  (c) {c[-1]:.3f} s",
                 file=sys.stderr,
             )
-        ma, ms, mu, mc = (statistics.median(x) for x in (a, slowest, summed, c))
+        ma, ms, mu, mc = (median(x) for x in (a, slowest, summed, c))
         print(
             f"\ncross-tenant view over {len(shards)} shards, parts of "
             f"{', '.join(f'{d:g}' for d in seconds)} s (pg_sleep), median of {args.repeat} runs"
@@ -163,15 +137,20 @@ def main() -> None:
             ("(c)", "ppp_all.slow with async_capable off (baseline)", mc),
         ]
         for tag, what, secs in rows:
-            print(f"{tag:5}{what:52}{secs:8.3f} s{secs / ms:7.2f} x (b)")
+            print(
+                figure(
+                    f"{tag:5}{what:52}",
+                    f"{secs:.3f} s",
+                    times(secs / ms, "(b)", width=7),
+                    sep="",
+                    gap="",
+                    value_width=10,
+                )
+            )
         print("\nevery run (s):")
         for tag, xs in (("(a)", a), ("(b)", slowest), ("(b')", summed), ("(c)", c)):
-            print(f"  {tag} " + ", ".join(f"{x:.3f}" for x in xs))
-        verdict = "met" if ma <= 1.3 * ms else "NOT met"
-        print(f"\ntarget: (a) <= 1.3 x (b): {verdict} ({ma / ms:.2f} x)")
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
+            print(f"  {tag} " + every(xs, 3))
+        print(f"\ntarget: (a) <= 1.3 x (b): {met(ma <= 1.3 * ms)} ({times(ma / ms)})")
 
 
 if __name__ == "__main__":

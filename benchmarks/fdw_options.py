@@ -30,23 +30,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
-import statistics
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import every, group_by_shard, local_topology, median, round_robin, timed
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
+from ppp_env.settings import Settings
 from ppp_env.veneer import catalog, views, wiring
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import tables as veneer
@@ -100,21 +93,6 @@ ANALYZE {s}.accounts, {s}.entries;
 """
 
 
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
-def quiet_logs(settings: Settings) -> None:
-    """Statement logging off on these throwaway servers (it would dominate point lookups)."""
-    for inst in settings.instances:
-        with db.connection(inst, "superuser", autocommit=True) as conn, conn.cursor() as cur:
-            cur.execute("ALTER SYSTEM SET log_statement = 'none'")
-            cur.execute("SELECT pg_reload_conf()")
-
-
 def set_options(settings: Settings, options: dict[str, str | None]) -> None:
     with catalog.admin_connection(settings) as conn:
         for shard in settings.shards:
@@ -134,12 +112,6 @@ def set_options(settings: Settings, options: dict[str, str | None]) -> None:
                 conn.exec_driver_sql(
                     f"ALTER SERVER {quote_ident(shard)} OPTIONS ({', '.join(parts)})"
                 )
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def run_queries(
@@ -248,11 +220,11 @@ def show(title: str, rows: dict[str, dict[str, list[float]]]) -> None:
     print(f"\n{title}")
     print(f"{'':44}" + "".join(f"{m:>24}" for m in metrics))
     for name, values in rows.items():
-        print(f"{name:44}" + "".join(f"{statistics.median(values[m]):24.1f}" for m in metrics))
+        print(f"{name:44}" + "".join(f"{median(values[m]):24.1f}" for m in metrics))
     print("every run:")
     for name, values in rows.items():
         for m in metrics:
-            print(f"  {name} / {m}: " + ", ".join(f"{x:.1f}" for x in values[m]))
+            print(f"  {name} / {m}: " + every(values[m], 1))
 
 
 def main() -> None:
@@ -264,36 +236,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        values["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(values)
-        settings = load_settings()
-        provision(settings)
-        quiet_logs(settings)
+    # Statement logging off on these throwaway servers: it would dominate point lookups.
+    with local_topology(args.workdir, statement_logging=False) as top:
+        settings = top.settings
         veneer_env.upgrade(settings, "heads")
-        placed = {f"bench_{s}": s for s in settings.shards}
-        with catalog.admin_connection(settings) as conn:
-            for existing in catalog.find_tenants(conn):
-                catalog.unregister_tenant(conn, existing.schema)
-            for schema, shard in placed.items():
-                catalog.register_tenant(conn, schema, shard)
+        shards = top.shards
+        placed = {f"bench_{s}": s for s in shards}
+        wide = round_robin((f"tiny_{i:03d}" for i in range(WIDE)), shards)
+        top.replace_tenants({**placed, **wide})
         for schema, shard in placed.items():
             with db.connection(settings.shards[shard], "admin", autocommit=True) as conn:
                 conn.cursor().execute(DATA.format(s=quote_ident(schema), n=args.accounts))
-        shards = list(settings.shards)
-        wide = {f"tiny_{i:03d}": shards[i % len(shards)] for i in range(WIDE)}
-        with catalog.admin_connection(settings) as conn:
-            for schema, shard in wide.items():
-                catalog.register_tenant(conn, schema, shard)
-        for shard in shards:
+        for shard, schemas in group_by_shard(wide, shards).items():
             with db.connection(settings.shards[shard], "admin", autocommit=True) as conn:
-                conn.cursor().execute(
-                    "".join(TINY.format(s=quote_ident(t)) for t, s in wide.items() if s == shard)
-                )
+                conn.cursor().execute("".join(TINY.format(s=quote_ident(t)) for t in schemas))
         report = veneer.refresh(settings)
         assert report.ok, report.errors
         with catalog.admin_connection(settings) as conn:
@@ -331,9 +287,6 @@ def main() -> None:
                 inserts.setdefault(metric, {}).setdefault("rows/s", []).append(value)
             print(f"run {run + 1} inserts: {got}", file=sys.stderr)
         show(f"single-row inserts, PPP's options, median of {args.repeat} runs", inserts)
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

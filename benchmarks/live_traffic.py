@@ -42,35 +42,24 @@ import json
 import math
 import os
 import random
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import BENCH, ROOT, fail, local_topology, median, met, run_command
 
 from ppp_env import db
 from ppp_env.fleet.options import RunOptions
 from ppp_env.identifiers import quote_ident
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
+from ppp_env.settings import Settings
 from ppp_env.tenant_state import read_states
-from ppp_env.veneer.catalog import (
-    admin_connection,
-    register_tenant,
-    unregister_tenant,
-)
 
-CHAIN = ROOT / "benchmarks" / "live_chain"
+CHAIN = BENCH / "live_chain"
 FIRST, HEAD = "l001", "l004"
 #: Rows l001 seeds per tenant: the ids the application reads and updates.
 SEED_ROWS = 5000
@@ -107,20 +96,6 @@ CONFIGS = (
     Config("defaults", "PPP defaults", ()),
     Config("old", "lock timeout 10 s", ("lock_timeout=10",)),
 )
-
-
-def fail(message: str) -> None:
-    sys.exit(f"benchmark failed: {message}")
-
-
-def sh(cmd: Sequence[str], env: dict[str, str]) -> str:
-    """Run a command from the project folder; its stdout. Fail loudly."""
-    res = subprocess.run(
-        list(cmd), env=env, cwd=ROOT, capture_output=True, text=True, timeout=HARD_CAP
-    )
-    if res.returncode != 0:
-        fail(f"command failed: {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    return res.stdout
 
 
 # -- the migrating process ---------------------------------------------------------------------
@@ -450,7 +425,7 @@ def reset(
             cur = conn.cursor()
             names = ", ".join(quote_ident(s) for s in schemas)
             cur.execute(f"DROP SCHEMA IF EXISTS {names} CASCADE")
-    sh([*alembic, "upgrade", FIRST], env)
+    run_command([*alembic, "upgrade", FIRST], env, timeout=HARD_CAP)
     for shard, schemas in by_shard.items():
         with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
             cur = conn.cursor()
@@ -524,7 +499,7 @@ def ms(value: float) -> str:
 
 def med(values: list[Any]) -> Any:
     present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
+    return median(present) if present else None
 
 
 def report(
@@ -605,13 +580,6 @@ def report(
 
 
 # -- main ---------------------------------------------------------------------------------------
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=30)
@@ -642,29 +610,16 @@ def main() -> None:
             file=sys.stderr,
         )
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-live-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PPP_")}
-        env.update(values)
-        env["PPP_PROJECT_DIR"] = str(work)
-        os.environ.clear()
-        os.environ.update(env)
-        settings = load_settings()
-        provision(settings)
-        sh([str(Path(sys.executable).parent / "alembic"), "-n", "veneer", "upgrade", "head"], env)
-        ini = work / "live.ini"
+    with local_topology(args.workdir, prefix="ppp-live-") as top:
+        settings, env = top.settings, top.environ()
+        alembic = str(Path(sys.executable).parent / "alembic")
+        run_command([alembic, "-n", "veneer", "upgrade", "head"], env, timeout=HARD_CAP)
+        ini = top.work / "live.ini"
         ini.write_text(INI.format(script_location=CHAIN, root=ROOT))
 
-        shards = list(settings.shards)
+        shards = top.shards
         tenants = [(shards[i % len(shards)], f"t{i:05d}") for i in range(args.tenants)]
-        with admin_connection(settings) as conn:
-            for existing in EXAMPLE_SHARDS:  # only the benchmark's tenants take part
-                unregister_tenant(conn, existing)
-            for shard, name in tenants:
-                register_tenant(conn, name, shard)
+        top.replace_tenants({name: shard for shard, name in tenants})  # only the benchmark's
         by_shard: dict[str, list[str]] = {}
         for shard, name in tenants:
             by_shard.setdefault(shard, []).append(name)
@@ -693,15 +648,11 @@ def main() -> None:
         worst = max(f.max for f in under["defaults"])
         timeout = float(getattr(settings, "migration_lock_timeout", DEFAULT_LOCK_TIMEOUT))
         limit = timeout + SLACK
-        verdict = "met" if worst <= limit else "NOT met"
         print(
             f"target: with PPP's defaults no application query waits longer than the lock "
-            f"timeout ({timeout:g} s) + {SLACK * 1000:.0f} ms = {limit:.2f} s: {verdict} "
-            f"(worst query of {args.repeat} run(s): {ms(worst)})"
+            f"timeout ({timeout:g} s) + {SLACK * 1000:.0f} ms = {limit:.2f} s: "
+            f"{met(worst <= limit)} (worst query of {args.repeat} run(s): {ms(worst)})"
         )
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

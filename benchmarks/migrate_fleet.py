@@ -46,27 +46,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (
+    BENCH,
+    ROOT,
+    Stopwatch,
+    every,
+    fail,
+    figure,
+    group_by_shard,
+    local_topology,
+    median,
+    median_ratio,
+    met,
+    round_robin,
+    run_command,
+    times,
+)
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
+from ppp_env.settings import Settings
 from ppp_env.tenant_state import read_states
 from ppp_env.veneer.catalog import (
     admin_connection,
@@ -74,8 +79,6 @@ from ppp_env.veneer.catalog import (
     register_tenant,
     unregister_tenant,
 )
-
-BENCH = ROOT / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -119,20 +122,6 @@ CATALOGS = (
     "pg_trigger",
     "pg_sequence",
 )
-
-
-def fail(message: str) -> None:
-    sys.exit(f"benchmark failed: {message}")
-
-
-def sh(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, str]:
-    """Run a command from the project folder; its wall time and stdout. Fail loudly."""
-    started = time.perf_counter()
-    res = subprocess.run(list(cmd), env=env, cwd=ROOT, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    if res.returncode != 0:
-        fail(f"command failed: {' '.join(cmd)}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
-    return took, res.stdout
 
 
 def write_ini(work: Path, chain: Chain) -> Path:
@@ -207,7 +196,7 @@ def fingerprint(settings: Settings, by_shard: dict[str, list[str]]) -> list[tupl
 # -- the rows --------------------------------------------------------------------------------------
 def rendered_body(alembic: list[str], env: dict[str, str], tenant: str) -> str:
     """The SQL PPP renders for the 5-revision chain, without its per-tenant frame."""
-    _, out = sh([*alembic, "-x", f"tenant={tenant}", "upgrade", "base:head", "--sql"], env)
+    _, out = run_command([*alembic, "-x", f"tenant={tenant}", "upgrade", "base:head", "--sql"], env)
     marker = f"SET LOCAL search_path TO {quote_ident(tenant)};\n"
     if marker not in out or not out.rstrip().endswith("COMMIT;"):
         fail(f"unexpected --sql output:\n{out[:2000]}")
@@ -237,15 +226,14 @@ def floor(settings: Settings, by_shard: dict[str, list[str]], body: str) -> floa
             errors.append(f"{shard}: {db.first_line(exc)}")
 
     threads = [threading.Thread(target=one, args=(s,)) for s in by_shard]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - started
+    with Stopwatch() as sw:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     if errors:
         fail("the floor's client failed: " + "; ".join(errors))
-    return took
+    return sw.seconds
 
 
 def naive(
@@ -260,13 +248,13 @@ def naive(
         s: settings.shard(s).url("admin").render_as_string(hide_password=False)
         for s in sample_by_shard
     }
-    started = time.perf_counter()
-    for shard, tenant in order:
-        sh(
-            [*alembic, "-x", f"tenant={tenant}", "upgrade", "head"],
-            dict(env, NAIVE_DATABASE_URL=urls[shard]),
-        )
-    return (time.perf_counter() - started) / len(order)
+    with Stopwatch() as sw:
+        for shard, tenant in order:
+            run_command(
+                [*alembic, "-x", f"tenant={tenant}", "upgrade", "head"],
+                dict(env, NAIVE_DATABASE_URL=urls[shard]),
+            )
+    return sw.seconds / len(order)
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -279,7 +267,7 @@ class Row:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.runs)
+        return median(self.runs)
 
 
 def seconds(value: float) -> str:
@@ -296,16 +284,22 @@ def report(rows: dict[str, Row], args: argparse.Namespace, shards: int, sample: 
         "",
     ]
     for key, row in rows.items():
-        lines.append(
-            f"{row.tag:5}{row.what:76}{seconds(row.median):>11}{ratio(key, rows):>16}   "
-            f"runs: {', '.join(f'{r:.2f}' for r in row.runs)}"
+        line = figure(
+            f"{row.tag:5}{row.what:76}",
+            seconds(row.median),
+            ratio(key, rows),
+            sep="",
+            gap="",
+            value_width=11,
+            ratio_width=16,
         )
+        lines.append(f"{line}   runs: {every(row.runs)}")
         lines.append(f"{'':5}$ {row.command}")
     lines += [
         "",
         "ratios: the median of the ratios measured within each run",
-        f"target (a) <= 1.5 x (c): {'met' if a <= 1.5 else 'NOT met'} ({a:.2f} x)",
-        f"target (f) <= 2 x (g): {'met' if f <= 2 else 'NOT met'} ({f:.2f} x)",
+        f"target (a) <= 1.5 x (c): {met(a <= 1.5)} ({times(a)})",
+        f"target (f) <= 2 x (g): {met(f <= 2)} ({times(f)})",
     ]
     return lines
 
@@ -314,16 +308,10 @@ def report(rows: dict[str, Row], args: argparse.Namespace, shards: int, sample: 
 BASES = {"a": "c", "a2": "c", "b": "c", "c": "c", "d": "c", "e": "a2", "f": "g", "g": ""}
 
 
-def run_ratios(key: str, rows: dict[str, Row]) -> list[float]:
-    """The row's ratio to its base within each run (both measured minutes apart, at most)."""
-    base = rows[BASES[key]]
-    return [x / y for x, y in zip(rows[key].runs, base.runs, strict=True)]
-
-
 def ratio_value(key: str, rows: dict[str, Row]) -> float:
-    """The median of the per-run ratios: on a noisy machine the ratio of two medians can
-    pair a quiet run of one row with a busy run of the other."""
-    return statistics.median(run_ratios(key, rows))
+    """The median of the row's ratios to its base within each run (both measured minutes
+    apart, at most): see ``common.median_ratio``."""
+    return median_ratio(rows[key].runs, rows[BASES[key]].runs)
 
 
 def ratio(key: str, rows: dict[str, Row]) -> str:
@@ -331,7 +319,7 @@ def ratio(key: str, rows: dict[str, Row]) -> str:
     if not base:
         return ""
     name = "floor" if base == "c" else rows[base].tag
-    return f"{ratio_value(key, rows):.2f} x {name}"
+    return times(ratio_value(key, rows), name)
 
 
 def markdown(rows: dict[str, Row], args: argparse.Namespace, per_tenant: float) -> list[str]:
@@ -347,19 +335,12 @@ def markdown(rows: dict[str, Row], args: argparse.Namespace, per_tenant: float) 
             what += f" ({per_tenant:.2f} s per tenant)"
         lines.append(
             f"| {row.tag} | {what} | `{row.command}` | {seconds(row.median)} | "
-            f"{ratio(key, rows) or '-'} | {', '.join(f'{r:.2f}' for r in row.runs)} |"
+            f"{ratio(key, rows) or '-'} | {every(row.runs)} |"
         )
     return lines
 
 
 # -- main ------------------------------------------------------------------------------------------
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -373,36 +354,17 @@ def main() -> None:
     if args.tenants < 3 or args.repeat < 1 or args.naive_sample < 1:
         parser.error("--tenants must be at least 3, --repeat and --naive-sample at least 1")
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"benchmark interrupted by signal {signum}")
-
-    signal.signal(signal.SIGINT, interrupted)  # also when started in the background
-    signal.signal(signal.SIGTERM, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PPP_")}
-        env.update(values)
-        env["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(env)
-        settings = load_settings()
-        provision(settings)
+    with local_topology(args.workdir) as top:
+        settings, env = top.settings, top.environ()
         alembic = str(Path(sys.executable).parent / "alembic")
-        sh([alembic, "-n", "veneer", "upgrade", "head"], env)
-        ini = {c.ini: write_ini(work, c) for c in (FLEET, NAIVE, MIXED, RENDERABLE)}
+        run_command([alembic, "-n", "veneer", "upgrade", "head"], env)
+        ini = {c.ini: write_ini(top.work, c) for c in (FLEET, NAIVE, MIXED, RENDERABLE)}
 
-        shards = list(settings.shards)
+        shards = top.shards
         names = [f"t{i:05d}" for i in range(args.tenants)]
-        by_shard: dict[str, list[str]] = {s: [] for s in shards}
-        with admin_connection(settings) as conn:
-            for existing in EXAMPLE_SHARDS:  # only the benchmark's tenants take part
-                unregister_tenant(conn, existing)
-            for i, name in enumerate(names):
-                shard = shards[i % len(shards)]
-                register_tenant(conn, name, shard)
-                by_shard[shard].append(name)
+        placed = round_robin(names, shards)
+        by_shard = group_by_shard(placed, shards)
+        top.replace_tenants(placed)  # only the benchmark's tenants take part
         sample = names[: min(args.naive_sample, len(names))]
         sample_by_shard = {s: [t for t in by_shard[s] if t in sample] for s in shards}
         sample_by_shard = {s: t for s, t in sample_by_shard.items() if t}
@@ -447,19 +409,19 @@ def main() -> None:
 
         def ppp(row: str, cmd: list[str], chain: Chain, *, wired: bool) -> None:
             reset(settings, by_shard)
-            took, _ = sh(cmd, env)
+            took, _ = run_command(cmd, env)
             check_at_head(settings, by_shard, chain.head, wired=wired)
             rows[row].runs.append(took)
 
         per_tenant: list[float] = []
         prints: dict[str, list[tuple[Any, ...]]] = {}
-        for run in range(args.repeat):
+        for n in range(args.repeat):
             reset(settings, by_shard)
             rows["c"].runs.append(floor(settings, by_shard, body))
             check_at_head(settings, by_shard, FLEET.head)
 
             ppp("a", [*fleet, *argv["a"]], FLEET, wired=True)
-            took, _ = sh([*fleet, *argv["d"]], env)
+            took, _ = run_command([*fleet, *argv["d"]], env)
             check_at_head(settings, by_shard, FLEET.head, wired=True)
             rows["d"].runs.append(took)
             ppp("a2", [*fleet, *argv["a2"]], FLEET, wired=False)
@@ -478,7 +440,7 @@ def main() -> None:
                 fail(f"the twins left different data: {prints['f']} != {prints['g']}")
 
             print(
-                f"run {run + 1}: "
+                f"run {n + 1}: "
                 + "  ".join(f"{r.tag} {r.runs[-1]:.2f} s" for r in rows.values())
                 + f"  (a)/(c) {rows['a'].runs[-1] / rows['c'].runs[-1]:.2f}"
                 + f"  (f)/(g) {rows['f'].runs[-1] / rows['g'].runs[-1]:.2f}",
@@ -496,17 +458,8 @@ def main() -> None:
         )
         if args.markdown:
             print()
-            for line in markdown(rows, args, statistics.median(per_tenant)):
+            for line in markdown(rows, args, median(per_tenant)):
                 print(line)
-    finally:
-        print("stopping and deleting the benchmark's servers", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        servers.down(purge=True)
-        if servers.instances():  # interrupted while one was starting: it came up after
-            time.sleep(2)
-            servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

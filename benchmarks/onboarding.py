@@ -24,40 +24,34 @@ Usage: python benchmarks/onboarding.py [--tenants 10000] [--repeat 3] [--chain t
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from alembic.script import ScriptDirectory
+from common import (
+    BENCH,
+    Stopwatch,
+    every,
+    fail,
+    local_topology,
+    median,
+    run_command,
+    veneer_catalog_only,
+    write_ini,
+)
 from sqlalchemy import text
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
+from ppp_env.settings import Settings
 from ppp_env.veneer.catalog import admin_connection
 from ppp_env.veneer.env import plan_upgrade_to_heads
 from ppp_env.veneer.onboarding import structural_head, write_tenant_revision
-
-INI = """\
-[alembic]
-script_location = {tenant_chain}
-prepend_sys_path = {root}
-
-[veneer]
-script_location = {veneer}
-prepend_sys_path = {root}
-"""
 
 TINY = '''\
 """One table per tenant."""
@@ -80,15 +74,6 @@ def downgrade() -> None:
 '''
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
-    started = time.perf_counter()
-    res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    if res.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return took
-
-
 def run_steps(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, dict[str, float]]:
     """Run ``ppp migrate``; its total time and the seconds of each step (`N/M name` lines)."""
     started = time.perf_counter()
@@ -104,16 +89,9 @@ def run_steps(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, di
                 marks.append((line.split(":")[0].strip(), time.perf_counter()))
     took = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"command failed: {' '.join(cmd)}\n{''.join(out)[-3000:]}")
+        fail(f"command failed: {' '.join(cmd)}\n{''.join(out)[-3000:]}")
     ends = [t for _, t in marks[1:]] + [started + took]
     return took, {name: end - t for (name, t), end in zip(marks, ends, strict=True)}
-
-
-def scripts_with_catalog_only(dest: Path) -> Path:
-    shutil.copytree(ROOT / "veneer_migrations", dest, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in (dest / "versions").glob("t*_*.py"):
-        path.unlink()  # the example's tenants: only the benchmark's take part
-    return dest
 
 
 def reset(settings: Settings, names: list[str], by_shard: dict[str, list[str]], base: str) -> None:
@@ -144,12 +122,8 @@ def reset(settings: Settings, names: list[str], by_shard: dict[str, list[str]], 
             cur.execute("VACUUM pg_catalog.pg_class, pg_catalog.pg_attribute")
 
 
-def med(runs: list[float]) -> float:
-    return statistics.median(runs)
-
-
 def fmt(runs: list[float]) -> str:
-    return f"{med(runs):.2f} s (runs: {', '.join(f'{r:.2f}' for r in runs)})"
+    return f"{median(runs):.2f} s (runs: {every(runs)})"
 
 
 def main() -> None:
@@ -159,56 +133,45 @@ def main() -> None:
     parser.add_argument("--chain", choices=("tiny", "fleet"), default="tiny")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-onboarding-"))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PPP_", "ALEMBIC_"))}
-        env.update(values)
-        env["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(env)
-        settings = load_settings()
-        provision(settings)
+    # The temp folder, not tmpfs: where this benchmark's figures were measured.
+    with local_topology(Path(tempfile.gettempdir()), prefix="ppp-bench-onboarding-") as top:
+        settings, work = top.settings, top.work
         bin_dir = Path(sys.executable).parent
         ppp = str(bin_dir / "ppp")
 
         if args.chain == "tiny":
             chain = work / "tenant_chain"
             (chain / "versions").mkdir(parents=True)
-            shutil.copy(ROOT / "benchmarks" / "fleet" / "env.py", chain / "env.py")
-            shutil.copy(ROOT / "benchmarks" / "fleet" / "script.py.mako", chain)
+            shutil.copy(BENCH / "fleet" / "env.py", chain / "env.py")
+            shutil.copy(BENCH / "fleet" / "script.py.mako", chain)
             (chain / "versions" / "o001_notes.py").write_text(TINY)
         else:
-            chain = ROOT / "benchmarks" / "fleet"
-        veneer_dir = scripts_with_catalog_only(work / "veneer_migrations")
-        empty_dir = scripts_with_catalog_only(work / "veneer_empty")
-        ini = work / "alembic.ini"
-        ini.write_text(INI.format(tenant_chain=chain, veneer=veneer_dir, root=ROOT))
-        empty_ini = work / "empty.ini"
-        empty_ini.write_text(INI.format(tenant_chain=chain, veneer=empty_dir, root=ROOT))
-        env["ALEMBIC_CONFIG"] = str(ini)
-        run([ppp, "veneer", "upgrade"], env, work)  # the catalog, servers, user mappings
+            chain = BENCH / "fleet"
+        veneer_dir = veneer_catalog_only(work / "veneer_migrations")
+        empty_dir = veneer_catalog_only(work / "veneer_empty")
+        ini = write_ini(work / "alembic.ini", chain, veneer_dir)
+        empty_ini = write_ini(work / "empty.ini", chain, empty_dir)
+        env = top.environ(ALEMBIC_CONFIG=str(ini))
+        run_command([ppp, "veneer", "upgrade"], env, work)  # the catalog, servers, user mappings
 
         script = ScriptDirectory(str(veneer_dir))
         base = structural_head(script)
         shards = list(settings.shards)
         names = [f"bo_{i:05d}" for i in range(args.tenants)]
         by_shard: dict[str, list[str]] = {s: [] for s in shards}
-        started = time.perf_counter()
-        for i, name in enumerate(names):
-            shard = shards[i % len(shards)]
-            write_tenant_revision(script, name, shard, base)
-            by_shard[shard].append(name)
-        took = time.perf_counter() - started
-        print(f"wrote {len(names)} onboarding revisions in {took:.1f} s", flush=True)
+        with Stopwatch() as sw:
+            for i, name in enumerate(names):
+                shard = shards[i % len(shards)]
+                write_tenant_revision(script, name, shard, base)
+                by_shard[shard].append(name)
+        print(f"wrote {len(names)} onboarding revisions in {sw.seconds:.1f} s", flush=True)
 
         # (a) ppp tenant add with N existing, against none existing and the bare start.
         start, add_n, add_0 = [], [], []
         for r in range(max(args.repeat, 5)):
-            start.append(run([ppp, "--version"], env, work))
+            start.append(run_command([ppp, "--version"], env, work)[0])
             for runs, cfg, folder in ((add_n, ini, veneer_dir), (add_0, empty_ini, empty_dir)):
-                took = run(
+                took, _ = run_command(
                     [ppp, "tenant", "add", f"bo_new_{r}", "--shard", shards[0]],
                     {**env, "ALEMBIC_CONFIG": str(cfg)},
                     work,
@@ -218,16 +181,14 @@ def main() -> None:
                     path.unlink()
 
         # (d) planning `upgrade heads` from the catalog, in-process.
-        started = time.perf_counter()
-        loaded = ScriptDirectory(str(veneer_dir))
-        heads = loaded.get_heads()
-        load_s = time.perf_counter() - started
-        started = time.perf_counter()
-        ours = plan_upgrade_to_heads(loaded, (base,))
-        ours_s = time.perf_counter() - started
-        started = time.perf_counter()
-        theirs = loaded._upgrade_revs("heads", (base,))
-        theirs_s = time.perf_counter() - started
+        with Stopwatch() as load:
+            loaded = ScriptDirectory(str(veneer_dir))
+            heads = loaded.get_heads()
+        with Stopwatch() as plan_ours:
+            ours = plan_upgrade_to_heads(loaded, (base,))
+        with Stopwatch() as plan_theirs:
+            theirs = loaded._upgrade_revs("heads", (base,))
+        load_s, ours_s, theirs_s = load.seconds, plan_ours.seconds, plan_theirs.seconds
         assert len(ours) == len(theirs) == args.tenants, (len(ours), len(theirs))
 
         # (b) ppp veneer upgrade with N pending; (c) ppp migrate end to end.
@@ -237,7 +198,7 @@ def main() -> None:
         steps: list[dict[str, float]] = []
         for _ in range(args.repeat):
             reset(settings, names, by_shard, base)
-            upgrade.append(run([ppp, "veneer", "upgrade"], env, work))
+            upgrade.append(run_command([ppp, "veneer", "upgrade"], env, work)[0])
             print(f"(b) ppp veneer upgrade: {upgrade[-1]:.2f} s", flush=True)
             reset(settings, names, by_shard, base)
             took, parts = run_steps([ppp, "migrate", "-c", str(ini)], env, work)
@@ -251,7 +212,7 @@ def main() -> None:
                 "IS NOT NULL"
             ).scalar()
         if active != args.tenants:
-            sys.exit(f"after ppp migrate only {active} of {args.tenants} tenants are wired")
+            fail(f"after ppp migrate only {active} of {args.tenants} tenants are wired")
 
         n = f"{args.tenants:,}"
         print()
@@ -262,20 +223,18 @@ def main() -> None:
         print("|---|---|---|---|")
         print(
             f"| (a) | `ppp tenant add` with {n} revisions existing | {fmt(add_n)} | "
-            f"target < 0.5 s; with none existing {med(add_0):.2f} s; "
-            f"`ppp --version` {med(start):.2f} s |"
+            f"target < 0.5 s; with none existing {median(add_0):.2f} s; "
+            f"`ppp --version` {median(start):.2f} s |"
         )
         print(
             f"| (b) | `ppp veneer upgrade`, {n} onboarding revisions pending | {fmt(upgrade)} | "
-            f"{med(upgrade) / args.tenants * 1000:.2f} ms per revision "
+            f"{median(upgrade) / args.tenants * 1000:.2f} ms per revision "
             "(previous design: about 13 ms, not measured here) |"
         )
         print(
             f"| (c) | `ppp migrate` end to end, {n} pending: veneer, tenant chain, refresh | "
             f"{fmt(migrate)} | target < 30 s; by step (median): "
-            + ", ".join(
-                f"{k} {statistics.median(p.get(k, 0.0) for p in steps):.1f} s" for k in steps[0]
-            )
+            + ", ".join(f"{k} {median(p.get(k, 0.0) for p in steps):.1f} s" for k in steps[0])
             + " |"
         )
         print(
@@ -283,9 +242,6 @@ def main() -> None:
             f"PPP {ours_s:.3f} s | Alembic's plan {theirs_s:.2f} s; loading the "
             f"script directory {load_s:.2f} s |"
         )
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -34,24 +34,27 @@ Usage: python benchmarks/query_paths.py [--tenants 6] [--rows 10000] [--threads 
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
-import signal
-import statistics
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from alembic import command
 from alembic.config import Config
+from common import (
+    ROOT,
+    Stopwatch,
+    fail,
+    figure,
+    local_topology,
+    median,
+    median_ratio,
+    met,
+    round_robin,
+    times,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import QueuePool
@@ -59,27 +62,13 @@ from sqlalchemy.pool import QueuePool
 from ppp_env import db
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.routing import TenantRouter, isolation
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
-from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister_tenant
+from ppp_env.settings import Settings
 from ppp_env.veneer.tables import refresh
 
 PATHS = ("direct", "router", "strict", "veneer", "handfdw")
 PK = "SELECT id, balance, note FROM {t}accounts WHERE id = :id"
 RANGE = "SELECT id, balance, note FROM {t}accounts WHERE id BETWEEN :id AND :id + 19"
 RANGE_EVERY = 5
-
-
-def fail(message: str) -> None:
-    sys.exit(f"benchmark failed: {message}")
-
-
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
 
 
 def superuser_sql(settings: Settings, name: str, sql: str, dbname: str | None = None) -> None:
@@ -91,9 +80,7 @@ def superuser_sql(settings: Settings, name: str, sql: str, dbname: str | None = 
 
 
 def build(settings: Settings, tenants: dict[str, str], rows: int) -> None:
-    for name in ("veneer", *settings.shards):  # measure the paths, not the log writer
-        superuser_sql(settings, name, "ALTER SYSTEM SET log_statement = 'none'")
-        superuser_sql(settings, name, "SELECT pg_reload_conf()")
+    """The tenants' tables (the tenants registered already), wired by PPP and by hand."""
     for schema, shard in tenants.items():
         with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
             conn.cursor().execute(
@@ -104,11 +91,6 @@ def build(settings: Settings, tenants: dict[str, str], rows: int) -> None:
                 f"'account ' || g FROM generate_series(1, {int(rows)}) g; "
                 f"ANALYZE {quote_ident(schema)}.accounts"
             )
-    with admin_connection(settings) as conn:
-        for existing in EXAMPLE_SHARDS:  # only the benchmark's tenants take part
-            unregister_tenant(conn, existing)
-        for schema, shard in tenants.items():
-            register_tenant(conn, schema, shard)
     report = refresh(settings, list(tenants))
     if report.errors or sorted(report.refreshed) != sorted(tenants):
         fail(f"veneer refresh: refreshed {report.refreshed}, errors {report.errors}")
@@ -241,7 +223,7 @@ def measure(
     if errors:
         fail(f"a client failed: {errors[0]!r}")
     every = [x for lat in latencies for x in lat]
-    return len(every) / took, statistics.median(every) * 1000
+    return len(every) / took, median(every) * 1000
 
 
 def connection_setup(settings: Settings, tenant: str, shard: str, n: int = 20) -> dict[str, float]:
@@ -256,16 +238,16 @@ def connection_setup(settings: Settings, tenant: str, shard: str, n: int = 20) -
     import psycopg2
 
     for label, (user, password) in who.items():
-        times = []
+        took = []
         for _ in range(n):
-            t0 = time.perf_counter()
-            conn = psycopg2.connect(
-                host=inst.host, port=inst.port, dbname=inst.dbname, user=user, password=password
-            )
-            conn.cursor().execute("SELECT 1")
-            times.append(time.perf_counter() - t0)
+            with Stopwatch() as sw:
+                conn = psycopg2.connect(
+                    host=inst.host, port=inst.port, dbname=inst.dbname, user=user, password=password
+                )
+                conn.cursor().execute("SELECT 1")
+            took.append(sw.seconds)
             conn.close()
-        out[label] = statistics.median(times) * 1000
+        out[label] = median(took) * 1000
     return out
 
 
@@ -281,28 +263,17 @@ def main() -> None:
     if args.tenants < 1 or args.rows < 100 or args.threads < 1 or args.rounds < 1:
         parser.error("--tenants, --threads, --rounds >= 1 and --rows >= 100")
 
-    def interrupted(signum: int, _frame: Any) -> None:
-        raise SystemExit(f"benchmark interrupted by signal {signum}")
-
-    signal.signal(signal.SIGINT, interrupted)
-    signal.signal(signal.SIGTERM, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    close: Callable[[], None] = lambda: None  # noqa: E731
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        values["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(values)
-        os.environ.pop("PPP_ENV", None)
-        settings = load_settings()
-        provision(settings)
+    # Statement logging off: measure the paths, not the log writer.
+    with local_topology(args.workdir, statement_logging=False) as top:
+        settings = top.settings
         cfg = Config(str(ROOT / "alembic.ini"), ini_section="veneer")
         command.upgrade(cfg, "head")
-        shards = list(settings.shards)
-        tenants = {f"qp_{i:03d}": shards[i % len(shards)] for i in range(args.tenants)}
+        shards = top.shards
+        tenants = round_robin((f"qp_{i:03d}" for i in range(args.tenants)), shards)
+        top.replace_tenants(tenants)  # only the benchmark's tenants take part
         build(settings, tenants, args.rows)
         ops, close = operations(settings, tenants, args.threads)
+        top.on_stop(close)  # the pools, before the servers stop
         names = list(tenants)
         print(
             f"{args.tenants} tenants on {len(shards)} shards, {args.rows} rows each, "
@@ -329,17 +300,12 @@ def main() -> None:
 
         def ratio(path: str, key: int, over: str = "direct") -> float:
             """Median over rounds of the same round's ``over``/``path`` (tps) or path/over (ms)."""
-            pairs = zip(results[over], results[path], strict=True)
             if key == 0:
-                return statistics.median(o[0] / p[0] for o, p in pairs)
-            return statistics.median(p[1] / o[1] for o, p in pairs)
+                return median_ratio([o[0] for o in results[over]], [p[0] for p in results[path]])
+            return median_ratio([p[1] for p in results[path]], [o[1] for o in results[over]])
 
         med = {
-            p: (
-                statistics.median(t for t, _ in results[p]),
-                statistics.median(m for _, m in results[p]),
-            )
-            for p in PATHS
+            p: (median(t for t, _ in results[p]), median(m for _, m in results[p])) for p in PATHS
         }
         print()
         print(
@@ -348,28 +314,18 @@ def main() -> None:
         )
         r_tps, r_lat = ratio("router", 0), ratio("router", 1)
         print(
-            f"target router <= 1.10 x direct: throughput {r_tps:.2f} x, p50 {r_lat:.2f} x: "
-            + ("met" if r_tps <= 1.10 and r_lat <= 1.10 else "NOT met")
+            f"target router <= 1.10 x direct: throughput {times(r_tps)}, p50 {times(r_lat)}: "
+            + met(r_tps <= 1.10 and r_lat <= 1.10)
         )
         v = ratio("veneer", 0, over="handfdw")
         print(
             f"target veneer no slower than handfdw: handfdw's throughput / veneer's {v:.2f}: "
-            + ("met" if v <= 1.0 else "NOT met")
+            + met(v <= 1.0)
         )
         print()
         for p in PATHS:
             tps, p50 = med[p]
-            print(f"{p}: {tps:.0f} tps, {p50:.3f} ms p50, {ratio(p, 0):.2f} x direct")
-    finally:
-        print("stopping and deleting the benchmark's servers", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        close()
-        servers.down(purge=True)
-        if servers.instances():
-            time.sleep(2)
-            servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
+            print(figure(p, f"{tps:.0f} tps, {p50:.3f} ms p50", times(ratio(p, 0), "direct")))
 
 
 if __name__ == "__main__":

@@ -25,27 +25,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 import psycopg2
+from common import Stopwatch, every, fail, local_topology, median, met
 
 from ppp_env import db
 from ppp_env.lifecycle import move as mv
 from ppp_env.lifecycle import move_shard
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import load_settings
-from ppp_env.veneer import catalog, refresh
 from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer import refresh
 
 SHARDS = ("bluth_co", "cyberdyne")
 SCHEMA = "bench_move"
@@ -97,43 +89,23 @@ class Writer(threading.Thread):
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        values["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(values)
-        settings = load_settings()
-        provision(settings)
+    with local_topology(args.workdir) as top:
+        settings = top.settings
         veneer_env.upgrade(settings, "heads")
-        with catalog.admin_connection(settings) as conn:
-            for existing in catalog.find_tenants(conn):
-                catalog.unregister_tenant(conn, existing.schema)
-            catalog.register_tenant(conn, SCHEMA, SHARDS[0])
-        started = time.perf_counter()
-        with db.connection(settings.shard(SHARDS[0]), "admin", autocommit=True) as conn:
-            conn.cursor().execute(DDL.format(s=SCHEMA, rows=args.rows))
-            conn.cursor().execute(f"ANALYZE {SCHEMA}.events")
-        assert refresh(settings, [SCHEMA]).ok
+        top.replace_tenants({SCHEMA: SHARDS[0]})
+        with Stopwatch() as sw:
+            with db.connection(settings.shard(SHARDS[0]), "admin", autocommit=True) as conn:
+                conn.cursor().execute(DDL.format(s=SCHEMA, rows=args.rows))
+                conn.cursor().execute(f"ANALYZE {SCHEMA}.events")
+            assert refresh(settings, [SCHEMA]).ok
         rows = args.rows + 1000
-        print(
-            f"built {SCHEMA}: {rows:,} rows in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
+        print(f"built {SCHEMA}: {rows:,} rows in {sw.seconds:.1f} s", file=sys.stderr)
 
         base, copy, whole, held, gap = [], [], [], [], []
         counts: list[int] = []
@@ -150,11 +122,11 @@ def main() -> None:
                 rows = int(cur.fetchone()[0])
             counts.append(rows)
             # (a) the baseline, to the shard the move goes to, then dropped there
-            t0 = time.perf_counter()
-            move_shard.copy_schema(
-                settings.shard(here), settings.shard(there), SCHEMA, with_data=True
-            )
-            base.append(time.perf_counter() - t0)
+            with Stopwatch() as sw:
+                move_shard.copy_schema(
+                    settings.shard(here), settings.shard(there), SCHEMA, with_data=True
+                )
+            base.append(sw.seconds)
             with db.connection(settings.shard(there), "admin", autocommit=True) as conn:
                 move_shard.drop_schema(conn.cursor(), SCHEMA)
             # (b) the online move under a writer
@@ -174,7 +146,7 @@ def main() -> None:
                 cur.execute(f"SELECT count(*) FROM {SCHEMA}.events WHERE id = ANY(%s)", (acked,))
                 found = cur.fetchone()[0]
             if found != len(acked):
-                sys.exit(f"run {run + 1}: {len(acked) - found} acknowledged writes missing")
+                fail(f"run {run + 1}: {len(acked) - found} acknowledged writes missing")
             mv.cleanup_tenant(settings, SCHEMA)
             copy.append(report.copy_seconds)
             whole.append(report.seconds)
@@ -191,8 +163,8 @@ def main() -> None:
             )
             here = there
 
-        mb, mc, mw, mh, mg = (statistics.median(x) for x in (base, copy, whole, held, gap))
-        rows = int(statistics.median(counts))
+        mb, mc, mw, mh, mg = (median(x) for x in (base, copy, whole, held, gap))
+        rows = int(median(counts))
         print()
         print(f"tenant move: {rows:,} rows, median of {args.repeat} runs, {os.cpu_count()} cores")
         print(f"  (a) pg_dump -n | psql, same tenant:   {mb:7.2f} s  {rows / mb:12,.0f} rows/s")
@@ -201,19 +173,10 @@ def main() -> None:
         print(f"      writes blocked (mover):           {mh:7.3f} s")
         print(f"      longest gap between acked writes: {mg:7.3f} s")
         print(
-            "every run (s): (a) "
-            + ", ".join(f"{x:.2f}" for x in base)
-            + "; copy "
-            + ", ".join(f"{x:.2f}" for x in copy)
-            + "; blocked "
-            + ", ".join(f"{x:.3f}" for x in held)
-            + "; gap "
-            + ", ".join(f"{x:.3f}" for x in gap)
+            f"every run (s): (a) {every(base)}; copy {every(copy)}; blocked {every(held, 3)}; "
+            f"gap {every(gap, 3)}"
         )
-        print(f"target: writes blocked < 1 s: {'met' if mg < 1.0 else 'NOT met'} ({mg:.3f} s)")
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
+        print(f"target: writes blocked < 1 s: {met(mg < 1.0)} ({mg:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -25,25 +25,27 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (
+    Stopwatch,
+    every,
+    fail,
+    group_by_shard,
+    local_topology,
+    median,
+    met,
+    round_robin,
+    times,
+)
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
-from ppp_env.servers.local import EXAMPLE_SHARDS, LocalServers, find_bindir
-from ppp_env.servers.provision import provision
-from ppp_env.settings import Settings, load_settings
-from ppp_env.veneer import catalog
+from ppp_env.settings import Settings
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import tables as veneer
 
@@ -63,10 +65,6 @@ BEGIN
 END
 $ppp$;
 """
-
-
-#: Log lines worth showing when a run fails.
-PROBLEMS = ("PANIC", "FATAL", "ERROR", "terminated", "server process", "out of memory")
 
 
 def per_shard(settings: Settings, by_shard: dict[str, list[str]], work: Any) -> None:
@@ -141,38 +139,30 @@ def bare_import(settings: Settings, placed: dict[str, str]) -> float:
     """(b): IMPORT FOREIGN SCHEMA of every tenant into a schema of its own, one transaction
     per tenant, one veneer connection. Returns the seconds it took."""
     with db.connection(settings.veneer, "admin", autocommit=True) as conn, conn.cursor() as cur:
-        started = time.perf_counter()
-        for schema, shard in placed.items():
-            target = quote_ident(f"imp_{schema}")
-            cur.execute(
-                f"BEGIN; CREATE SCHEMA {target}; IMPORT FOREIGN SCHEMA {quote_ident(schema)} "
-                f"FROM SERVER {quote_ident(shard)} INTO {target} "
-                "OPTIONS (import_default 'true'); COMMIT;"
-            )
-        return time.perf_counter() - started
+        with Stopwatch() as sw:
+            for schema, shard in placed.items():
+                target = quote_ident(f"imp_{schema}")
+                cur.execute(
+                    f"BEGIN; CREATE SCHEMA {target}; IMPORT FOREIGN SCHEMA {quote_ident(schema)} "
+                    f"FROM SERVER {quote_ident(shard)} INTO {target} "
+                    "OPTIONS (import_default 'true'); COMMIT;"
+                )
+        return sw.seconds
 
 
 def timed_refresh(settings: Settings, expect: dict[str, int]) -> tuple[float, veneer.RefreshReport]:
-    started = time.perf_counter()
-    report = veneer.refresh(settings)
-    took = time.perf_counter() - started
+    with Stopwatch() as sw:
+        report = veneer.refresh(settings)
     if not report.ok:
-        sys.exit(f"refresh failed: {list(report.errors.items())[:3]}")
+        fail(f"refresh failed: {list(report.errors.items())[:3]}")
     got = {
         "refreshed": len(report.refreshed),
         "created": report.tables_created,
         "dropped": report.tables_dropped,
     }
     if got != expect:
-        sys.exit(f"refresh did {got}, expected {expect}")
-    return took, report
-
-
-def default_workdir() -> Path:
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
+        fail(f"refresh did {got}, expected {expect}")
+    return sw.seconds, report
 
 
 def main() -> None:
@@ -188,31 +178,17 @@ def main() -> None:
         logging.getLogger("ppp.veneer").setLevel(logging.DEBUG)
     n, t = args.tenants, args.tables
 
-    work = Path(tempfile.mkdtemp(prefix="ppp-bench-", dir=args.workdir or default_workdir()))
-    work.chmod(0o755)
-    servers = LocalServers(work / "servers", find_bindir())
-    try:
-        values = servers.up(["veneer", *EXAMPLE_SHARDS])
-        values["PPP_PROJECT_DIR"] = str(work)
-        os.environ.update(values)
-        settings = load_settings()
-        provision(settings)
+    with local_topology(args.workdir) as top:
+        settings = top.settings
         veneer_env.upgrade(settings, "heads")
-        shards = list(settings.shards)
-        placed = {f"t{i:05d}": shards[i % len(shards)] for i in range(n)}
-        by_shard: dict[str, list[str]] = {s: [] for s in shards}
-        for schema, shard in placed.items():
-            by_shard[shard].append(schema)
-        with catalog.admin_connection(settings) as conn:
-            for existing in catalog.find_tenants(conn):  # only the benchmark's tenants
-                catalog.unregister_tenant(conn, existing.schema)
-            for schema, shard in placed.items():
-                catalog.register_tenant(conn, schema, shard)
-        started = time.perf_counter()
-        build(settings, by_shard, t)
+        shards = top.shards
+        placed = round_robin((f"t{i:05d}" for i in range(n)), shards)
+        by_shard = group_by_shard(placed, shards)
+        top.replace_tenants(placed)  # only the benchmark's tenants
+        with Stopwatch() as sw:
+            build(settings, by_shard, t)
         print(
-            f"built {n} tenants x {t} tables on {len(shards)} shards in "
-            f"{time.perf_counter() - started:.1f} s",
+            f"built {n} tenants x {t} tables on {len(shards)} shards in {sw.seconds:.1f} s",
             file=sys.stderr,
         )
 
@@ -236,7 +212,7 @@ def main() -> None:
                 file=sys.stderr,
             )
 
-        ma, mb, mc, md = (statistics.median(x) for x in (a, b, c, d))
+        ma, mb, mc, md = (median(x) for x in (a, b, c, d))
         tables = n * t
         print()
         print(
@@ -255,21 +231,11 @@ def main() -> None:
             print(f"{tag:4}{what:66}{secs:9.2f}{per}")
         print("\nevery run (s):")
         for tag, xs in (("(a)", a), ("(b)", b), ("(c)", c), ("(d)", d)):
-            print(f"  {tag} " + ", ".join(f"{x:.2f}" for x in xs))
+            print(f"  {tag} " + every(xs))
         print(
-            f"\ntargets: (a) <= 1.5 x (b): {'met' if ma <= 1.5 * mb else 'NOT met'} "
-            f"({ma / mb:.2f} x); (c) <= 5 % of (a): {'met' if mc <= 0.05 * ma else 'NOT met'} "
-            f"({mc / ma:.1%})"
+            f"\ntargets: (a) <= 1.5 x (b): {met(ma <= 1.5 * mb)} ({times(ma / mb)}); "
+            f"(c) <= 5 % of (a): {met(mc <= 0.05 * ma)} ({mc / ma:.1%})"
         )
-    except BaseException:
-        for name in servers.instances():  # what the servers said, before they are deleted
-            lines = servers.log_file(name).read_text(errors="replace").splitlines()
-            problems = [x for x in lines if any(w in x for w in PROBLEMS)]
-            print(f"--- {name}: last log lines", *problems[-15:], sep="\n", file=sys.stderr)
-        raise
-    finally:
-        servers.down(purge=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
