@@ -23,6 +23,12 @@ from ppp_env.settings import Settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.onboarding import register_tenants
+from tests.client_programs import (
+    assert_one_sentence,
+    fake_client_programs,
+    secrets_of,
+    without_containers,
+)
 from tests.conftest import ROOT, Topology, shard_sql
 
 INI = ROOT / "alembic.ini"
@@ -142,17 +148,14 @@ def test_create_wire_remove_keep_then_drop_with_archive(
     assert archive.stat().st_size > 0
     assert not schema_on(settings, "cyberdyne", schema)
     assert catalog_row(settings, schema) is None
-    # The archive restores the tenant's rows.
-    import subprocess
+    # The archive holds the tenant's rows (listed by the same client programs that wrote it).
+    from ppp_env.servers.clients import for_instance
 
-    from ppp_env.servers.local import find_bindir
-
-    listing = subprocess.run(
-        [str(Path(find_bindir()) / "pg_restore"), "--list", str(archive)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    with archive.open("rb") as stream:
+        client = for_instance(settings.shard("cyberdyne"))
+        done = client.start("pg_restore", "--list", stdin=stream, connect=False)
+        listing = done.communicate()[0].decode()
+    assert done.returncode == 0
     assert f"TABLE DATA {schema} authors" in listing
 
 
@@ -392,3 +395,33 @@ def test_create_finishes_a_schema_left_half_way(veneer_head: Topology, tenants: 
     assert catalog_row(settings, schema).state == "active"
     rows = tenant_rows(settings, tenants=[schema])
     assert (rows[0].revision, rows[0].exists) == ("0002", True)
+
+
+def test_archive_with_client_programs_older_than_the_server_drops_nothing(
+    veneer_head: Topology, tenants: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_dump older than the server refuses to dump it: PPP says so before it unwires or
+    drops anything, and writes no archive."""
+    settings = veneer_head.settings
+    schema = name()
+    tenants.append(schema)
+    create_tenant(settings, schema, "initech", INI)
+    old = fake_client_programs(tmp_path / "bin")
+    monkeypatch.setenv("PPP_PG_BINDIR", str(old))
+    local = without_containers(veneer_head)
+    archive = tmp_path / "tenant.dump"
+    with pytest.raises(PPPError) as caught:
+        remove_tenant(local, schema, drop_data=True, archive=archive)
+    message = str(caught.value)
+    assert message.startswith(
+        "no pg_dump/psql/pg_restore in PPP_PG_BINDIR can work with shard 'initech' (PostgreSQL "
+    )
+    assert f"found 9.6.0 in {old}; install postgresql-client-" in message
+    assert_one_sentence(message, secrets_of(local))
+    assert not archive.exists()
+    assert catalog_row(settings, schema).state == "active"
+    assert schema_on(settings, "initech", schema) and veneer_schema(settings, schema)
+    monkeypatch.delenv("PPP_PG_BINDIR")
+    out = run("tenant", "remove", schema, "--drop-data", "--yes", "--archive", str(archive))
+    assert out.exit_code == 0, out.output  # with the session's settings it works
+    assert archive.stat().st_size > 0 and not schema_on(settings, "initech", schema)

@@ -14,7 +14,15 @@ from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.lifecycle import move as mv
 from ppp_env.lifecycle import move_shard
+from ppp_env.servers.provision import provision_instance
 from ppp_env.veneer import refresh
+from tests.client_programs import (
+    assert_one_sentence,
+    fake_client_programs,
+    secrets_of,
+    server_log,
+    without_containers,
+)
 from tests.conftest import register, shard_sql, unregister
 
 DDL = """
@@ -550,24 +558,24 @@ def test_two_movers_of_one_tenant_never_run_at_once(tenant, settings):
 
 
 def test_the_source_password_is_never_shown_nor_logged(tenant, settings, topology):
-    """The subscription's connection string holds the source superuser's password: not in
-    an error, not in the target's statement log (log_statement = all)."""
+    """The subscription's connection string holds the password of the source's replication
+    role (its superuser on 15, its {db}_admin on 16 and later): not in an error, not in the
+    target's statement log (log_statement = all)."""
     password = settings.shard("bluth_co").superuser_password
+    admin_password = settings.shard("bluth_co").admin_password
     from ppp_env.servers.local import free_port
 
     wrong = topology.settings_for(topology.variant(PPP_SHARD_BLUTH_CO_FDW_PORT=str(free_port())))
     with pytest.raises(PPPError) as caught:
         mv.move_tenant(wrong, tenant, "initech", mode="online")
     assert "cannot subscribe" in str(caught.value) and password not in str(caught.value)
+    assert admin_password not in str(caught.value)
     mv.move_tenant(settings, tenant, abort=True)
     mv.move_tenant(settings, tenant, "initech", mode="online")  # and a successful one
-    if topology.servers is not None:
-        logs = {
-            name: topology.servers.log_file(name).read_text(errors="replace")
-            for name in ("initech", "bluth_co")
-        }
+    logs = {name: server_log(topology, name) for name in ("initech", "bluth_co")}
+    if logs["initech"] is not None:
         assert "CREATE SUBSCRIPTION" not in logs["initech"]
-        assert all(password not in log for log in logs.values())
+        assert all(password not in log and admin_password not in log for log in logs.values())
 
 
 def test_abort_with_the_target_gone_still_restores_the_source(
@@ -589,3 +597,148 @@ def test_abort_with_the_target_gone_still_restores_the_source(
     with pytest.raises(PPPError, match="already has a schema"):
         mv.move_tenant(settings, tenant, "cyberdyne")
     shard_sql(settings, "cyberdyne", f"DROP SCHEMA {tenant} CASCADE")
+
+
+# -- client programs: never older than the server, checked before anything is recorded ----------
+def test_old_client_programs_are_refused_before_anything_changes(
+    tenant, settings, topology, tmp_path, monkeypatch
+):
+    old = fake_client_programs(tmp_path / "bin")
+    monkeypatch.setenv("PPP_PG_BINDIR", str(old))
+    local = without_containers(topology)
+    before, state = snapshot(settings, tenant), catalog(settings, tenant)
+    for mode in mv.MODES:
+        with pytest.raises(PPPError) as caught:
+            mv.move_tenant(local, tenant, "cyberdyne", mode=mode)
+        message = str(caught.value)
+        assert message.startswith(
+            "no pg_dump/psql/pg_restore in PPP_PG_BINDIR can work with shard 'bluth_co' "
+            "(PostgreSQL "
+        )
+        assert f"found 9.6.0 in {old}; install postgresql-client-" in message
+        assert "PPP_SHARD_BLUTH_CO_CONTAINER" in message
+        assert_one_sentence(message, secrets_of(local))
+        assert catalog(settings, tenant) == state and snapshot(settings, tenant) == before
+        assert app_can_write(settings, "bluth_co", tenant)
+    assert shard_sql(settings, "cyberdyne", "SELECT to_regnamespace(%s)", (tenant,)) == [(None,)]
+
+
+# -- online moves without a superuser (PostgreSQL 16 and later) ---------------------------------
+def shard_versions(settings) -> dict[str, int]:
+    return {
+        name: shard_sql(settings, name, "SELECT current_setting('server_version_num')::int")[0][0]
+        for name in settings.shards
+    }
+
+
+def without_superusers(topology):
+    """The session's settings with no shard superuser password."""
+    blank = {f"{i.env_prefix}SUPERUSER_PASSWORD": "" for i in topology.settings.shards.values()}
+    plain = topology.settings_for(topology.variant(**blank))
+    assert all(i.superuser_password is None for i in plain.shards.values())
+    return plain
+
+
+def test_online_move_without_a_superuser(tenant, settings, topology, monkeypatch):
+    """On PostgreSQL 16 and later the shards' {db}_admin roles (with what `ppp init` grants)
+    publish, hold the slot, subscribe and clean up; no superuser password is set. The
+    subscription's password stays out of the statement log."""
+    if min(shard_versions(settings).values()) < 160000:
+        pytest.skip("online moves without a superuser need PostgreSQL 16 or later shards")
+    plain = without_superusers(topology)
+    name = mv.replication_name(tenant)
+    monkeypatch.setenv(mv.STOP_ENV, "subscribed")
+    with pytest.raises(mv.MoveStopped):
+        mv.move_tenant(plain, tenant, "initech", mode="online")
+    monkeypatch.delenv(mv.STOP_ENV)
+    source, target = settings.shard("bluth_co"), settings.shard("initech")
+    assert shard_sql(
+        settings,
+        "bluth_co",
+        "SELECT pubowner::regrole::text, puballtables FROM pg_publication WHERE pubname = %s",
+        (name,),
+    ) == [(source.admin_role, False)]
+    published = shard_sql(
+        settings,
+        "bluth_co",
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s "
+        "ORDER BY 1",
+        (name,),
+    )
+    assert [r[0] for r in published] == [
+        f"{tenant}.alembic_version", f"{tenant}.authors", f"{tenant}.books", f"ppp.{name}"
+    ]  # fmt: skip
+    assert shard_sql(
+        settings,
+        "initech",
+        "SELECT subowner::regrole::text, subpasswordrequired FROM pg_subscription "
+        "WHERE subname = %s",
+        (name,),
+    ) == [(target.admin_role, True)]
+    writer = Writer(settings, tenant)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        report = mv.move_tenant(plain, tenant, "initech")
+        time.sleep(0.2)
+    finally:
+        writer.stop.set()
+        writer.join(10)
+    assert report.resumed_after == "subscribed" and report.mode == "online"
+    assert catalog(settings, tenant) == (("initech", "active"), None)
+    acked = {i for i, _ in writer.acked}
+    on_target = shard_sql(settings, "initech", f"SELECT id FROM {tenant}.books WHERE id >= 1000000")
+    assert acked and acked == {r[0] for r in on_target}
+    assert replication_objects(settings, name) == []
+    log = server_log(topology, "initech")
+    if log is not None:
+        assert f'ALTER SUBSCRIPTION "{name}" DISABLE' in log  # statements are logged...
+        assert "CREATE SUBSCRIPTION" not in log  # ... but not the one with the password
+        assert source.admin_password not in log
+
+
+def test_online_move_needs_the_grants_or_a_superuser(tenant, settings, topology):
+    """Without a superuser password an online move needs what `ppp init` grants on 16 and
+    later; on 15 it keeps asking for the superuser. Refused before anything is recorded."""
+    plain = without_superusers(topology)
+    state = catalog(settings, tenant)
+
+    def refused(expected: str) -> None:
+        with pytest.raises(PPPError) as caught:
+            mv.move_tenant(plain, tenant, "initech", mode="online")
+        assert str(caught.value) == expected
+        assert_one_sentence(str(caught.value), secrets_of(settings))
+        assert catalog(settings, tenant) == state
+
+    source, target = settings.shard("bluth_co"), settings.shard("initech")
+    if shard_versions(settings)["bluth_co"] < 160000:
+        refused(
+            "moving a tenant online needs the superuser of shard 'bluth_co': set "
+            "PPP_SHARD_BLUTH_CO_SUPERUSER_PASSWORD (PostgreSQL 15 keeps publications FOR TABLES "
+            "IN SCHEMA and subscriptions to superusers)"
+        )
+        return
+    try:
+        shard_sql(
+            settings, "bluth_co", f"ALTER ROLE {source.admin_role} NOREPLICATION", role="superuser"
+        )
+        refused(
+            f"moving a tenant online needs REPLICATION for {source.admin_role} on shard "
+            "'bluth_co' (PostgreSQL 16 and later; `ppp init` grants it), or "
+            "PPP_SHARD_BLUTH_CO_SUPERUSER_PASSWORD set"
+        )
+        provision_instance(source, settings)
+        shard_sql(
+            settings, "initech", f"REVOKE pg_create_subscription FROM {target.admin_role}",
+            role="superuser",
+        )  # fmt: skip
+        refused(
+            "moving a tenant online needs pg_create_subscription and SET on log_statement and "
+            f"log_min_error_statement for {target.admin_role} on shard 'initech' (PostgreSQL 16 "
+            "and later; `ppp init` grants it), or PPP_SHARD_INITECH_SUPERUSER_PASSWORD set"
+        )
+    finally:
+        for inst in (source, target):
+            provision_instance(inst, settings)
+    mv.move_tenant(plain, tenant, "initech", mode="online")
+    assert catalog(settings, tenant) == (("initech", "active"), None)

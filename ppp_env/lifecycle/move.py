@@ -37,6 +37,14 @@ is never writable in two places. ``move_tenant(..., abort=True)`` takes an unfin
 before the switch: target copy dropped, source writable again. A failed verification does that
 by itself. After the switch, moving back is another move (``--to <old shard>``).
 
+Who runs what: pg_dump (source) and psql (target) run where :mod:`ppp_env.servers.clients`
+says, in the server's container or as local programs at least as new as the server, checked
+before a new move records anything; a move to an older major version is refused then too (a
+dump is only guaranteed to load into the same major version or a newer one). Online, each
+shard's replication work (source: publication, slot, the subscription's connection; target:
+the subscription) runs as its ``{db}_admin`` when PostgreSQL lets it (16 and later, with what
+``ppp init`` grants), else as its superuser (:func:`move_shard.replication_role`).
+
 Test hook: ``PPP_TEST_MOVE_STOP_AFTER=<step>`` makes the mover stop (``MoveStopped``, a
 PPPError) right after recording that step, as if it was killed there.
 """
@@ -61,7 +69,8 @@ from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_tenant
 from ppp_env.lifecycle import move_shard as shard
-from ppp_env.settings import Instance, Settings
+from ppp_env.servers.clients import Client, client_for, major, server_version, show
+from ppp_env.settings import Instance, Role, Settings
 from ppp_env.veneer.catalog import admin_connection
 from ppp_env.veneer.tables import refresh_in
 
@@ -183,6 +192,7 @@ class _Mover:
         vconn: Any,
         say: Callable[[str], None],
         report: MoveReport,
+        clients: tuple[Client, Client] | None = None,
     ) -> None:
         self.settings = settings
         self.schema = schema
@@ -195,18 +205,14 @@ class _Mover:
         self.name = replication_name(schema)
         self.stack = ExitStack()
         self._conns: dict[tuple[str, str], Any] = {}
+        self._roles: dict[str, Role] = {}
+        self._clients = clients
 
     # -- connections ------------------------------------------------------------------------
-    def conn(self, which: str, role: Literal["admin", "superuser"] = "admin") -> Any:
+    def conn(self, which: str, role: Role = "admin") -> Any:
         key = (which, role)
         if key not in self._conns:
             inst = self.source if which == "source" else self.target
-            if role == "superuser" and not inst.superuser_password:
-                raise PPPError(
-                    f"moving a tenant online needs the superuser of {inst.label}: set "
-                    f"{inst.env_prefix}SUPERUSER_PASSWORD (PostgreSQL 15 keeps publications "
-                    "FOR TABLES IN SCHEMA and subscriptions to superusers)"
-                )
             conn = db.connect(
                 inst,
                 role,
@@ -218,7 +224,30 @@ class _Mover:
             self._conns[key] = conn
         return self._conns[key]
 
-    def cur(self, which: str, role: Literal["admin", "superuser"] = "admin") -> Any:
+    def role(self, which: shard.Side) -> Role:
+        """Who does the replication work on that side (see :func:`shard.replication_role`)."""
+        if which not in self._roles:
+            inst = self.source if which == "source" else self.target
+            self._roles[which] = shard.replication_role(self.cur(which), inst, which)
+        return self._roles[which]
+
+    def repl(self, which: shard.Side) -> Any:
+        """A cursor as that side's replication role."""
+        return self.cur(which, self.role(which))
+
+    def clients(self) -> tuple[Client, Client]:
+        """How to run pg_dump on the source and psql on the target."""
+        if self._clients is None:
+            self._clients = (
+                self._client(self.source, self.cur("source")),
+                self._client(self.target, self.cur("target")),
+            )
+        return self._clients
+
+    def _client(self, inst: Instance, cur: Any) -> Client:
+        return client_for(inst, server_version(cur), connect_timeout=self.settings.connect_timeout)
+
+    def cur(self, which: str, role: Role = "admin") -> Any:
         return self.conn(which, role).cursor()
 
     def close(self) -> None:
@@ -250,6 +279,7 @@ class _Mover:
             self.schema,
             with_data=with_data,
             connect_timeout=self.settings.connect_timeout,
+            clients=self.clients(),
         )
         shard.close_writes(self.cur("target"), self.schema, self.target.app_role)
 
@@ -262,10 +292,19 @@ class _Mover:
     def drop_replication(self) -> None:
         if self.move.mode != "online":
             return
-        shard.drop_subscription(self.cur("target", "superuser"), self.name)
-        shard.drop_publication_and_slot(self.cur("source", "superuser"), self.name)
+        shard.drop_subscription(self.repl("target"), self.name)
+        shard.drop_publication_and_slot(self.repl("source"), self.name)
         shard.drop_marker(self.cur("target"), self.name)
         shard.drop_marker(self.cur("source"), self.name)
+
+    def subscribe(self) -> None:
+        """Marker tables, publication and slot on the source, subscription on the target."""
+        shard.create_marker(self.cur("source"), self.name, self.source.app_role)
+        shard.create_marker(self.cur("target"), self.name, self.target.app_role)
+        src, as_admin = self.repl("source"), self.role("source") == "admin"
+        shard.create_publication(src, self.name, self.schema, listed=as_admin)
+        shard.create_slot(src, self.name)
+        shard.create_subscription(self.repl("target"), self.name, self.source, self.role("source"))
 
     def hold_tenant(self) -> None:
         """The fleet's per-tenant advisory lock on the source, for the whole move: no tenant
@@ -288,28 +327,42 @@ class _Mover:
         finally:
             cur.execute("RESET lock_timeout")
 
-    def run(self) -> None:
+    def _todo(self) -> list[str]:
+        """The steps left; before the switch, from the last one whose work cannot be half
+        done."""
         order = steps_of(self.move.mode)
-        done = order.index(self.move.step) if self.move.step in order else 0
         if self.move.step not in order:
             raise PPPError(f"unknown step {self.move.step!r} recorded for {self.schema!r}")
+        todo = order[order.index(self.move.step) + 1 :]
+        if "switched" not in todo:
+            return todo
+        restart = {
+            "started": "started",
+            "schema_copied": "started",
+            "subscribed": "subscribed",
+            "synced": "synced",
+            "checked": "checked",
+            "blocked": "blocked",
+            "copied": "copied",
+            "verified": "verified",
+        }[self.move.step]
+        if self.move.step in ("subscribed", "synced") and not self._subscribed():
+            restart = "started"
+        return order[order.index(restart) + 1 :]
+
+    def _prepare(self, todo: list[str]) -> None:
+        """What the steps left need from this machine and the shards' roles, checked before
+        any of them runs (a resumed move may run elsewhere than the one that started it)."""
+        if "schema_copied" in todo or (self.move.mode == "block" and "copied" in todo):
+            self.clients()
+        if self.move.mode == "online" and "subscribed" in todo:
+            self.role("source")
+            self.role("target")
+
+    def run(self) -> None:
         self.hold_tenant()
-        todo = order[done + 1 :]
-        if "switched" in todo:
-            # Before the switch, redo from the last step whose work cannot be half done.
-            restart = {
-                "started": "started",
-                "schema_copied": "started",
-                "subscribed": "subscribed",
-                "synced": "synced",
-                "checked": "checked",
-                "blocked": "blocked",
-                "copied": "copied",
-                "verified": "verified",
-            }[self.move.step]
-            if self.move.step in ("subscribed", "synced") and not self._subscribed():
-                restart = "started"
-            todo = order[order.index(restart) + 1 :]
+        todo = self._todo()
+        self._prepare(todo)
         started = time.monotonic()
         blocked_at: float | None = None
         for step in todo:
@@ -317,15 +370,10 @@ class _Mover:
             if step == "schema_copied":
                 self.copy_to_target(with_data=False)
             elif step == "subscribed":
-                shard.create_marker(self.cur("source"), self.name, self.source.app_role)
-                shard.create_marker(self.cur("target"), self.name, self.target.app_role)
-                src = self.cur("source", "superuser")
-                shard.create_publication(src, self.name, self.schema)
-                shard.create_slot(src, self.name)
-                shard.create_subscription(self.cur("target", "superuser"), self.name, self.source)
+                self.subscribe()
             elif step == "synced":
                 t0 = time.monotonic()
-                shard.wait_synced(self.cur("target", "superuser"), self.name, SYNC_TIMEOUT)
+                shard.wait_synced(self.cur("target"), self.name, SYNC_TIMEOUT)
                 self.report.copy_seconds = time.monotonic() - t0
             elif step == "checked":
                 self.check_online()
@@ -412,7 +460,7 @@ class _Mover:
         self._verify(counts_only=False, begun=True, pair=(a, b))
 
     def _subscribed(self) -> bool:
-        cur = self.cur("target", "superuser")
+        cur = self.cur("target")
         cur.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (self.name,))
         return cur.fetchone() is not None
 
@@ -470,7 +518,7 @@ class _Mover:
             # there (the copy, a subscription) is named for the operator.
             why = str(exc) if isinstance(exc, PPPError) else db.error_text(exc)
             if self.move.mode == "online":
-                shard.drop_publication_and_slot(self.cur("source", "superuser"), self.name)
+                shard.drop_publication_and_slot(self.repl("source"), self.name)
                 shard.drop_marker(self.cur("source"), self.name)
             self.say(
                 f"{self.schema}: could not clean up shard {self.move.target!r} ({why}); when it "
@@ -495,71 +543,96 @@ def _lock(vconn: Any, schema: str) -> None:
         raise PPPError(f"tenant {schema!r} is being moved by another process right now")
 
 
-def _check_new(settings: Settings, schema: str, source: str, target: str, mode: str) -> None:
-    """Everything a new move needs, checked before anything changes."""
+def _check_new(
+    settings: Settings, schema: str, source: str, target: str, mode: str
+) -> tuple[Client, Client]:
+    """Everything a new move needs, checked before anything changes; how to run the client
+    programs on the source and on the target."""
     src, dst = settings.shard(source), settings.shard(target)
-    for inst in (src, dst):
-        with db.connection(
-            inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
-        ) as conn:
-            cur = conn.cursor()
-            if inst is dst and shard.schema_exists(cur, schema):
-                raise PPPError(
-                    f"shard {target!r} already has a schema {schema!r} (not this tenant's: the "
-                    "catalog places it elsewhere); drop or rename it there first"
-                )
-            if inst is src:
-                from ppp_env.fleet.worker import LOCK_NAMESPACE
+    timeout = settings.connect_timeout
+    with (
+        db.connection(src, "admin", autocommit=True, connect_timeout=timeout) as a,
+        db.connection(dst, "admin", autocommit=True, connect_timeout=timeout) as b,
+    ):
+        scur, dcur = a.cursor(), b.cursor()
+        _check_source(scur, schema, source, mode)
+        if shard.schema_exists(dcur, schema):
+            raise PPPError(
+                f"shard {target!r} already has a schema {schema!r} (not this tenant's: the "
+                "catalog places it elsewhere); drop or rename it there first"
+            )
+        versions = server_version(scur), server_version(dcur)
+        check_versions(schema, src, dst, *versions)
+        clients = (
+            client_for(src, versions[0], connect_timeout=timeout),
+            client_for(dst, versions[1], connect_timeout=timeout),
+        )
+        if mode == "online":
+            _check_online(scur, dcur, schema, src, dst)
+    return clients
 
-                cur.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema)
-                )
-                if not cur.fetchone()[0]:
-                    raise PPPError(
-                        f"tenant {schema!r} is being migrated on shard {source!r}: try again "
-                        "when the migration is done"
-                    )
-                if not shard.schema_exists(cur, schema):
-                    raise PPPError(
-                        f"tenant {schema!r} has no schema on shard {source!r} yet: nothing to "
-                        "move (run `ppp migrate` first, or change its shard in the catalog)"
-                    )
-                if mode == "online":
-                    bad = shard.without_identity(cur, schema)
-                    if bad:
-                        raise PPPError(
-                            f"cannot move {schema!r} online: table(s) {', '.join(bad)} have no "
-                            "primary key or replica identity (logical replication could not "
-                            "apply their updates); use --mode block"
-                        )
-                    bad = shard.unlogged(cur, schema)
-                    if bad:
-                        raise PPPError(
-                            f"cannot move {schema!r} online: table(s) {', '.join(bad)} are "
-                            "unlogged (logical replication does not carry their rows); use "
-                            "--mode block"
-                        )
-    if mode == "online":
-        for inst in (src, dst):
-            if not inst.superuser_password:
-                raise PPPError(
-                    f"moving a tenant online needs the superuser of {inst.label}: set "
-                    f"{inst.env_prefix}SUPERUSER_PASSWORD (PostgreSQL 15 keeps publications "
-                    "FOR TABLES IN SCHEMA and subscriptions to superusers)"
-                )
-            with db.connection(
-                inst, "superuser", dbname=inst.dbname, autocommit=True,
-                connect_timeout=settings.connect_timeout,
-            ) as conn:  # fmt: skip
-                cur = conn.cursor()
-                cur.execute("SELECT current_setting('wal_level')")
-                level = cur.fetchone()[0]
-                if inst is src and level != "logical":
-                    raise PPPError(
-                        f"cannot move {schema!r} online: {inst.label} runs with wal_level = "
-                        f"{level}; set wal_level = logical there and restart it, or use "
-                        "--mode block"
-                    )
+
+def _check_source(cur: Any, schema: str, source: str, mode: str) -> None:
+    """The tenant is there, no migration holds it, and (online) replication can carry it."""
+    from ppp_env.fleet.worker import LOCK_NAMESPACE
+
+    cur.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (LOCK_NAMESPACE, schema))
+    if not cur.fetchone()[0]:
+        raise PPPError(
+            f"tenant {schema!r} is being migrated on shard {source!r}: try again when the "
+            "migration is done"
+        )
+    if not shard.schema_exists(cur, schema):
+        raise PPPError(
+            f"tenant {schema!r} has no schema on shard {source!r} yet: nothing to move (run "
+            "`ppp migrate` first, or change its shard in the catalog)"
+        )
+    if mode != "online":
+        return
+    bad = shard.without_identity(cur, schema)
+    if bad:
+        raise PPPError(
+            f"cannot move {schema!r} online: table(s) {', '.join(bad)} have no primary key or "
+            "replica identity (logical replication could not apply their updates); use "
+            "--mode block"
+        )
+    bad = shard.unlogged(cur, schema)
+    if bad:
+        raise PPPError(
+            f"cannot move {schema!r} online: table(s) {', '.join(bad)} are unlogged (logical "
+            "replication does not carry their rows); use --mode block"
+        )
+
+
+def check_versions(schema: str, src: Instance, dst: Instance, old: int, new: int) -> None:
+    """A dump loads into the same major version or a newer one, never an older one."""
+    if major(old) > major(new):
+        raise PPPError(
+            f"cannot move {schema!r} from {src.label} (PostgreSQL {show(old)}) to {dst.label} "
+            f"(PostgreSQL {show(new)}): a dump of a newer major version is not guaranteed to "
+            f"load into an older one, so move it to a shard of PostgreSQL {show(old, full=False)}"
+            " or later"
+        )
+
+
+def _check_online(scur: Any, dcur: Any, schema: str, src: Instance, dst: Instance) -> None:
+    """Logical decoding on the source, and a role on each side that may replicate."""
+    scur.execute("SELECT current_setting('wal_level')")
+    level = scur.fetchone()[0]
+    if level != "logical":
+        raise PPPError(
+            f"cannot move {schema!r} online: {src.label} runs with wal_level = {level}; set "
+            "wal_level = logical there and restart it, or use --mode block"
+        )
+    publisher = shard.replication_role(scur, src, "source")
+    shard.replication_role(dcur, dst, "target")
+    bad = shard.not_owned(scur, schema) if publisher == "admin" else []
+    if bad:
+        raise PPPError(
+            f"cannot move {schema!r} online: table(s) {', '.join(bad)} are not owned by "
+            f"{src.admin_role} on {src.label} (its publication lists tables it owns); change "
+            "their owner or use --mode block"
+        )
 
 
 def move_tenant(
@@ -616,6 +689,7 @@ def move_tenant(
                     f"with --mode {move.mode} (or without --mode)"
                 )
             resumed: str | None = move.step
+            checked = None
             emit(f"{schema}: resuming the move to {target!r} after step {move.step!r}")
         else:
             source, state = tenant
@@ -624,7 +698,7 @@ def move_tenant(
             if state != "active":
                 raise PPPError(f"tenant {schema!r} is {state}: only an active tenant can be moved")
             chosen: str = mode or "block"
-            _check_new(settings, schema, source, target, chosen)
+            checked = _check_new(settings, schema, source, target, chosen)
             cur.execute(
                 "BEGIN; UPDATE ppp.tenants SET state = 'moving', updated_at = now() "
                 "WHERE schema = %s AND shard = %s AND state = 'active'",
@@ -645,7 +719,7 @@ def move_tenant(
             emit(f"{schema}: moving from {source!r} to {target!r} ({chosen} mode)")
         report = MoveReport(schema, move.source, move.target, move.mode, resumed)
         report.moved_copy = shard.moved_name(schema, _stamp(move.started_at))
-        mover = _Mover(settings, schema, move, vconn, emit, report)
+        mover = _Mover(settings, schema, move, vconn, emit, report, checked)
         if resumed is None:
             report.steps.append("started")
             if os.environ.get(STOP_ENV) == "started":

@@ -8,19 +8,18 @@ step after an interruption.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.settings import Instance
+from ppp_env.servers.clients import Client, for_instance, server_version, tail
+from ppp_env.settings import Instance, Role
 from ppp_env.tenant_state import VERSION_TABLE, ensure_index, track_sql
 
 #: Prefix of a moved tenant's source copy, and of the comment that names its tenant.
@@ -33,41 +32,6 @@ _TEXT_SETTINGS = (
 )
 
 
-def tool(name: str) -> str:
-    """A PostgreSQL client program: from the server binaries PPP uses, else from PATH."""
-    from ppp_env.servers.local import find_bindir
-
-    try:
-        path = find_bindir() / name
-        if path.is_file():
-            return str(path)
-    except PPPError:
-        pass
-    found = shutil.which(name)
-    if not found:
-        raise PPPError(
-            f"cannot find {name}: install the PostgreSQL client programs or set PPP_PG_BINDIR"
-        )
-    return found
-
-
-def _libpq_env(inst: Instance, role: Any, connect_timeout: int) -> dict[str, str]:
-    """Environment for a client program: the password travels here, never in argv."""
-    _user, password = inst.user_and_password(role)
-    env = dict(os.environ)
-    env.pop("PGSERVICE", None)
-    env["PGCONNECT_TIMEOUT"] = str(connect_timeout)
-    env["PGAPPNAME"] = "ppp"
-    if password:
-        env["PGPASSWORD"] = password
-    return env
-
-
-def _conn_args(inst: Instance, role: Any) -> list[str]:
-    user, _password = inst.user_and_password(role)
-    return ["-h", inst.host, "-p", str(inst.port), "-U", user, "-d", inst.dbname]
-
-
 def copy_schema(
     source: Instance,
     target: Instance,
@@ -75,45 +39,25 @@ def copy_schema(
     *,
     with_data: bool,
     connect_timeout: int = 5,
+    clients: tuple[Client, Client] | None = None,
 ) -> None:
     """``pg_dump -n schema | psql --single-transaction`` from source to target, both as their
     ``{db}_admin`` role (objects on the target belong to its admin, and its default
-    privileges give the app role DML). Without ``with_data``: only the DDL."""
-    dump = [
-        tool("pg_dump"),
-        *_conn_args(source, "admin"),
-        "--no-owner",
-        "--no-privileges",
-        "--no-comments",
-        "-n",
-        schema,
-    ]
+    privileges give the app role DML). Without ``with_data``: only the DDL. ``clients``: how
+    to run the programs on each side (see :mod:`ppp_env.servers.clients`)."""
+    src, dst = clients or (
+        for_instance(source, connect_timeout=connect_timeout),
+        for_instance(target, connect_timeout=connect_timeout),
+    )
+    dump = ["--no-owner", "--no-privileges", "--no-comments", "-n", schema]
     if not with_data:
         dump.append("--schema-only")
-    restore = [
-        tool("psql"),
-        *_conn_args(target, "admin"),
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "--single-transaction",
-    ]
-    d = subprocess.Popen(
-        dump,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=_libpq_env(source, "admin", connect_timeout),
-    )
+    d = src.start("pg_dump", *dump)
     assert d.stdout is not None and d.stderr is not None
-    r = subprocess.Popen(
-        restore,
-        stdin=d.stdout,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=_libpq_env(target, "admin", connect_timeout),
-    )
+    r = dst.start(
+        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+        stdin=d.stdout, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
     d.stdout.close()
     _out, rerr = r.communicate()
     derr = d.stderr.read()
@@ -121,18 +65,14 @@ def copy_schema(
     d.wait()
     if d.returncode != 0:
         raise PPPError(
-            f"pg_dump of {schema!r} on {source.label} failed: {_tail(derr)}; nothing was "
-            f"written to {target.label}"
+            f"pg_dump of {schema!r} on {source.label} ({src.where}) failed: {tail(derr)}; "
+            f"nothing was written to {target.label}"
         )
     if r.returncode != 0:
         raise PPPError(
-            f"restoring {schema!r} on {target.label} failed (rolled back there): {_tail(rerr)}"
+            f"restoring {schema!r} on {target.label} ({dst.where}) failed (rolled back there): "
+            f"{tail(rerr)}"
         )
-
-
-def _tail(raw: bytes) -> str:
-    lines = [ln for ln in raw.decode(errors="replace").strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-3:]) or "no message"
 
 
 def schema_exists(cur: Any, schema: str) -> bool:
@@ -237,7 +177,72 @@ def prepare_target(cur: Any, app_role: str) -> None:
     ensure_index(cur, app_role)
 
 
-# -- logical replication (superuser connections) ------------------------------------------------
+# -- who does the replication: {db}_admin where PostgreSQL lets it, else the superuser ----------
+#: PostgreSQL 16 added pg_create_subscription: a non-superuser may create a subscription.
+SUBSCRIBERS_WITHOUT_SUPERUSER = 160000
+Side = Literal["source", "target"]
+
+
+def admin_can_publish(cur: Any) -> bool:
+    """Whether the connected role (the source's ``{db}_admin``) may create the move's slot and
+    serve the subscription's connection: it has REPLICATION (``ppp init`` on 16 and later)."""
+    cur.execute("SELECT rolreplication FROM pg_roles WHERE rolname = current_user")
+    return bool(cur.fetchone()[0])
+
+
+def admin_can_subscribe(cur: Any) -> bool:
+    """Whether the connected role (the target's ``{db}_admin``) may create the subscription,
+    in a session whose statements are not logged (its connection string holds a password)."""
+    if server_version(cur) < SUBSCRIBERS_WITHOUT_SUPERUSER:
+        return False
+    cur.execute(
+        "SELECT pg_has_role('pg_create_subscription', 'USAGE') "
+        "AND has_database_privilege(current_database(), 'CREATE') "
+        "AND has_parameter_privilege('log_statement', 'SET') "
+        "AND has_parameter_privilege('log_min_error_statement', 'SET')"
+    )
+    return bool(cur.fetchone()[0])
+
+
+def replication_role(cur: Any, inst: Instance, side: Side) -> Role:
+    """Who does an online move's replication work on ``inst`` (``cur``: its admin): on the
+    source the publication, the slot and the subscription's connection, on the target the
+    subscription. Its ``{db}_admin`` when it may, else its superuser; PPPError when neither."""
+    if admin_can_publish(cur) if side == "source" else admin_can_subscribe(cur):
+        return "admin"
+    if inst.superuser_password:
+        return "superuser"
+    if server_version(cur) < SUBSCRIBERS_WITHOUT_SUPERUSER:
+        raise PPPError(
+            f"moving a tenant online needs the superuser of {inst.label}: set "
+            f"{inst.env_prefix}SUPERUSER_PASSWORD (PostgreSQL 15 keeps publications "
+            "FOR TABLES IN SCHEMA and subscriptions to superusers)"
+        )
+    needs = (
+        "REPLICATION"
+        if side == "source"
+        else "pg_create_subscription and SET on log_statement and log_min_error_statement"
+    )
+    raise PPPError(
+        f"moving a tenant online needs {needs} for {inst.admin_role} on {inst.label} "
+        f"(PostgreSQL 16 and later; `ppp init` grants it), or {inst.env_prefix}"
+        "SUPERUSER_PASSWORD set"
+    )
+
+
+def not_owned(cur: Any, schema: str) -> list[str]:
+    """Tables of the schema the connected role does not own (a publication FOR TABLE needs
+    their owner)."""
+    cur.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind = 'r' AND NOT pg_has_role(c.relowner, 'USAGE') "
+        'ORDER BY c.relname COLLATE "C"',
+        (schema,),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+# -- logical replication (the roles above) -------------------------------------------------------
 def create_marker(cur: Any, name: str, app_role: str) -> None:
     """The move's marker table ``ppp.<name>`` (on both shards): a row written on the source
     once its writes are blocked reaches the target after every earlier change (logical
@@ -280,12 +285,21 @@ def wait_mark(cur: Any, name: str, token: str, timeout: float) -> None:
         time.sleep(0.005)
 
 
-def create_publication(cur: Any, name: str, schema: str) -> None:
+def create_publication(cur: Any, name: str, schema: str, *, listed: bool = False) -> None:
+    """The schema's tables and the marker table: ``FOR TABLES IN SCHEMA`` (a superuser's), or
+    with ``listed`` each table by name (``FOR TABLE``: their owner may, no superuser needed;
+    no table comes or goes during the move, which holds the tenant's migration lock)."""
     cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
-    if cur.fetchone() is None:
+    if cur.fetchone() is not None:
+        return
+    marker = f"ppp.{quote_ident(name)}"
+    if listed:
+        what = ", ".join([*(_qualified(schema, t) for t in tables(cur, schema)), marker])
+        cur.execute(f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {what}")
+    else:
         cur.execute(
             f"CREATE PUBLICATION {quote_ident(name)} FOR TABLES IN SCHEMA {quote_ident(schema)}, "
-            f"TABLE ppp.{quote_ident(name)}"
+            f"TABLE {marker}"
         )
 
 
@@ -295,22 +309,23 @@ def create_slot(cur: Any, name: str) -> None:
         cur.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
 
 
-def create_subscription(cur: Any, name: str, source: Instance) -> None:
+def create_subscription(cur: Any, name: str, source: Instance, role: Role = "superuser") -> None:
     """Subscribe the target to the source's publication of the same name, on the slot made by
     :func:`create_slot` (made apart, so a source and target in one cluster do not wait for each
-    other). The connection string holds the source superuser's password: the session logs no
-    statement, and no message PPP shows contains it."""
+    other), connecting as the source's ``role``. The connection string holds that role's
+    password: the session logs no statement, and no message PPP shows contains it."""
     cur.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (name,))
     if cur.fetchone() is not None:
         return
-    password = source.superuser_password or ""
+    user, secret = source.user_and_password(role)
+    password = secret or ""
     conninfo = " ".join(
         f"{k}={quote_literal(str(v))}"
         for k, v in (
             ("host", source.fdw_host),
             ("port", source.fdw_port),
             ("dbname", source.dbname),
-            ("user", source.superuser),
+            ("user", user),
             ("password", password),
             ("application_name", name),
         )

@@ -2,15 +2,15 @@
 
 Its data stays on its shard unless ``drop_data`` is given; ``archive`` first writes a
 ``pg_dump -n <schema>`` (custom format) and verifies it with ``pg_restore --list`` (the
-tenant's schema and its tables listed) before anything is dropped. The password reaches
-pg_dump through ``PGPASSWORD``, never its command line. A tenant of an onboarding revision
-is taken back with ``ppp veneer downgrade --tenant`` instead (its file says it exists).
+tenant's schema listed) before anything is dropped, both run where
+:mod:`ppp_env.servers.clients` says (in the server's container, or local binaries at least as
+new as the server). The password reaches pg_dump through ``PGPASSWORD``, never its command
+line. A tenant of an onboarding revision is taken back with ``ppp veneer downgrade --tenant``
+instead (its file says it exists).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident, validate_tenant
-from ppp_env.servers.local import find_bindir
+from ppp_env.servers.clients import Client, for_instance, tail
 from ppp_env.settings import Instance, Settings
 from ppp_env.veneer import catalog
 
@@ -34,54 +34,46 @@ class RemoveResult:
     seconds: float = 0.0
 
 
-def _tool(name: str) -> str:
-    path = Path(find_bindir()) / name
-    if not path.is_file():
-        raise PPPError(f"{name} not found in {path.parent}")
-    return str(path)
-
-
-def _pg_env(inst: Instance) -> dict[str, str]:
-    _user, password = inst.user_and_password("admin")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    if password:
-        env["PGPASSWORD"] = password
-    return env
-
-
-def archive_schema(inst: Instance, schema: str, path: Path) -> int:
+def archive_schema(inst: Instance, schema: str, path: Path, *, connect_timeout: int = 5) -> int:
     """``pg_dump -Fc -n schema`` of ``inst`` into ``path``, verified; its size in bytes."""
     validate_tenant(schema)
-    user, _password = inst.user_and_password("admin")
     path = Path(path)
     if path.exists():
         raise PPPError(f"{path} already exists: the archive never overwrites a file")
-    args = [
-        _tool("pg_dump"),
-        "--format=custom",
-        "--no-owner",
-        f"--schema={quote_ident(schema)}",
-        f"--file={path}",
-        f"--host={inst.host}",
-        f"--port={inst.port}",
-        f"--username={user}",
-        f"--dbname={inst.dbname}",
-    ]
-    done = subprocess.run(args, env=_pg_env(inst), capture_output=True, text=True)
-    if done.returncode != 0:
+    client = for_instance(inst, connect_timeout=connect_timeout)
+    _dump(client, schema, path)
+    _verify(client, schema, path)
+    return path.stat().st_size
+
+
+def _dump(client: Client, schema: str, path: Path) -> None:
+    """pg_dump's output streamed into a new file (never one that exists); no file when it
+    fails."""
+    try:
+        out = open(path, "xb")  # noqa: SIM115 (closed below, also when pg_dump fails)
+    except FileExistsError:
+        raise PPPError(f"{path} already exists: the archive never overwrites a file") from None
+    with out:
+        dump = client.start(
+            "pg_dump", "--format=custom", "--no-owner", f"--schema={quote_ident(schema)}",
+            stdout=out,
+        )  # fmt: skip
+        _out, err = dump.communicate()
+    if dump.returncode != 0:
         path.unlink(missing_ok=True)
-        raise PPPError(f"pg_dump of {schema!r} failed: {done.stderr.strip()}")
-    size = path.stat().st_size if path.is_file() else 0
-    listing = subprocess.run(
-        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True
-    )
-    if size == 0 or listing.returncode != 0 or f"SCHEMA - {schema} " not in listing.stdout:
+        raise PPPError(f"pg_dump of {schema!r} ({client.where}) failed: {tail(err)}")
+
+
+def _verify(client: Client, schema: str, path: Path) -> None:
+    """``pg_restore --list`` of the archive (read on stdin): the schema is in it."""
+    with open(path, "rb") as archive:
+        listing = client.start("pg_restore", "--list", stdin=archive, connect=False)
+        out, err = listing.communicate()
+    if listing.returncode != 0 or f"SCHEMA - {schema} " not in out.decode(errors="replace"):
+        why = tail(err) if listing.returncode != 0 else "the schema is not in its table of contents"
         raise PPPError(
-            f"the archive {path} of {schema!r} could not be verified "
-            f"({listing.stderr.strip() or 'the schema is not in its table of contents'}): "
-            "nothing was dropped"
+            f"the archive {path} of {schema!r} could not be verified ({why}): nothing was dropped"
         )
-    return size
 
 
 def remove_tenant(
@@ -130,7 +122,9 @@ def remove_tenant(
             if not exists:
                 raise PPPError(f"tenant {schema!r} has no schema on {found.shard!r} to archive")
             result.archive = Path(archive)
-            result.archive_bytes = archive_schema(inst, schema, result.archive)
+            result.archive_bytes = archive_schema(
+                inst, schema, result.archive, connect_timeout=settings.connect_timeout
+            )
         from ppp_env.veneer import unwire
 
         with catalog.admin_connection(settings) as conn:

@@ -5,7 +5,10 @@ schema PPP creates, runs migrations) and ``{db}_app`` (LOGIN, DML only), the dat
 by ``{db}_admin``, CONNECT only for those two, CREATE on schema public revoked from PUBLIC,
 and default privileges so that whatever ``{db}_admin`` creates later is usable by
 ``{db}_app`` at once. On the veneer also the postgres_fdw extension with USAGE for
-``veneer_admin``, so the veneer's migrations never need a superuser.
+``veneer_admin``, so the veneer's migrations never need a superuser. On a shard of
+PostgreSQL 16 or later also what lets ``{db}_admin`` move tenants online without a superuser
+(REPLICATION, pg_create_subscription, SET on the statement-logging settings); ``ppp
+teardown`` takes it back.
 
 Passwords never appear in SQL text: PPP sends SCRAM-SHA-256 verifiers computed here, in a
 session with statement logging off, and compares verifiers to tell whether a role's
@@ -226,7 +229,76 @@ def _provision_instance(inst: Instance, settings: Settings) -> Report:
                 cur.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {qa}")
                 report.changes.append(f"granted USAGE on postgres_fdw to {admin}")
             _remote_nextval(cur, admin, app, report)
+        else:
+            _replication_grants(cur, admin, db, report)
     return report
+
+
+#: From PostgreSQL 16 a shard's ``{db}_admin`` may run an online tenant move itself.
+REPLICATION_GRANTS_FROM = 160000
+#: What the subscription's creator turns off in its session: no log line holds the password
+#: of its connection string.
+_QUIET = ("log_statement", "log_min_error_statement")
+
+
+def _replication_grants(cur: Any, admin: str, db: str, report: Report) -> None:
+    """On a shard of PostgreSQL 16 or later: what lets ``{db}_admin`` move tenants online
+    without a superuser (``ppp_env.lifecycle.move``). REPLICATION: the slot, and the
+    subscription's connection to this shard as the source; pg_create_subscription, CREATE on
+    the database and SET on the logging settings: the subscription on this shard as the
+    target. Nothing on older servers (their online moves use the superuser)."""
+    cur.execute("SELECT current_setting('server_version_num')::int")
+    if cur.fetchone()[0] < REPLICATION_GRANTS_FROM:
+        return
+    qa = quote_ident(admin)
+    steps = [
+        (
+            "SELECT NOT rolreplication FROM pg_roles WHERE rolname = %s",
+            (admin,),
+            f"ALTER ROLE {qa} REPLICATION",
+            f"gave {admin} REPLICATION (online tenant moves from this shard)",
+        ),
+        (
+            "SELECT NOT pg_has_role(%s, 'pg_create_subscription', 'MEMBER')",
+            (admin,),
+            f"GRANT pg_create_subscription TO {qa}",
+            f"granted pg_create_subscription to {admin} (online tenant moves to this shard)",
+        ),
+        (
+            "SELECT NOT has_database_privilege(%s, %s, 'CREATE')",
+            (admin, db),
+            f"GRANT CREATE ON DATABASE {quote_ident(db)} TO {qa}",
+            f"granted CREATE on database {db} to {admin}",
+        ),
+        (
+            "SELECT NOT (has_parameter_privilege(%s, %s, 'SET') "
+            "AND has_parameter_privilege(%s, %s, 'SET'))",
+            (admin, _QUIET[0], admin, _QUIET[1]),
+            f"GRANT SET ON PARAMETER {', '.join(_QUIET)} TO {qa}",
+            f"granted SET on {' and '.join(_QUIET)} to {admin} (a subscription's password "
+            "stays out of the server log)",
+        ),
+    ]
+    for query, args, sql, change in steps:
+        if _has_privilege(cur, query, *args):
+            cur.execute(sql)
+            report.changes.append(change)
+
+
+def _revoke_replication_grants(cur: Any, admin: str) -> None:
+    """Take back what :func:`_replication_grants` gave, before the role is dropped (so that
+    nothing of it stays should the drop fail)."""
+    cur.execute(
+        "SELECT current_setting('server_version_num')::int >= %s AND EXISTS "
+        "(SELECT 1 FROM pg_roles WHERE rolname = %s)",
+        (REPLICATION_GRANTS_FROM, admin),
+    )
+    if not cur.fetchone()[0]:
+        return
+    qa = quote_ident(admin)
+    cur.execute(f"ALTER ROLE {qa} NOREPLICATION")
+    cur.execute(f"REVOKE pg_create_subscription FROM {qa}")
+    cur.execute(f"REVOKE SET ON PARAMETER {', '.join(_QUIET)} FROM {qa}")
 
 
 #: The veneer's function giving a shard sequence's next value (a foreign table column's
@@ -307,6 +379,8 @@ def _teardown_instance(inst: Instance, settings: Settings) -> Report:
         if cur.fetchone() is not None:
             cur.execute(f"DROP DATABASE {quote_ident(inst.dbname)} WITH (FORCE)")
             report.changes.append(f"dropped database {inst.dbname}")
+        if inst.kind == "shard":
+            _revoke_replication_grants(cur, inst.admin_role)
         for role in (inst.app_role, inst.admin_role):
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
             if cur.fetchone() is not None:
