@@ -107,8 +107,8 @@ backend_option = click.option(
     default="auto",
     show_default=True,
     help="local: throwaway servers from this machine's binaries; docker: docker-compose.yml; "
-    "auto: for `up`, Docker when an engine answers, else local; otherwise the backend "
-    "`up` recorded in .env (PPP_BACKEND).",
+    "auto: the backend `up` recorded in .env (PPP_BACKEND); for a first `up`, Docker when an "
+    "engine answers, else local.",
 )
 
 
@@ -119,18 +119,30 @@ def _environment(state: State) -> tuple[dict[str, str], str | None, Path]:
 LOCAL_DIR_VARIABLE = "PPP_LOCAL_DIR"
 
 
-def _local(values: dict[str, str], env_name: str | None, path: Path) -> local_servers.LocalServers:
-    """The local servers of this project: under PPP_LOCAL_DIR (`up` records it in .env),
+def _local_dir(values: dict[str, str], env_name: str | None, path: Path) -> Path:
+    """Where this project's local servers live: PPP_LOCAL_DIR (`up` records it in .env),
     else a folder in /tmp."""
-    base = values.get(LOCAL_DIR_VARIABLE) or str(
-        local_servers.default_base_dir(path.parent, env_name)
+    base = values.get(LOCAL_DIR_VARIABLE)
+    return Path(base) if base else local_servers.default_base_dir(path.parent, env_name)
+
+
+def _local(values: dict[str, str], env_name: str | None, path: Path) -> local_servers.LocalServers:
+    """The local servers of this project (PostgreSQL's binaries needed)."""
+    return local_servers.LocalServers(
+        _local_dir(values, env_name, path), local_servers.find_bindir(values)
     )
-    return local_servers.LocalServers(Path(base), local_servers.find_bindir(values))
 
 
-def _backend_for_up(choice: str) -> str:
+def _backend_for_up(choice: str, values: dict[str, str] | None = None, local: bool = False) -> str:
+    """--backend, else the backend an earlier `up` recorded, else local when this project
+    has local servers already (``local``: an `up` again never switches, even without its
+    .env), else Docker when an engine and Compose answer, else local."""
     if choice != "auto":
         return choice
+    if values and values.get(compose.BACKEND_VARIABLE):
+        return _backend_in_use(choice, values)
+    if local:
+        return "local"
     return "docker" if docker_available() and find_compose() is not None else "local"
 
 
@@ -171,7 +183,8 @@ def local_up(state: State, shards: str | None, backend: str) -> None:
     only once every service runs and is healthy (read from the engine; Compose v2 or v1).
     """
     values, env_name, path = _environment(state)
-    if _backend_for_up(backend) == "docker":
+    has_local = any(_local_dir(values, env_name, path).glob("*/data/PG_VERSION"))
+    if _backend_for_up(backend, values, has_local) == "docker":
         _up_docker(values, env_name, path, shards)
     else:
         _up_local(values, env_name, path, shards)
