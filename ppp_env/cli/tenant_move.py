@@ -17,7 +17,8 @@ from ppp_env.lifecycle.move import MODES, cleanup_tenant, move_tenant
     type=click.Choice(MODES),
     default=None,
     help="block (default): writes refused during the whole copy; online: logical "
-    "replication, writes refused only at the cutover (needs the shards' superusers).",
+    "replication, writes refused only at the cutover (PostgreSQL 15: the shards' superusers; "
+    "16 and later: what `ppp init` grants).",
 )
 @click.option(
     "--abort",
