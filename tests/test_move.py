@@ -48,6 +48,24 @@ FROM generate_series(1, {n} * 2) i;
 """
 
 
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Until ``condition()`` holds (polled), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def stop_after(step: str):
+    """An after-step hook that stops the move right after ``step``, as if it was killed."""
+
+    def hook(done: str) -> None:
+        if done == step:
+            raise mv.MoveStopped(f"stopped after step {step!r}")
+
+    return hook
+
+
 def _copies(settings, schema):
     out = {}
     for name in settings.shards:
@@ -295,10 +313,11 @@ def test_online_move_keeps_every_acknowledged_write(tenant, settings):
     writer.start()
     reader.start()
     try:
-        time.sleep(0.3)
+        wait_until(lambda: len(writer.acked) >= 5 and reader.reads >= 1)
         times["started"] = time.monotonic()
         report = mv.move_tenant(settings, tenant, "initech", mode="online", say=say)
-        time.sleep(0.3)
+        done = len(writer.acked)
+        wait_until(lambda: len(writer.acked) >= done + 5)  # writes go on, on the target
     finally:
         writer.stop.set()
         reader.stop.set()
@@ -341,9 +360,8 @@ def test_move_stopped_after_each_step_resumes(tenant, settings, monkeypatch, mod
     before = snapshot(settings, tenant)
     steps = mv.steps_of(mode)
     for step in steps:
-        monkeypatch.setenv(mv.STOP_ENV, step)
         with pytest.raises(mv.MoveStopped, match=step):
-            mv.move_tenant(settings, tenant, "initech", mode=mode)
+            mv.move_tenant(settings, tenant, "initech", mode=mode, after_step=stop_after(step))
         (shard, state), recorded = catalog(settings, tenant)
         assert recorded == step
         switched = steps.index(step) >= steps.index("switched")
@@ -353,7 +371,6 @@ def test_move_stopped_after_each_step_resumes(tenant, settings, monkeypatch, mod
         assert len(writable) <= 1, (step, writable)
         if steps.index(step) >= steps.index("blocked"):
             assert "bluth_co" not in writable, step
-    monkeypatch.delenv(mv.STOP_ENV)
     report = mv.move_tenant(settings, tenant, "initech")
     assert report.resumed_after == "retired" and report.mode == mode
     assert catalog(settings, tenant) == (("initech", "active"), None)
@@ -366,10 +383,8 @@ def test_move_stopped_after_each_step_resumes(tenant, settings, monkeypatch, mod
 @pytest.mark.parametrize(("mode", "step"), [("block", "copied"), ("online", "synced")])
 def test_abort_takes_an_unfinished_move_back(tenant, settings, monkeypatch, mode, step):
     before = snapshot(settings, tenant)
-    monkeypatch.setenv(mv.STOP_ENV, step)
     with pytest.raises(mv.MoveStopped):
-        mv.move_tenant(settings, tenant, "cyberdyne", mode=mode)
-    monkeypatch.delenv(mv.STOP_ENV)
+        mv.move_tenant(settings, tenant, "cyberdyne", mode=mode, after_step=stop_after(step))
     # block mode: the source is read-only while the copy runs; online: writable until cutover
     assert app_can_write(settings, "bluth_co", tenant) == (mode == "online")
     report = mv.move_tenant(settings, tenant, abort=True)
@@ -438,10 +453,8 @@ def test_bad_moves_change_nothing(tenant, settings, topology, monkeypatch):
     assert catalog(settings, tenant) == state
 
     # a tenant in the middle of a move: only the same move may continue
-    monkeypatch.setenv(mv.STOP_ENV, "started")
     with pytest.raises(mv.MoveStopped):
-        mv.move_tenant(settings, tenant, "cyberdyne")
-    monkeypatch.delenv(mv.STOP_ENV)
+        mv.move_tenant(settings, tenant, "cyberdyne", after_step=stop_after("started"))
     moving = catalog(settings, tenant)
     with pytest.raises(PPPError, match="in the middle of a move from 'bluth_co' to 'cyberdyne'"):
         mv.move_tenant(settings, tenant, "initech")
@@ -583,10 +596,8 @@ def test_abort_with_the_target_gone_still_restores_the_source(
 ):
     from ppp_env.servers.local import free_port
 
-    monkeypatch.setenv(mv.STOP_ENV, "copied")
     with pytest.raises(mv.MoveStopped):
-        mv.move_tenant(settings, tenant, "cyberdyne")
-    monkeypatch.delenv(mv.STOP_ENV)
+        mv.move_tenant(settings, tenant, "cyberdyne", after_step=stop_after("copied"))
     lost = topology.settings_for(topology.variant(PPP_SHARD_CYBERDYNE_PORT=str(free_port())))
     lines: list[str] = []
     mv.move_tenant(lost, tenant, abort=True, say=lines.append)
@@ -647,10 +658,8 @@ def test_online_move_without_a_superuser(tenant, settings, topology, monkeypatch
         pytest.skip("online moves without a superuser need PostgreSQL 16 or later shards")
     plain = without_superusers(topology)
     name = mv.replication_name(tenant)
-    monkeypatch.setenv(mv.STOP_ENV, "subscribed")
     with pytest.raises(mv.MoveStopped):
-        mv.move_tenant(plain, tenant, "initech", mode="online")
-    monkeypatch.delenv(mv.STOP_ENV)
+        mv.move_tenant(plain, tenant, "initech", mode="online", after_step=stop_after("subscribed"))
     source, target = settings.shard("bluth_co"), settings.shard("initech")
     assert shard_sql(
         settings,
@@ -678,9 +687,10 @@ def test_online_move_without_a_superuser(tenant, settings, topology, monkeypatch
     writer = Writer(settings, tenant)
     writer.start()
     try:
-        time.sleep(0.2)
+        wait_until(lambda: len(writer.acked) >= 5)
         report = mv.move_tenant(plain, tenant, "initech")
-        time.sleep(0.2)
+        done = len(writer.acked)
+        wait_until(lambda: len(writer.acked) >= done + 5)  # writes go on, on the target
     finally:
         writer.stop.set()
         writer.join(10)
