@@ -19,7 +19,7 @@ from ppp_env import veneer
 from ppp_env.db import connection
 from ppp_env.errors import PPPError
 from ppp_env.servers.local import free_port
-from ppp_env.servers.provision import provision_instance, scram_verifier, teardown_instance
+from ppp_env.servers.provision import encrypt_password, provision_instance, teardown_instance
 from ppp_env.settings import Settings, load_settings
 from ppp_env.veneer import catalog
 from ppp_env.veneer import env as veneer_env
@@ -412,8 +412,8 @@ def test_reconcile_applies_a_changed_port(
 
 def _set_shard_password(settings: Settings, shard: str, password: str) -> None:
     inst = settings.shards[shard]
-    verifier = scram_verifier(password)
     with connection(inst, "superuser", autocommit=True) as conn, conn.cursor() as cur:
+        verifier = encrypt_password(cur, inst.app_role, password)
         cur.execute("SET log_statement = 'none'")
         cur.execute(f"ALTER ROLE {inst.app_role} PASSWORD '{verifier}'")
 

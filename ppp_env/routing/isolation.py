@@ -91,14 +91,14 @@ def enable(
     transaction; safe to run again (e.g. after a migration added tables: default privileges
     cover those, or after rotating the app password).
     """
-    from ppp_env.servers.provision import scram_verifier
+    from ppp_env.servers.provision import encrypt_password
 
     inst = _shard_of(settings, tenant, shard)
     shared = [validate_tenant(s) if s != "public" else s for s in shared_schemas]
     role = role_name(inst, tenant)
     r, t, a, d = quote_ident(role), quote_ident(tenant), quote_ident(inst.admin_role), inst.dbname
-    verifier = quote_literal(scram_verifier(role_password(inst, role)))
     with _superuser(settings, inst) as conn, conn.cursor() as cur:
+        verifier = quote_literal(encrypt_password(cur, role, role_password(inst, role)))
         cur.execute("SET LOCAL log_statement = 'none'")  # the verifier stays out of the logs
         cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (tenant,))
         if cur.fetchone() is None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 
 from ppp_env.db import connection, first_line
 from ppp_env.errors import PPPError
@@ -36,10 +37,20 @@ from ppp_env.settings import MAX_DBNAME_BYTES, Instance, Settings
 SCRAM_ITERATIONS = 4096
 
 
+def encrypt_password(scope: Any, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password``, computed by libpq (psycopg2's
+    ``encrypt_password``) on this side of ``scope``, a connection or cursor: only the
+    verifier is sent to the server."""
+    return str(psycopg2.extensions.encrypt_password(password, role, scope, "scram-sha-256"))
+
+
 def scram_verifier(
     password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
 ) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677)."""
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677), with a
+    given salt. libpq makes verifiers only with a random salt and through a connection, so
+    this serves where neither fits: checking a stored verifier (:func:`password_matches`)
+    and setting a new local server's first password, before any connection can be made."""
     salt = os.urandom(16) if salt is None else salt
     salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
@@ -92,7 +103,7 @@ def _quiet(cur: Any) -> None:
 def _ensure_role(cur: Any, role: str, password: str, report: Report) -> None:
     cur.execute("SELECT rolpassword, rolcanlogin FROM pg_authid WHERE rolname = %s", (role,))
     row = cur.fetchone()
-    verifier = quote_literal(scram_verifier(password))
+    verifier = quote_literal(encrypt_password(cur, role, password))
     if row is None:
         cur.execute(f"CREATE ROLE {quote_ident(role)} LOGIN PASSWORD {verifier}")
         report.changes.append(f"created role {role}")
@@ -142,96 +153,119 @@ def provision_instance(inst: Instance, settings: Settings) -> Report:
 
 def _provision_instance(inst: Instance, settings: Settings) -> Report:
     report = Report(inst.name)
-    admin, app, db = inst.admin_role, inst.app_role, inst.dbname
-    qa, qp, qd = quote_ident(admin), quote_ident(app), quote_ident(db)
     with _superuser(inst, settings) as conn, conn.cursor() as cur:
         _quiet(cur)
-        _ensure_role(cur, admin, inst.admin_password, report)
-        _ensure_role(cur, app, inst.app_password, report)
-        cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,))
-        row = cur.fetchone()
-        if row is None:
-            cur.execute(f"CREATE DATABASE {qd} OWNER {qa}")
-            report.changes.append(f"created database {db}")
-        elif row[0] != admin:
-            cur.execute(f"ALTER DATABASE {qd} OWNER TO {qa}")
-            report.changes.append(f"made {admin} the owner of database {db}")
-
-    with _superuser(inst, settings, dbname=db) as conn, conn.cursor() as cur:
+        _ensure_role(cur, inst.admin_role, inst.admin_password, report)
+        _ensure_role(cur, inst.app_role, inst.app_password, report)
+        _ensure_database(cur, inst.dbname, inst.admin_role, report)
+    with _superuser(inst, settings, dbname=inst.dbname) as conn, conn.cursor() as cur:
         _quiet(cur)
-        steps: list[tuple[Callable[[], bool], str, str]] = [
-            (
-                lambda: _has_privilege(
-                    cur, "SELECT has_database_privilege('public', %s, 'CONNECT')", db
-                ),
-                f"REVOKE ALL ON DATABASE {qd} FROM PUBLIC",
-                f"revoked CONNECT and TEMP on database {db} from PUBLIC",
-            ),
-            (
-                lambda: (
-                    not _has_privilege(
-                        cur, "SELECT has_database_privilege(%s, %s, 'CONNECT')", app, db
-                    )
-                ),
-                f"GRANT CONNECT ON DATABASE {qd} TO {qp}",
-                f"granted CONNECT on database {db} to {app}",
-            ),
-            (
-                lambda: _has_privilege(
-                    cur, "SELECT has_schema_privilege('public', 'public', 'CREATE')"
-                ),
-                "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-                "revoked CREATE on schema public from PUBLIC",
-            ),
-            (
-                # A migration that waits for a lock names who holds it: the admin role must
-                # see other roles' sessions in pg_stat_activity.
-                lambda: (
-                    not _has_privilege(
-                        cur, "SELECT pg_has_role(%s, 'pg_read_all_stats', 'MEMBER')", admin
-                    )
-                ),
-                f"GRANT pg_read_all_stats TO {qa}",
-                f"granted pg_read_all_stats to {admin} (to name sessions that block a migration)",
-            ),
-        ]
-        for needed, sql, change in steps:
-            if needed():
-                cur.execute(sql)
-                report.changes.append(change)
-        defaults = [
-            ("r", "SELECT, INSERT, UPDATE, DELETE", "TABLES"),
-            ("S", "USAGE, SELECT, UPDATE", "SEQUENCES"),
-            ("f", "EXECUTE", "FUNCTIONS"),
-            ("n", "USAGE", "SCHEMAS"),
-        ]
-        cur.execute(
-            "SELECT d.defaclobjtype, array_to_string(d.defaclacl, ',') FROM pg_default_acl d "
-            "WHERE d.defaclrole = %s::regrole AND d.defaclnamespace = 0",
-            (admin,),
-        )
-        acl = dict(cur.fetchall())
-        for objtype, privileges, kind in defaults:
-            grantees = {item.split("=", 1)[0] for item in (acl.get(objtype) or "").split(",")}
-            if app not in grantees:
-                cur.execute(
-                    f"ALTER DEFAULT PRIVILEGES FOR ROLE {qa} GRANT {privileges} ON {kind} TO {qp}"
-                )
-                report.changes.append(f"default privileges: {app} gets {privileges} on {kind}")
+        _database_grants(cur, inst, report)
+        _default_privileges(cur, inst.admin_role, inst.app_role, report)
         if inst.kind == "veneer":
-            cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgres_fdw'")
-            if cur.fetchone() is None:
-                cur.execute("CREATE EXTENSION postgres_fdw")
-                report.changes.append("created extension postgres_fdw")
-            if not _has_privilege(
-                cur, "SELECT has_foreign_data_wrapper_privilege(%s, 'postgres_fdw', 'USAGE')", admin
-            ):
-                cur.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {qa}")
-                report.changes.append(f"granted USAGE on postgres_fdw to {admin}")
-            _remote_nextval(cur, admin, app, report)
+            _foreign_data_wrapper(cur, inst.admin_role, report)
+            _remote_nextval(cur, inst.admin_role, inst.app_role, report)
         else:
-            _replication_grants(cur, admin, db, report)
+            _replication_grants(cur, inst.admin_role, inst.dbname, report)
     return report
+
+
+def _ensure_database(cur: Any, db: str, admin: str, report: Report) -> None:
+    """The database, owned by ``{db}_admin``."""
+    cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute(f"CREATE DATABASE {quote_ident(db)} OWNER {quote_ident(admin)}")
+        report.changes.append(f"created database {db}")
+    elif row[0] != admin:
+        cur.execute(f"ALTER DATABASE {quote_ident(db)} OWNER TO {quote_ident(admin)}")
+        report.changes.append(f"made {admin} the owner of database {db}")
+
+
+def _database_grants(cur: Any, inst: Instance, report: Report) -> None:
+    """CONNECT for the app role only, no CREATE on schema public, and what lets the admin
+    name the sessions that block a migration."""
+    admin, app, db = inst.admin_role, inst.app_role, inst.dbname
+    qa, qp, qd = quote_ident(admin), quote_ident(app), quote_ident(db)
+    steps: list[tuple[Callable[[], bool], str, str]] = [
+        (
+            lambda: _has_privilege(
+                cur, "SELECT has_database_privilege('public', %s, 'CONNECT')", db
+            ),
+            f"REVOKE ALL ON DATABASE {qd} FROM PUBLIC",
+            f"revoked CONNECT and TEMP on database {db} from PUBLIC",
+        ),
+        (
+            lambda: (
+                not _has_privilege(cur, "SELECT has_database_privilege(%s, %s, 'CONNECT')", app, db)
+            ),
+            f"GRANT CONNECT ON DATABASE {qd} TO {qp}",
+            f"granted CONNECT on database {db} to {app}",
+        ),
+        (
+            lambda: _has_privilege(
+                cur, "SELECT has_schema_privilege('public', 'public', 'CREATE')"
+            ),
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+            "revoked CREATE on schema public from PUBLIC",
+        ),
+        (
+            # A migration that waits for a lock names who holds it: the admin role must see
+            # other roles' sessions in pg_stat_activity.
+            lambda: (
+                not _has_privilege(
+                    cur, "SELECT pg_has_role(%s, 'pg_read_all_stats', 'MEMBER')", admin
+                )
+            ),
+            f"GRANT pg_read_all_stats TO {qa}",
+            f"granted pg_read_all_stats to {admin} (to name sessions that block a migration)",
+        ),
+    ]
+    for needed, sql, change in steps:
+        if needed():
+            cur.execute(sql)
+            report.changes.append(change)
+
+
+#: (pg_default_acl.defaclobjtype, privileges, kind): what the app role gets on whatever the
+#: admin role creates later.
+_DEFAULTS = (
+    ("r", "SELECT, INSERT, UPDATE, DELETE", "TABLES"),
+    ("S", "USAGE, SELECT, UPDATE", "SEQUENCES"),
+    ("f", "EXECUTE", "FUNCTIONS"),
+    ("n", "USAGE", "SCHEMAS"),
+)
+
+
+def _default_privileges(cur: Any, admin: str, app: str, report: Report) -> None:
+    """Default privileges: the app role can use what the admin role creates, at once."""
+    cur.execute(
+        "SELECT DISTINCT d.defaclobjtype FROM pg_default_acl d, aclexplode(d.defaclacl) x "
+        "WHERE d.defaclrole = %s::regrole AND d.defaclnamespace = 0 "
+        "AND x.grantee = %s::regrole",
+        (admin, app),
+    )
+    granted = {r[0] for r in cur.fetchall()}
+    for objtype, privileges, kind in _DEFAULTS:
+        if objtype not in granted:
+            cur.execute(
+                f"ALTER DEFAULT PRIVILEGES FOR ROLE {quote_ident(admin)} "
+                f"GRANT {privileges} ON {kind} TO {quote_ident(app)}"
+            )
+            report.changes.append(f"default privileges: {app} gets {privileges} on {kind}")
+
+
+def _foreign_data_wrapper(cur: Any, admin: str, report: Report) -> None:
+    """postgres_fdw in the veneer, usable by its admin role (no superuser for migrations)."""
+    cur.execute("SELECT 1 FROM pg_extension WHERE extname = 'postgres_fdw'")
+    if cur.fetchone() is None:
+        cur.execute("CREATE EXTENSION postgres_fdw")
+        report.changes.append("created extension postgres_fdw")
+    if not _has_privilege(
+        cur, "SELECT has_foreign_data_wrapper_privilege(%s, 'postgres_fdw', 'USAGE')", admin
+    ):
+        cur.execute(f"GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {quote_ident(admin)}")
+        report.changes.append(f"granted USAGE on postgres_fdw to {admin}")
 
 
 #: From PostgreSQL 16 a shard's ``{db}_admin`` may run an online tenant move itself.
