@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ppp_env import db
 from ppp_env.errors import PPPError
@@ -88,27 +89,7 @@ def remove_tenant(
     unknown tenant, an onboarding revision's tenant or an unreachable shard."""
     started = time.perf_counter()
     validate_tenant(schema)
-    with catalog.admin_connection(settings) as conn:
-        catalog.require_lifecycle(conn)
-        found = catalog.lookup_tenant(conn, schema)
-        if found is None:
-            raise PPPError(f"unknown tenant {schema!r}: not in the catalog (see `ppp tenant list`)")
-        origin = catalog.origins(conn, [schema])[schema]
-        moving = [m for m in catalog.list_moves(conn) if m.schema == schema]
-        wired = bool(
-            conn.exec_driver_sql(
-                "SELECT to_regnamespace(%(s)s) IS NOT NULL", {"s": schema}
-            ).scalar()
-        )
-    if origin != "runtime":
-        raise PPPError(
-            f"tenant {schema!r} has an onboarding revision: take it back with `ppp veneer "
-            f"downgrade --tenant {schema}` and delete its revision file"
-        )
-    if moving or found.state == "moving":
-        raise PPPError(f"tenant {schema!r} is being moved: finish or cancel the move first")
-    if found.state == "removed" and not drop_data and archive is None and not wired:
-        raise PPPError(f"tenant {schema!r} is already removed (its data is on {found.shard!r})")
+    found = _removable(settings, schema, drop_data or archive is not None)
     inst = settings.shard(found.shard)
     result = RemoveResult(schema, found.shard)
     # Reach the shard before changing anything.
@@ -131,17 +112,49 @@ def remove_tenant(
             unwire(conn, schema)
             catalog.set_state(conn, schema, "removed")
         if drop_data:
-            cur.execute("BEGIN")
-            cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
-            cur.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
-            if cur.fetchone()[0]:  # the shard's version index forgets it too
-                cur.execute("DELETE FROM ppp.tenant_versions WHERE schema_name = %s", (schema,))
-            cur.execute("COMMIT")
-            with catalog.admin_connection(settings) as conn:
-                conn.exec_driver_sql(
-                    "DELETE FROM ppp.tenants WHERE schema = %(s)s AND state = 'removed'",
-                    {"s": schema},
-                )
+            _drop_data(settings, cur, schema)
             result.dropped = True
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _removable(settings: Settings, schema: str, more: bool) -> catalog.Tenant:
+    """The tenant, if it may be removed (a runtime tenant, not moving, not removed already
+    unless there is more to do: ``more``, or its veneer schema is back)."""
+    with catalog.admin_connection(settings) as conn:
+        catalog.require_lifecycle(conn)
+        found = catalog.lookup_tenant(conn, schema)
+        if found is None:
+            raise PPPError(f"unknown tenant {schema!r}: not in the catalog (see `ppp tenant list`)")
+        origin = catalog.origins(conn, [schema])[schema]
+        moving = [m for m in catalog.list_moves(conn) if m.schema == schema]
+        wired = bool(
+            conn.exec_driver_sql(
+                "SELECT to_regnamespace(%(s)s) IS NOT NULL", {"s": schema}
+            ).scalar()
+        )
+    if origin != "runtime":
+        raise PPPError(
+            f"tenant {schema!r} has an onboarding revision: take it back with `ppp veneer "
+            f"downgrade --tenant {schema}` and delete its revision file"
+        )
+    if moving or found.state == "moving":
+        raise PPPError(f"tenant {schema!r} is being moved: finish or cancel the move first")
+    if found.state == "removed" and not more and not wired:
+        raise PPPError(f"tenant {schema!r} is already removed (its data is on {found.shard!r})")
+    return found
+
+
+def _drop_data(settings: Settings, cur: Any, schema: str) -> None:
+    """The tenant's schema gone from its shard (and its version index), then from the
+    catalog."""
+    cur.execute("BEGIN")
+    cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    cur.execute("SELECT to_regclass('ppp.tenant_versions') IS NOT NULL")
+    if cur.fetchone()[0]:  # the shard's version index forgets it too
+        cur.execute("DELETE FROM ppp.tenant_versions WHERE schema_name = %s", (schema,))
+    cur.execute("COMMIT")
+    with catalog.admin_connection(settings) as conn:
+        conn.exec_driver_sql(
+            "DELETE FROM ppp.tenants WHERE schema = %(s)s AND state = 'removed'", {"s": schema}
+        )
