@@ -71,7 +71,6 @@ from ppp_env.lifecycle.mover import (
     STEPS,
     Mode,
     Mover,
-    MoveRecord,
     MoveReport,
     MoveStopped,
     replication_name,
@@ -79,6 +78,7 @@ from ppp_env.lifecycle.mover import (
 )
 from ppp_env.servers.clients import Client, client_for, major, server_version, show
 from ppp_env.settings import Instance, Settings
+from ppp_env.veneer.catalog import Move
 
 __all__ = [
     "MODES",
@@ -114,7 +114,7 @@ def _veneer(settings: Settings) -> Iterator[Any]:
         conn.close()
 
 
-def _read(cur: Any, schema: str) -> tuple[tuple[str, str] | None, MoveRecord | None]:
+def _read(cur: Any, schema: str) -> tuple[tuple[str, str] | None, Move | None]:
     cur.execute("SELECT to_regclass('ppp.moves') IS NOT NULL, to_regclass('ppp.tenants')")
     has_moves, has_tenants = cur.fetchone()
     if has_tenants is None:
@@ -128,11 +128,12 @@ def _read(cur: Any, schema: str) -> tuple[tuple[str, str] | None, MoveRecord | N
     row = cur.fetchone()
     tenant = None if row is None else (str(row[0]), str(row[1]))
     cur.execute(
-        "SELECT source, target, mode, step, error, started_at FROM ppp.moves WHERE schema = %s",
+        "SELECT schema, source, target, mode, step, error, started_at, updated_at "
+        "FROM ppp.moves WHERE schema = %s",
         (schema,),
     )
     m = cur.fetchone()
-    return tenant, (None if m is None else MoveRecord(*m))
+    return tenant, (None if m is None else Move(*m))
 
 
 def _lock(vconn: Any, schema: str) -> None:
@@ -298,7 +299,7 @@ def _abort(
     settings: Settings,
     schema: str,
     target: str | None,
-    move: MoveRecord | None,
+    move: Move | None,
     vconn: Any,
     emit: Callable[[str], None],
 ) -> MoveReport:
@@ -318,7 +319,7 @@ def _abort(
     return report
 
 
-def _check_resume(schema: str, target: str, mode: Mode | None, move: MoveRecord) -> None:
+def _check_resume(schema: str, target: str, mode: Mode | None, move: Move) -> None:
     """Only the same move (same target, same mode) may go on."""
     if move.target != target:
         raise PPPError(
@@ -340,7 +341,7 @@ def _start(
     mode: str,
     tenant: tuple[str, str],
     vconn: Any,
-) -> tuple[MoveRecord, tuple[Client, Client]]:
+) -> tuple[Move, tuple[Client, Client]]:
     """Check everything a new move needs, then record it (step ``started``) and mark the
     tenant ``moving``, in one veneer transaction."""
     source, state = tenant
@@ -365,7 +366,7 @@ def _start(
     )
     started_at = cur.fetchone()[0]
     cur.execute("COMMIT")
-    return MoveRecord(source, target, mode, "started", None, started_at), clients
+    return Move(schema, source, target, mode, "started", None, started_at, started_at), clients
 
 
 def _note_error(vconn: Any, schema: str, error: str) -> None:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 import psycopg2
@@ -27,7 +26,7 @@ from ppp_env.errors import PPPError
 from ppp_env.lifecycle import move_shard as shard
 from ppp_env.servers.clients import Client, client_for, server_version
 from ppp_env.settings import Instance, Role, Settings
-from ppp_env.veneer.catalog import admin_connection
+from ppp_env.veneer.catalog import Move, admin_connection
 from ppp_env.veneer.tables import refresh_in
 
 Mode = Literal["block", "online"]
@@ -77,18 +76,6 @@ class MoveReport:
     step_seconds: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class MoveRecord:
-    """A move as ``ppp.moves`` records it."""
-
-    source: str
-    target: str
-    mode: str
-    step: str
-    error: str | None
-    started_at: datetime
-
-
 def steps_of(mode: str) -> list[str]:
     return [s for s in STEPS if mode == "online" or s not in ONLINE_ONLY]
 
@@ -111,7 +98,7 @@ class Mover:
         self,
         settings: Settings,
         schema: str,
-        move: MoveRecord,
+        move: Move,
         vconn: Any,
         say: Callable[[str], None],
         report: MoveReport,
