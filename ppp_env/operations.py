@@ -16,42 +16,32 @@ and returns what each did:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alembic import command
 from alembic.config import Config
-from alembic.util import CommandError
 
-from ppp_env.alembic_env import COMMAND_KEY
+from ppp_env.alembic_env import find_alembic_ini, section_config
 from ppp_env.errors import PPPError
+from ppp_env.fleet.commands import tenant_config, upgrade_tenants
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult, TenantResult
 from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
 from ppp_env.shared.env import SharedResult
-from ppp_env.veneer.catalog import in_service, list_tenants
+from ppp_env.veneer import env as veneer_env
+from ppp_env.veneer import refresh
+from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
 
 @dataclass
-class MigrateOptions:
-    shards: list[str] | None = None
-    tenants: list[str] | None = None
+class MigrateOptions(RunOptions):
+    """``ppp migrate``'s options: the fleet's (:class:`RunOptions`: shards, tenants,
+    fail_fast, jobs, lock, timeouts, retries, output, verbose...) and the target revision."""
+
     revision: str = "head"
-    fail_fast: bool = False
-    jobs: int | None = None
-    lock: str = "wait"
-    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
-    lock_timeout: float | None = None
-    #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
-    retries: int | None = None
-    #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
-    statement_timeout: float | None = None
-    #: The tenant step's display: auto (bars or plain lines), plain, rich, json, quiet.
-    output: str = "auto"
-    verbose: bool = False
 
 
 @dataclass
@@ -110,13 +100,8 @@ def alembic_config(
     path: str | Path | None, section: str = "alembic", settings: Any = None
 ) -> Config:
     """A Config for one section of an alembic.ini (``-c``, else the one lookup every command
-    shares: :func:`ppp_env.veneer.env.find_alembic_ini`), carrying ``settings`` to its env.py."""
-    from ppp_env.veneer.env import find_alembic_ini
-
-    cfg = Config(str(find_alembic_ini(path)), ini_section=section)
-    if settings is not None:
-        cfg.attributes["ppp.settings"] = settings
-    return cfg
+    shares: :func:`ppp_env.alembic_env.find_alembic_ini`), carrying ``settings`` to its env.py."""
+    return section_config(path, section, settings)
 
 
 def upgrade_veneer(settings: Settings, config_path: str | Path | None) -> None:
@@ -124,8 +109,6 @@ def upgrade_veneer(settings: Settings, config_path: str | Path | None) -> None:
     revision is a head); the tenants it registers are wired by the refresh step, once the
     tenant step created their schemas. ``ppp migrate`` passes its own ``veneer_step``
     (the same call, with its message)."""
-    from ppp_env.veneer import env as veneer_env
-
     try:
         veneer_env.upgrade(settings, "heads", alembic_config(config_path, "veneer"), wire=False)
     except PPPError as exc:
@@ -136,13 +119,16 @@ def _say(step: str, detail: str) -> None:
     return None
 
 
+Say = Callable[[str, str], None]
+
+
 def migrate(
     settings: Settings,
     config_path: str | Path | None,
     options: MigrateOptions,
     *,
     veneer_step: Callable[[], None] | None = None,
-    say: Callable[[str, str], None] = _say,
+    say: Say = _say,
 ) -> MigrateResult:
     """Veneer, shared, tenants, refresh; ``say(step, detail)`` hears each step as it starts
     and each shard's shared outcome (step ``shared <shard>``).
@@ -150,82 +136,82 @@ def migrate(
     PPPError when a step could not run at all (bad input, the veneer failed); otherwise the
     result says what happened, failures included (``result.ok``).
     """
-    from ppp_env.veneer.tables import refresh
-
     started = time.perf_counter()
     for shard in options.shards or []:
         settings.shard(shard)  # unknown shards fail before anything runs
-    from ppp_env.veneer.env import find_alembic_ini
-
-    config_path = find_alembic_ini(config_path)  # a missing ini fails before anything runs too
-
+    ini = find_alembic_ini(config_path)  # a missing ini fails before anything runs too
     if veneer_step is None:
         say("1/4 veneer", "alembic -n veneer upgrade heads")
-        upgrade_veneer(settings, config_path)
+        upgrade_veneer(settings, ini)
     else:
         veneer_step()
-
     # After the veneer step: onboarding revisions may just have registered tenants.
     catalog = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
     if options.tenants is not None:
         shard_names = list(dict.fromkeys(t.shard for t in catalog))
     else:
         shard_names = list(options.shards or settings.shards)
-
-    shared: SharedResult | None = None
-    note: str | None = None
-    if shared_env.has_shared_section(config_path):
-        say("2/4 shared", f"alembic -n shared upgrade head ({len(shard_names)} shard(s))")
-        shared = shared_env.upgrade(settings, config_path, "head", shard_names)
-        for outcome in shared.shards:
-            say(f"shared {outcome.shard}", outcome.describe())
-    else:
-        note = f"no [shared] section in {config_path}: shared migrations skipped"
-        say("2/4 shared", note)
+    shared, note = _shared_step(settings, ini, shard_names, say)
     blocked = dict(shared.failed) if shared else {}
-
     say("3/4 tenants", f"alembic upgrade {options.revision}")
+    result = _tenant_step(settings, ini, options, catalog, shard_names, blocked)
+    say("4/4 veneer refresh", "tenants whose revision changed or whose veneer is stale")
+    _refresh_step(settings, catalog, result, blocked)
+    result.seconds = time.perf_counter() - started
+    return MigrateResult(result, shared, note, blocked, result.seconds)
+
+
+def _shared_step(
+    settings: Settings, ini: Path, shard_names: list[str], say: Say
+) -> tuple[SharedResult | None, str | None]:
+    """Step 2: the shared migrations of these shards (skipped without ``[shared]``)."""
+    if not shared_env.has_shared_section(ini):
+        note = f"no [shared] section in {ini}: shared migrations skipped"
+        say("2/4 shared", note)
+        return None, note
+    say("2/4 shared", f"alembic -n shared upgrade head ({len(shard_names)} shard(s))")
+    shared = shared_env.upgrade(settings, ini, "head", shard_names)
+    for outcome in shared.shards:
+        say(f"shared {outcome.shard}", outcome.describe())
+    return shared, None
+
+
+def _tenant_step(
+    settings: Settings,
+    ini: Path,
+    options: MigrateOptions,
+    catalog: Sequence[Tenant],
+    shard_names: list[str],
+    blocked: dict[str, str],
+) -> FleetResult:
+    """Step 3: the tenants, except those of a shard whose shared step failed (``not_run``)."""
     runnable = [t for t in catalog if t.shard not in blocked]
     if blocked and not runnable:
         result = FleetResult("upgrade")
     else:
-        cfg = alembic_config(config_path, "alembic", settings)
-        cfg.attributes["ppp.options"] = RunOptions(
-            shards=[s for s in shard_names if s not in blocked] if blocked else options.shards,
-            tenants=(
-                [t.schema for t in runnable]
-                if blocked and options.tenants is not None
-                else options.tenants
-            ),
-            fail_fast=options.fail_fast,
-            jobs=options.jobs,
-            lock=options.lock,
-            lock_timeout=options.lock_timeout,
-            retries=options.retries,
-            statement_timeout=options.statement_timeout,
-            refresh=False,
-            output=options.output,
-            verbose=options.verbose,
-        )
-        cfg.attributes[COMMAND_KEY] = "upgrade"  # the env need not guess the command
-        failure = None
-        try:
-            command.upgrade(cfg, options.revision)
-        except CommandError as exc:
-            failure = str(exc)
-        found = cfg.attributes.get("ppp.result")
-        if not isinstance(found, FleetResult):
-            raise PPPError(failure or "the tenant upgrade did not run")
-        result = found
+        narrowed: dict[str, Any] = {}
+        if blocked:  # leave the blocked shards out
+            narrowed["shards"] = [s for s in shard_names if s not in blocked]
+            if options.tenants is not None:
+                narrowed["tenants"] = [t.schema for t in runnable]
+        run_options = options.run_options(refresh=False, **narrowed)
+        outcome = upgrade_tenants(tenant_config(ini, settings), options.revision, run_options)
+        if outcome.result is None:
+            raise PPPError(outcome.failure or "the tenant upgrade did not run")
+        result = outcome.result
     for t in catalog:
         if t.shard in blocked:
             result.tenants.append(
                 TenantResult(t.shard, t.schema, "not_run", error="shared migrations failed")
             )
+    return result
 
-    say("4/4 veneer refresh", "tenants whose revision changed or whose veneer is stale")
-    # The run saw every reachable tenant's revision: a tenant whose veneer was wired at
-    # another revision (changed now, or stale from before) is refreshed.
+
+def _refresh_step(
+    settings: Settings, catalog: Sequence[Tenant], result: FleetResult, blocked: dict[str, str]
+) -> None:
+    """Step 4: refresh every tenant whose veneer was wired at another revision than the one
+    the run saw (changed now, or stale from before)."""
     now = {
         t.tenant: t.after if t.status in ("migrated", "current") else t.before
         for t in result.tenants
@@ -234,15 +220,14 @@ def migrate(
     wanted = sorted(
         t.schema for t in catalog if t.schema in now and t.wired_revision != now[t.schema]
     )
-    if wanted:
-        try:
-            report = refresh(settings, wanted)
-            result.refreshed = list(report.refreshed)
-            result.refresh_pending = list(report.pending)
-            if report.errors:
-                result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
-        except PPPError as exc:
-            result.refresh_error = str(exc)
-    seconds = time.perf_counter() - started
-    result.seconds = seconds
-    return MigrateResult(result, shared, note, blocked, seconds)
+    if not wanted:
+        return
+    try:
+        report = refresh(settings, wanted)
+    except PPPError as exc:
+        result.refresh_error = str(exc)
+        return
+    result.refreshed = list(report.refreshed)
+    result.refresh_pending = list(report.pending)
+    if report.errors:
+        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())

@@ -24,17 +24,18 @@ from tests.conftest import ROOT
 ENV_PY = """
 import json
 from alembic import context
-from ppp_env.fleet import env as fleet_env
-from ppp_env.shared import env as shared_env
-from ppp_env.veneer import env as veneer_env
+from ppp_env import alembic_adapter
+from ppp_env.fleet.env import FleetEnvironment
+from ppp_env.shared.env import SharedEnvironment
+from ppp_env.veneer.env import VeneerEnvironment
 
-env = fleet_env.environment()
+env = alembic_adapter.running_environment()
 seen = {
     "same_config": env.config is context.config,
-    "fleet": fleet_env.command_name(env),
-    "shared": shared_env.command_name(env),
-    "veneer": veneer_env.command_name(env),
-    "every_head": veneer_env._targets_every_head(env),
+    "fleet": FleetEnvironment(env, {}).command,
+    "shared": SharedEnvironment(env, {}).command,
+    "veneer": VeneerEnvironment(env, {}).command,
+    "every_head": alembic_adapter.targets_every_head(env),
     "x": env.get_x_argument(as_dictionary=True),
 }
 context.config.attributes["seen"] = seen

@@ -1,10 +1,13 @@
 """The fleet: tenant migrations over every shard (``alembic upgrade head``).
 
 Rooms: ``options`` (how a run behaves), ``results`` (what it did), ``status`` (where every
-tenant stands, read through ``ppp_env.tenant_state``), ``hooks`` and ``rendering`` (the Alembic
-side: steps rendered once or run online), ``worker`` (one shard on one connection), ``pool``
-(the parent: a worker process per shard), ``env`` (what ``migrations/env.py`` runs),
-``progress`` (output).
+tenant stands, read through ``ppp_env.tenant_state``), ``hooks`` (what the worker needs from
+Alembic, and what the renderer reports per revision), ``rendering`` (steps rendered once or
+run online, through ``ppp_env.alembic_adapter``), ``segments`` (a tenant's path cut into
+rendered and online pieces), ``tenant_sql`` (the SQL around a tenant's transaction),
+``retry`` (when a blocked tenant comes back), ``worker`` (one shard on one connection),
+``pool`` (the parent: a worker process per shard), ``env`` (what ``migrations/env.py``
+runs), ``commands`` (the fleet as library calls), ``progress`` (output).
 
 Revisions that must know the tenant they run for call :func:`current_tenant`.
 """

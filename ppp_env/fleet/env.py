@@ -6,7 +6,8 @@ The command Alembic is running decides the shape:
   every tenant on every shard, then a veneer refresh of the tenants whose revision changed;
 - ``current``: one line per tenant: shard, tenant, revision;
 - ``--sql`` (offline): the SQL for every shard and tenant, with a header per tenant, on
-  stdout or one file per shard (``-x sql_dir=DIR``);
+  stdout or one file per shard (``-x sql_dir=DIR``); for PPP's own calls
+  (``ppp_env.fleet.commands.render_path``), the rendered revisions as data instead;
 - anything else (``revision --autogenerate``, ``check``, ``history -i``): one template
   tenant schema (``-x template=NAME``, else the first tenant whose schema exists).
 
@@ -15,230 +16,171 @@ The command Alembic is running decides the shape:
 
 from __future__ import annotations
 
-import logging
 import sys
-from collections.abc import Callable, Sequence
-from logging.config import fileConfig
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from alembic.runtime.environment import EnvironmentContext
-from alembic.util import CommandError
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
-from ppp_env.alembic_env import command_name, environment
+from ppp_env.alembic_adapter import Planner, as_tuple, step_function
+from ppp_env.alembic_env import PPPEnvironment
 from ppp_env.errors import PPPError
+from ppp_env.fleet.commands import RENDER_KEY, RenderRequest
 from ppp_env.fleet.hooks import AlembicHooks, Rendered
-from ppp_env.fleet.options import MUTATING, RunOptions
+from ppp_env.fleet.options import OPTIONS_KEY, RESULT_KEY, RunOptions
 from ppp_env.fleet.pool import run_fleet
 from ppp_env.fleet.progress import make_display
-from ppp_env.fleet.rendering import (
-    render_steps,
-    run_steps_online,
-    step_label,
-    uses_autocommit,
-    util_to_tuple,
-)
+from ppp_env.fleet.rendering import Setup, render_steps, run_steps_online, step_label
 from ppp_env.fleet.results import FleetResult
 from ppp_env.fleet.status import shard_states
 from ppp_env.identifiers import quote_ident
-from ppp_env.settings import Settings, load_settings
+from ppp_env.settings import Settings
 from ppp_env.tenant_state import group_by_shard
+from ppp_env.veneer import refresh
 from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
-log = logging.getLogger("ppp.migrations")
 
+class FleetEnvironment(PPPEnvironment):
+    """The tenant environment: every command over the tenants of the catalog."""
 
-#: The names of Alembic's step functions, for in-process callers that say nothing else.
+    def __init__(self, env: EnvironmentContext, configure_kw: dict[str, Any]) -> None:
+        super().__init__(env, configure_kw)
+        self.options = RunOptions.from_x(self.x, self.config.attributes.get(OPTIONS_KEY))
+        kw = dict(configure_kw)
+        self.setup = Setup(kw.pop("target_metadata", None), kw)
 
+    @property
+    def env_name(self) -> str | None:
+        return self.options.env
 
-def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:
-    """Entry point for ``migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``."""
-    env = environment()
-    config = env.config
-    if (
-        config.config_file_name
-        and config.file_config.has_section("loggers")
-        and not config.attributes.get("ppp.configured_logging")
-    ):
-        fileConfig(config.config_file_name, disable_existing_loggers=False)
-    try:
-        _dispatch(env, target_metadata, configure_kw)
-    except PPPError as exc:
-        raise CommandError(str(exc)) from None
+    def tenants(self) -> list[Tenant]:
+        """The tenants a command covers: the catalog's, narrowed by -x shard/tenant, without
+        those ``ppp tenant remove`` retired."""
+        opts = self.options
+        return in_service(list_tenants(self.settings, shards=opts.shards, tenants=opts.tenants))
 
-
-def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
-    """The command's name and its step function (what Alembic plans with; no getter exists,
-    ``context_opts`` is the EnvironmentContext's public attribute)."""
-    return command_name(env), env.context_opts.get("fn")
-
-
-def _tenants(settings: Settings, options: RunOptions) -> list[Tenant]:
-    """The tenants a command covers: the catalog's, narrowed by -x shard/tenant, without those
-    ``ppp tenant remove`` retired."""
-    return in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
-
-
-def _dispatch(env: EnvironmentContext, metadata: Any, kw: dict[str, Any]) -> None:
-    config = env.config
-    options = RunOptions.from_x(
-        env.get_x_argument(as_dictionary=True), config.attributes.get("ppp.options")
-    )
-    settings: Settings = config.attributes.get("ppp.settings") or load_settings(options.env)
-    command, fn = _command(env)
-    if env.is_offline_mode():
-        _offline(env, settings, options, metadata, kw)
-    elif command == "current":
-        _current(env, settings, options)
-    elif command in MUTATING and fn is not None:
-        result = _fleet(env, fn, command, settings, options, metadata, kw)
-        config.attributes["ppp.result"] = result
+    # -- upgrade / downgrade / stamp ------------------------------------------------------------
+    def move(self) -> None:
+        fn = step_function(self.env)
+        if fn is None:
+            self.other()
+            return
+        tenants = self.tenants()
+        self.env.script.get_heads()  # load every revision once, before the workers fork
+        hooks = AlembicHooks(
+            self.command, Planner(self.env, fn), self.render, self.run_online, step_label
+        )
+        display = make_display(self.options.output, self.options.verbose)
+        result = run_fleet(self.settings, group_by_shard(tenants), self.options, hooks, display)
+        if self.options.refresh and result.changed:
+            _refresh(self.settings, result)
+        display.summary(result)
+        self.config.attributes[RESULT_KEY] = result
         if not result.ok:
             raise PPPError(result.failure_message())
-    else:
-        _on_template(env, settings, options, metadata, kw)
 
+    def render(self, steps: Sequence[Any], heads: tuple[str, ...]) -> Rendered:
+        return render_steps(self.env, steps, heads, self.setup)
 
-# -- upgrade / downgrade / stamp ----------------------------------------------------------------
-def _fleet(
-    env: EnvironmentContext,
-    fn: Callable[..., Any],
-    command: str,
-    settings: Settings,
-    options: RunOptions,
-    metadata: Any,
-    kw: dict[str, Any],
-) -> FleetResult:
-    tenants = _tenants(settings, options)
-    _ = env.script.revision_map.heads  # load every revision once, before the workers fork
+    def run_online(self, conn: Any, tenant: str, steps: Sequence[Any], own: bool = False) -> None:
+        run_steps_online(self.env, conn, tenant, steps, self.setup, own)
 
-    def steps(heads: tuple[str, ...]) -> list[Any]:
-        return list(fn(heads, None))
+    # -- current --------------------------------------------------------------------------------
+    def current(self) -> None:
+        tenants = self.tenants()
+        heads = set(self.env.script.get_heads())
+        states, errors = shard_states(self.settings, tenants)
+        for t in tenants:
+            st = states.get(t.schema)
+            if st is None:
+                shown = "(unreachable)"
+            elif not st.exists:
+                shown = "(no schema yet)"
+            elif not st.heads:
+                shown = "(base)"
+            else:
+                shown = " ".join(h + (" (head)" if h in heads else "") for h in st.heads)
+            self.config.print_stdout(f"{t.shard} {t.schema} {shown}")
+        if errors:
+            raise PPPError("; ".join(errors.values()))
 
-    def render(todo: Sequence[Any], heads: tuple[str, ...]) -> Rendered:
-        return render_steps(env, list(todo), heads, metadata, kw)
+    # -- --sql ----------------------------------------------------------------------------------
+    def offline(self) -> None:
+        fn = step_function(self.env)
+        if fn is None:
+            raise PPPError(f"`{self.command} --sql` is not supported by the tenant environment")
+        starting = self.env.get_starting_revision_argument()  # None: from base
+        heads = tuple(self.env.script.get_revision(r).revision for r in as_tuple(starting))
+        steps = Planner(self.env, fn)(heads)  # an unknown revision fails here, as Alembic says it
+        request = self.config.attributes.get(RENDER_KEY)
+        if isinstance(request, RenderRequest):
+            request.rendered = render_steps(self.env, steps, heads, self.setup)
+            return
+        self.write_sql(steps, heads, from_base=starting is None)
 
-    def run_online(conn: Any, tenant: str, todo: Sequence[Any], own: bool = False) -> None:
-        run_steps_online(env, conn, tenant, todo, metadata, kw, own)
+    def sql_for(self, steps: list[Any], heads: tuple[str, ...], tenant: str | None) -> str | None:
+        """The SQL of ``steps`` (for ``tenant``, else schema-neutral); None when a revision
+        needs the tenant and no tenant was given."""
+        rendered = render_steps(self.env, steps, heads, self.setup, tenant)
+        blocked = rendered.blocked
+        if blocked is None or blocked.blocker is None:
+            return rendered.sql
+        if tenant is None and blocked.blocker.per_tenant:
+            return None
+        raise PPPError(
+            f"cannot render the SQL offline: {blocked.label}: {blocked.blocker.reason()}; "
+            "--sql cannot run it (PPP runs such a revision online during upgrade)"
+        )
 
-    hooks = AlembicHooks(command, steps, render, run_online, uses_autocommit, step_label)
-    display = make_display(options.output, options.verbose)
-    result = run_fleet(settings, group_by_shard(tenants), options, hooks, display)
-    if options.refresh and result.changed:
-        _refresh(settings, result)
-    display.summary(result)
-    return result
-
-
-def _refresh(settings: Settings, result: FleetResult) -> None:
-    from ppp_env.veneer.tables import refresh
-
-    try:
-        report = refresh(settings, result.changed)
-    except PPPError as exc:
-        result.refresh_error = str(exc)
-        return
-    result.refreshed = list(getattr(report, "refreshed", []))
-    result.refresh_pending = list(getattr(report, "pending", []))
-    errors = getattr(report, "errors", None)
-    if errors:
-        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in dict(errors).items())
-
-
-# -- current ------------------------------------------------------------------------------------
-def _current(env: EnvironmentContext, settings: Settings, options: RunOptions) -> None:
-    tenants = _tenants(settings, options)
-    heads = set(env.script.get_heads())
-    states, errors = shard_states(settings, tenants)
-    for t in tenants:
-        st = states.get(t.schema)
-        if st is None:
-            shown = "(unreachable)"
-        elif not st.exists:
-            shown = "(no schema yet)"
-        elif not st.heads:
-            shown = "(base)"
-        else:
-            shown = " ".join(h + (" (head)" if h in heads else "") for h in st.heads)
-        env.config.print_stdout(f"{t.shard} {t.schema} {shown}")
-    if errors:
-        raise PPPError("; ".join(errors.values()))
-
-
-# -- --sql --------------------------------------------------------------------------------------
-def _offline(
-    env: EnvironmentContext,
-    settings: Settings,
-    options: RunOptions,
-    metadata: Any,
-    kw: dict[str, Any],
-) -> None:
-    tenants = _tenants(settings, options)
-    starting = env.get_starting_revision_argument()  # None: from base
-    from_base = starting is None
-    fn = env.context_opts["fn"]
-    heads = tuple(env.script.get_revision(r).revision for r in util_to_tuple(starting))
-    steps = list(fn(heads, None))  # an unknown revision fails here, as Alembic says it
-
-    def render(tenant: str | None) -> Rendered:
-        rendered = render_steps(env, steps, heads, metadata, kw, tenant)
-        if rendered.stopped_at is not None and (tenant is not None or not rendered.per_tenant):
-            raise PPPError(
-                f"cannot render the SQL offline: {rendered.stopped_at}: {rendered.reason}; "
-                "--sql cannot run it (PPP runs such a revision online during upgrade)"
-            )
-        return rendered
-
-    shared = render(None)
-    per_tenant = shared.stopped_at is not None  # a tenant-specific revision: render per tenant
-    out_dir = Path(options.sql_dir) if options.sql_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    by_shard = group_by_shard(tenants)
-    for shard, schemas in by_shard.items():
-        stream: TextIO
+    def write_sql(self, steps: list[Any], heads: tuple[str, ...], from_base: bool) -> None:
+        """Every tenant's SQL, a header per shard and tenant: on stdout, or a file per shard."""
+        by_shard = group_by_shard(self.tenants())
+        shared = self.sql_for(steps, heads, None)  # None: a tenant-specific revision
+        out_dir = Path(self.options.sql_dir) if self.options.sql_dir else None
         if out_dir:
-            stream = open(out_dir / f"{shard}.sql", "w")  # noqa: SIM115 - closed below
-        else:
-            stream = env.config.output_buffer or sys.stdout
-        try:
-            stream.write(f"-- PPP: shard {shard} ({len(schemas)} tenants)\n\n")
-            for schema in schemas:
-                q = quote_ident(schema)
-                stream.write(f"-- PPP: shard {shard}, tenant {schema}\nBEGIN;\n")
-                if from_base:
-                    stream.write(f"CREATE SCHEMA IF NOT EXISTS {q};\n")
-                stream.write(f"SET LOCAL search_path TO {q};\n\n")
-                stream.write(render(schema).sql if per_tenant else shared.sql)
-                stream.write("COMMIT;\n\n")
-        finally:
-            if out_dir:
-                stream.close()
-    if out_dir:
-        print(f"wrote {len(by_shard)} file(s) to {out_dir}", file=sys.stderr)
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for shard, schemas in by_shard.items():
+            with self.sql_stream(out_dir, shard) as stream:
+                stream.write(f"-- PPP: shard {shard} ({len(schemas)} tenants)\n\n")
+                for schema in schemas:
+                    body = shared if shared is not None else self.sql_for(steps, heads, schema)
+                    stream.write(_tenant_sql(shard, schema, from_base, body or ""))
+        if out_dir:
+            print(f"wrote {len(by_shard)} file(s) to {out_dir}", file=sys.stderr)
 
+    @contextmanager
+    def sql_stream(self, out_dir: Path | None, shard: str) -> Iterator[TextIO]:
+        if out_dir is None:
+            yield self.config.output_buffer or sys.stdout
+            return
+        with open(out_dir / f"{shard}.sql", "w") as stream:
+            yield stream
 
-# -- autogenerate, check, history -i ------------------------------------------------------------
-def _on_template(
-    env: EnvironmentContext,
-    settings: Settings,
-    options: RunOptions,
-    metadata: Any,
-    kw: dict[str, Any],
-) -> None:
-    """Commands that look at one database: use one template tenant's schema."""
-    tenants = _tenants(settings, options)
-    if options.template:
-        chosen = [t for t in tenants if t.schema == options.template]
-        if not chosen:
-            raise PPPError(f"-x template={options.template}: no such tenant in the catalog")
-    else:
-        chosen = tenants
-    for tenant in chosen:
-        inst = settings.shard(tenant.shard)
-        engine = db.engine(inst, "admin", poolclass=NullPool)
+    # -- autogenerate, check, history -i --------------------------------------------------------
+    def other(self) -> None:
+        """Commands that look at one database: use one template tenant's schema."""
+        tenants = self.tenants()
+        if self.options.template:
+            tenants = [t for t in tenants if t.schema == self.options.template]
+            if not tenants:
+                raise PPPError(
+                    f"-x template={self.options.template}: no such tenant in the catalog"
+                )
+        for tenant in tenants:
+            if self.on_template(tenant):
+                return
+        raise PPPError(
+            "no template tenant: no tenant in the catalog has its schema on its shard yet; "
+            "run `alembic upgrade head` first or pass -x template=NAME"
+        )
+
+    def on_template(self, tenant: Tenant) -> bool:
+        """Run the command on ``tenant``'s schema; False when the schema does not exist."""
+        engine = db.engine(self.settings.shard(tenant.shard), "admin", poolclass=NullPool)
         try:
             with engine.connect() as conn:
                 exists = conn.exec_driver_sql(
@@ -246,18 +188,40 @@ def _on_template(
                 ).first()
                 if not exists:
                     conn.rollback()
-                    continue
+                    return False
                 conn.exec_driver_sql(f"SET search_path TO {quote_ident(tenant.schema)}")
                 conn.commit()
                 # No version_table_schema: search_path already points at the tenant, and
                 # autogenerate skips the version table only in the default schema.
-                env.configure(connection=conn, target_metadata=metadata, **kw)
-                with env.begin_transaction():
-                    env.run_migrations()
-                return
+                self.env.configure(connection=conn, **self.setup.options())
+                with self.env.begin_transaction():
+                    self.env.run_migrations()
+                return True
         finally:
             engine.dispose()
-    raise PPPError(
-        "no template tenant: no tenant in the catalog has its schema on its shard yet; "
-        "run `alembic upgrade head` first or pass -x template=NAME"
+
+
+def _tenant_sql(shard: str, schema: str, from_base: bool, body: str) -> str:
+    q = quote_ident(schema)
+    create = f"CREATE SCHEMA IF NOT EXISTS {q};\n" if from_base else ""
+    return (
+        f"-- PPP: shard {shard}, tenant {schema}\nBEGIN;\n{create}"
+        f"SET LOCAL search_path TO {q};\n\n{body}COMMIT;\n\n"
     )
+
+
+def _refresh(settings: Settings, result: FleetResult) -> None:
+    try:
+        report = refresh(settings, result.changed)
+    except PPPError as exc:
+        result.refresh_error = str(exc)
+        return
+    result.refreshed = list(report.refreshed)
+    result.refresh_pending = list(report.pending)
+    if report.errors:
+        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
+
+
+def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:
+    """The body of ``migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``."""
+    FleetEnvironment.main(target_metadata=target_metadata, **configure_kw)

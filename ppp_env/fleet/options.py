@@ -4,7 +4,7 @@ Alembic commands the runner renders or runs."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from ppp_env.errors import PPPError
 
@@ -12,6 +12,11 @@ from ppp_env.errors import PPPError
 RENDERABLE = frozenset({"upgrade", "downgrade"})
 #: Commands that change tenants' revisions (and so trigger a veneer refresh).
 MUTATING = frozenset({"upgrade", "downgrade", "stamp"})
+
+#: ``config.attributes[OPTIONS_KEY]``: the RunOptions of an in-process call (``-x`` adds to it).
+OPTIONS_KEY = "ppp.options"
+#: ``config.attributes[RESULT_KEY]``: the FleetResult of an upgrade, downgrade or stamp.
+RESULT_KEY = "ppp.result"
 
 
 # -- options and results ------------------------------------------------------------------------
@@ -57,9 +62,15 @@ class RunOptions:
         "statement_timeout",
     )
 
+    def run_options(self, **changes: object) -> RunOptions:
+        """These options as a plain RunOptions (a subclass's own fields left out), changed."""
+        values: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(RunOptions)}
+        values.update(changes)
+        return RunOptions(**values)  # type: ignore[arg-type]
+
     @classmethod
     def from_x(cls, x: Mapping[str, str], base: RunOptions | None = None) -> RunOptions:
-        opts = RunOptions(**asdict(base)) if base else RunOptions()
+        opts = base.run_options() if base else RunOptions()
         for key, raw in x.items():
             if key not in cls.X_KEYS:
                 raise PPPError(

@@ -7,19 +7,19 @@ import multiprocessing
 import os
 import queue as queue_module
 import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
 from ppp_env.fleet.hooks import AlembicHooks
 from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult, TenantResult
-from ppp_env.fleet.worker import ShardJob, _watch_parent, run_shard
+from ppp_env.fleet.worker import ShardJob, run_shard
 from ppp_env.settings import Settings
 
 
-# -- parent -------------------------------------------------------------------------------------
 def run_fleet(
     settings: Settings,
     by_shard: Mapping[str, Sequence[str]],
@@ -29,87 +29,30 @@ def run_fleet(
 ) -> FleetResult:
     """Run ``hooks`` over every tenant of ``by_shard``: shards in parallel, bounded by jobs."""
     started = time.perf_counter()
-    result = FleetResult(hooks.command)
-    mp = multiprocessing.get_context("fork")
-    events: Any = mp.Queue()
-    stop = mp.Event()
-    jobs = options.jobs or settings.jobs
-    pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
-    running: dict[str, Any] = {}
-    done: set[str] = set()
-    parent = os.getpid()
-
-    def worker(job: ShardJob) -> None:  # runs in the forked child
-        _watch_parent(parent)
-        try:
-            run_shard(job, settings, options, hooks, events.put, stop)
-        except BaseException as exc:
-            events.put(("shard_error", job.shard, f"{type(exc).__name__}: {exc}"))
-        finally:
-            events.put(("shard_done", job.shard))
-            events.close()
-            events.join_thread()
-
-    def handle(event: tuple[Any, ...]) -> None:
-        kind, shard = event[0], event[1]
-        if kind == "shard_start":
-            display.shard_started(shard, event[2], event[3])
-        elif kind == "results":
-            for r in event[2]:
-                result.tenants.append(r)
-                display.tenant_done(r)
-                if r.status in ("failed", "locked") and options.fail_fast:
-                    stop.set()
-        elif kind == "online":
-            result.online.update(event[2])
-        elif kind == "retry":
-            display.tenant_retry(shard, event[2], event[3], event[4])
-        elif kind == "shard_error":
-            result.shard_errors[shard] = event[2]
-            display.shard_failed(shard, event[2])
-            if options.fail_fast:
-                stop.set()
-        elif kind == "shard_done":
-            done.add(shard)
-
+    pool = _Pool(settings, by_shard, options, hooks, display)
     with display:
-        while pending or running:
-            while pending and len(running) < jobs:
-                job = pending.pop(0)
-                if stop.is_set():
-                    for t in job.tenants:
-                        handle(("results", job.shard, [TenantResult(job.shard, t, "not_run")]))
-                    continue
-                proc = mp.Process(target=worker, args=(job,), name=f"ppp-{job.shard}")
-                proc.start()
-                running[job.shard] = proc
-            with suppress(queue_module.Empty):
-                handle(events.get(timeout=0.05))
-            for shard, proc in list(running.items()):
-                if shard in done:
-                    proc.join()
-                    del running[shard]
-                elif not proc.is_alive():
-                    # Drain what it sent before it died, then report it if it never finished.
-                    _drain(events, handle)
-                    if shard not in done:
-                        seen = {t.tenant for t in result.tenants if t.shard == shard}
-                        untried = [
-                            TenantResult(shard, t, "not_run")
-                            for t in by_shard[shard]
-                            if t not in seen
-                        ]
-                        if untried:
-                            handle(("results", shard, untried))
-                        handle(("shard_error", shard, _death(proc.exitcode)))
-                        done.add(shard)
-                    del running[shard]
-        _drain(events, handle)
-    result.seconds = time.perf_counter() - started
-    return result
+        pool.run()
+    pool.result.seconds = time.perf_counter() - started
+    return pool.result
 
 
-def _death(exitcode: int | None) -> str:
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """In a worker: exit at once when the parent process is gone (killed, even by SIGKILL).
+
+    The worker's connection closes with it, so the server rolls back its tenant's
+    transaction; without this a forked worker waits forever for a parent that is gone.
+    """
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(3)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="ppp-parent-watch", daemon=True).start()
+
+
+def death(exitcode: int | None) -> str:
     """What happened to a worker that ended without finishing its shard."""
     if exitcode is not None and exitcode < 0:
         try:
@@ -123,9 +66,102 @@ def _death(exitcode: int | None) -> str:
     return f"its worker process exited with code {exitcode} before finishing: rerun to finish"
 
 
-def _drain(events: Any, handle: Callable[[tuple[Any, ...]], None]) -> None:
-    while True:
+class _Pool:
+    """Forked workers, their event queue, and the result their events build."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        by_shard: Mapping[str, Sequence[str]],
+        options: RunOptions,
+        hooks: AlembicHooks,
+        display: Any,
+    ) -> None:
+        self.settings, self.by_shard, self.options = settings, by_shard, options
+        self.hooks, self.display = hooks, display
+        self.result = FleetResult(hooks.command)
+        self.mp = multiprocessing.get_context("fork")
+        self.events: Any = self.mp.Queue()
+        self.stop = self.mp.Event()
+        self.jobs = options.jobs or settings.jobs
+        self.pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
+        self.running: dict[str, Any] = {}
+        self.done: set[str] = set()
+        self.parent = os.getpid()
+
+    def run(self) -> None:
+        while self.pending or self.running:
+            self.start_workers()
+            with suppress(queue_module.Empty):
+                self.handle(self.events.get(timeout=0.05))
+            self.reap()
+        self.drain()
+
+    def start_workers(self) -> None:
+        while self.pending and len(self.running) < self.jobs:
+            job = self.pending.pop(0)
+            if self.stop.is_set():
+                self.handle(("results", job.shard, self.untried(job.shard)))
+                continue
+            proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.shard}")
+            proc.start()
+            self.running[job.shard] = proc
+
+    def worker(self, job: ShardJob) -> None:  # runs in the forked child
+        watch_parent(self.parent)
         try:
-            handle(events.get(timeout=0.05))
-        except queue_module.Empty:
-            return
+            run_shard(job, self.settings, self.options, self.hooks, self.events.put, self.stop)
+        except BaseException as exc:
+            self.events.put(("shard_error", job.shard, f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.events.put(("shard_done", job.shard))
+            self.events.close()
+            self.events.join_thread()
+
+    def reap(self) -> None:
+        """Join finished workers; a worker that died is reported with its untried tenants."""
+        for shard, proc in list(self.running.items()):
+            if shard in self.done:
+                proc.join()
+                del self.running[shard]
+            elif not proc.is_alive():
+                self.drain()  # what it sent before it died
+                if shard not in self.done:
+                    if untried := self.untried(shard):
+                        self.handle(("results", shard, untried))
+                    self.handle(("shard_error", shard, death(proc.exitcode)))
+                    self.done.add(shard)
+                del self.running[shard]
+
+    def untried(self, shard: str) -> list[TenantResult]:
+        seen = {t.tenant for t in self.result.tenants if t.shard == shard}
+        return [TenantResult(shard, t, "not_run") for t in self.by_shard[shard] if t not in seen]
+
+    def handle(self, event: tuple[Any, ...]) -> None:
+        kind, shard = event[0], event[1]
+        if kind == "shard_start":
+            self.display.shard_started(shard, event[2], event[3])
+        elif kind == "results":
+            for r in event[2]:
+                self.result.tenants.append(r)
+                self.display.tenant_done(r)
+                if r.status in ("failed", "locked") and self.options.fail_fast:
+                    self.stop.set()
+        elif kind == "online":
+            self.result.online.update(event[2])
+        elif kind == "retry":
+            self.display.tenant_retry(shard, event[2], event[3], event[4])
+        elif kind == "shard_error":
+            self.result.shard_errors[shard] = event[2]
+            self.display.shard_failed(shard, event[2])
+            if self.options.fail_fast:
+                self.stop.set()
+        elif kind == "shard_done":
+            self.done.add(shard)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                self.handle(self.events.get(timeout=0.05))
+            except queue_module.Empty:
+                return

@@ -1,175 +1,167 @@
 """Alembic steps rendered offline once (schema-neutral SQL), or run online for one tenant.
 
-A step that reads from the database, needs the tenant, or commits mid-way cannot be
-rendered; :func:`render_steps` says which and why, and :func:`run_steps_online` runs it
-through Alembic on the tenant's connection."""
+:func:`render_steps` reports, revision by revision, the SQL or why there is none: which call
+reached the database, in which file and line (:class:`~ppp_env.fleet.hooks.Blocker`), and
+whether the revision must run outside a transaction. Nothing is judged from an error's
+message or a revision's source text: the offline connection itself says when a revision reads
+from it, ``current_tenant()`` raises its own error, ``autocommit_block`` is seen when entered.
+:func:`run_steps_online` runs steps through Alembic on the tenant's connection.
+"""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+import os
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.exc import NoInspectionAvailable
 
+from ppp_env import alembic_adapter as adapter
 from ppp_env import db
 from ppp_env.fleet.hooks import (
+    Blocker,
     NeedsOnline,
+    OutsideTransaction,
     Rendered,
+    RevisionRender,
     StepFailed,
+    Where,
     migrating,
     rendering,
 )
 
+#: What the default schema answers while rendering: a schema-neutral rendering cannot know the
+#: tenant, so a revision whose SQL carries this name needs the tenant (rendered or run per
+#: tenant). PPP plants it and looks for it in what it rendered, nowhere else.
+UNKNOWN_SCHEMA = "ppp_default_schema_unknown_while_rendering"
 
-# -- rendering and running steps ---------------------------------------------------------------
-@contextmanager
-def _opts(env: EnvironmentContext, **overrides: Any) -> Iterator[None]:
-    """Run with some of the command's context options changed (the migration function, offline
-    mode, the starting revision), restoring them afterwards: ``configure`` reads them."""
-    saved = dict(env.context_opts)
-    env.context_opts.update(overrides)
-    try:
-        yield
-    finally:
-        env.context_opts.clear()
-        env.context_opts.update(saved)
+#: How PPP renders SQL: PostgreSQL, literal values, no BEGIN/COMMIT (PPP adds them).
+OFFLINE_OPTIONS: Mapping[str, Any] = {
+    "dialect_name": "postgresql",
+    # Literal SQL as written: with the driver's paramstyle a '%' would come out as '%%'.
+    "dialect_opts": {"paramstyle": "named"},
+    "literal_binds": True,
+    "transactional_ddl": False,
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the project's env.py configures Alembic: its target metadata and the keyword
+    options it passed to ``run_migrations`` (for every ``configure``)."""
+
+    metadata: Any = None
+    configure_kw: Mapping[str, Any] = field(default_factory=dict)
+
+    def options(self, **more: Any) -> dict[str, Any]:
+        return {**self.configure_kw, "target_metadata": self.metadata, **more}
 
 
 def step_label(step: Any) -> str:
     """``revision <id> (<its message>)`` for a migration step, as errors and reports name it."""
-    script = getattr(step, "revision", None)
-    if script is not None and getattr(script, "revision", None):
-        doc = (getattr(script, "doc", "") or "").strip().splitlines()
-        return f"revision {script.revision}" + (f" ({doc[0]})" if doc and doc[0] else "")
-    return str(getattr(step, "short_log", step))
-
-
-def uses_autocommit(step: Any) -> bool:
-    """Whether a step's revision runs statements outside a transaction (Alembic's
-    ``autocommit_block``, e.g. for CREATE INDEX CONCURRENTLY): it cannot share the tenant's
-    transaction, so PPP commits before it and runs it alone."""
-    script = getattr(step, "revision", None)
-    path = getattr(script, "path", None)
-    if not path:
-        return False
-    if path not in _AUTOCOMMIT:
-        try:
-            _AUTOCOMMIT[path] = "autocommit_block" in Path(path).read_text(errors="replace")
-        except OSError:
-            _AUTOCOMMIT[path] = False
-    return _AUTOCOMMIT[path]
-
-
-_AUTOCOMMIT: dict[str, bool] = {}
+    return adapter.describe(step).label
 
 
 def _flagged_online(step: Any) -> bool:
-    module = getattr(getattr(step, "revision", None), "module", None)
-    return bool(getattr(module, "ppp_online", False))
+    return bool(getattr(adapter.describe(step).module, "ppp_online", False))
 
 
-def _why_not_rendered(exc: BaseException) -> str:
-    """Why a step could not be rendered offline, in words a revision author can act on."""
-    if isinstance(exc, NeedsOnline):
-        return str(exc) or "it needs a live connection"
-    text = f"{type(exc).__name__}: {db.first_line(exc)}"
-    reads = (
-        isinstance(exc, NoInspectionAvailable)
-        or (isinstance(exc, AttributeError) and "'NoneType' object has no attribute" in str(exc))
-        or "MockConnection" in str(exc)
-    )
-    if reads:
-        return f"it reads from the database ({text})"
-    return f"it cannot be rendered offline ({text})"
+def _where(frames: list[traceback.FrameSummary], path: str | None) -> Where | None:
+    """The innermost frame in the revision's own file."""
+    if not path:
+        return None
+    target = os.path.realpath(path)
+    for frame in reversed(frames):
+        if frame.lineno is not None and os.path.realpath(frame.filename) == target:
+            return Where(frame.filename, frame.lineno)
+    return None
 
 
-#: What the default schema answers while rendering: a schema-neutral rendering cannot know the
-#: tenant, so a step whose SQL carries this name needs the tenant (rendered or run per tenant).
-UNKNOWN_SCHEMA = "ppp_default_schema_unknown_while_rendering"
+def _where_raised(tb: TracebackType | None, step: Any) -> Where | None:
+    return _where(traceback.extract_tb(tb), adapter.describe(step).path)
 
 
-def _set_default_schema(env: EnvironmentContext, schema: str) -> None:
-    """What ``default_schema_name`` answers in the offline dialects while rendering."""
-    ctx = env.get_context()
-    for dialect in (ctx.dialect, getattr(ctx.bind, "dialect", None)):
-        if dialect is not None:
-            dialect.default_schema_name = schema
+def _where_now(step: Any) -> Where | None:
+    return _where(traceback.extract_stack(), adapter.describe(step).path)
+
+
+def blocker_of(error: BaseException, step: Any) -> Blocker:
+    """Why ``step`` could not be rendered, from the error's type and where it was raised."""
+    where = _where_raised(error.__traceback__, step)
+    if isinstance(error, NeedsOnline):
+        return Blocker("tenant", where=where)
+    if isinstance(error, adapter.DatabaseRead):
+        return Blocker("reads", error.call, where)
+    if isinstance(error, NoInspectionAvailable):
+        return Blocker("reads", "sqlalchemy.inspect() of the connection", where)
+    return Blocker("error", f"{type(error).__name__}: {db.first_line(error)}", where)
 
 
 def render_steps(
     env: EnvironmentContext,
-    steps: list[Any],
+    steps: Sequence[Any],
     heads: tuple[str, ...],
-    metadata: Any,
-    kw: dict[str, Any],
+    setup: Setup,
     tenant: str | None = None,
 ) -> Rendered:
-    """Render ``steps`` (the path from ``heads``) offline, as far as they can be rendered.
+    """Render ``steps`` (the path from ``heads``) offline, revision by revision.
 
-    Without ``tenant`` the SQL is schema-neutral (search_path decides); a step that needs a
-    tenant (``current_tenant()``, the default schema) or a live connection (it reads data)
-    stops the rendering there, and the result says which step and why.
+    Without ``tenant`` the SQL is schema-neutral (search_path decides) and a revision that
+    needs the tenant (``current_tenant()``, the default schema) is blocked; with it, that
+    revision renders for this tenant. Rendering stops at the first blocked revision.
     """
-    wanted = steps
-    for i, step in enumerate(steps):
-        if _flagged_online(step):
-            wanted = steps[:i]
-            break
-    out = Rendered()
-    if not wanted:
-        if steps:
-            out.stopped_at, out.reason = step_label(steps[0]), "it sets ppp_online = True"
-        return out
-    buf = io.StringIO()
-    marks: list[int] = [0]
-    heads_after: list[tuple[str, ...]] = []
+    flagged = next((i for i, s in enumerate(steps) if _flagged_online(s)), len(steps))
+    out = _render(env, list(steps[:flagged]), heads, setup, tenant) if flagged else []
+    if flagged < len(steps) and all(r.blocker is None for r in out):
+        out.append(RevisionRender(step_label(steps[flagged]), "", None, Blocker("flagged")))
+    return Rendered(out)
 
-    def after(**kw: Any) -> None:
+
+def _render(
+    env: EnvironmentContext,
+    steps: list[Any],
+    heads: tuple[str, ...],
+    setup: Setup,
+    tenant: str | None,
+) -> list[RevisionRender]:
+    buf = io.StringIO()
+    marks: list[int] = [0]  # where each revision's SQL starts in buf
+    heads_after: list[tuple[str, ...]] = []
+    outside: dict[int, Where | None] = {}
+
+    def applied(**kw: Any) -> None:
         marks.append(buf.tell())
         heads_after.append(tuple(sorted(kw.get("heads") or ())))
 
-    options = _offline_options(buf, metadata, kw)
-    options["on_version_apply"] = (*util_to_tuple(kw.get("on_version_apply")), after)
-    with _opts(
-        env,
-        as_sql=True,
-        starting_rev=list(heads) if heads else None,
-        fn=lambda _heads, _ctx: list(wanted),
-    ):
-        env.configure(**options)
-        _set_default_schema(env, tenant or UNKNOWN_SCHEMA)
+    def entered_autocommit() -> None:
+        outside.setdefault(len(marks) - 1, _where_now(steps[len(marks) - 1]))
+
+    options = setup.options(**OFFLINE_OPTIONS, output_buffer=buf, starting_rev=list(heads) or None)
+    ctx = adapter.migration_context(env, steps, options, on_applied=applied)
+    adapter.guard_offline_bind(ctx)
+    adapter.watch_autocommit(ctx, entered_autocommit)
+    failure: BaseException | None = None
+    who = rendering() if tenant is None else migrating(tenant)
+    with adapter.default_schema(ctx.dialect, tenant or UNKNOWN_SCHEMA), who:
         try:
-            with rendering() if tenant is None else migrating(tenant):
-                env.run_migrations()
+            adapter.run(ctx)
         except Exception as exc:
-            out.stopped_at, out.reason = step_label(wanted[len(marks) - 1]), _why_not_rendered(exc)
-            out.per_tenant = isinstance(exc, NeedsOnline)
+            failure = exc
     text = buf.getvalue()
-    out.chunks = [
-        (step_label(step), text[marks[i] : marks[i + 1]])
-        for i, step in enumerate(wanted[: len(marks) - 1])
-    ]
-    out.heads = heads_after[: len(out.chunks)]
-    for i, (label, sql) in enumerate(out.chunks):
-        if UNKNOWN_SCHEMA in sql:
-            out.heads = out.heads[:i]
-            out.chunks = out.chunks[:i]
-            out.stopped_at, out.per_tenant = label, True
-            out.reason = "it uses the default schema (the tenant)"
-            break
-    if out.stopped_at is None and len(wanted) < len(steps):
-        out.stopped_at, out.reason = step_label(steps[len(wanted)]), "it sets ppp_online = True"
+    out: list[RevisionRender] = []
+    for i, step in enumerate(steps[: len(marks) - 1]):
+        sql = text[marks[i] : marks[i + 1]]
+        blocker = Blocker("default_schema") if UNKNOWN_SCHEMA in sql else None
+        out.append(RevisionRender(step_label(step), sql, heads_after[i], blocker, outside.get(i)))
+    if failure is not None:
+        failed = steps[len(marks) - 1]
+        out.append(RevisionRender(step_label(failed), "", None, blocker_of(failure, failed)))
     return out
-
-
-def util_to_tuple(value: Any) -> tuple[Any, ...]:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def run_steps_online(
@@ -177,49 +169,31 @@ def run_steps_online(
     conn: Any,
     tenant: str,
     steps: Sequence[Any],
-    metadata: Any,
-    kw: dict[str, Any],
+    setup: Setup,
     own_transaction: bool = False,
 ) -> None:
     """Run ``steps`` through Alembic online on ``conn`` for ``tenant`` (search_path already
     set): the tenant's version table, the tenant as the default schema. StepFailed names the
     step that failed. With ``own_transaction``, Alembic begins and commits the transaction
-    itself (steps with ``autocommit_block`` need that); otherwise it runs in the caller's."""
+    itself (steps with ``autocommit_block`` need that); otherwise it runs in the caller's, and
+    a step entering ``autocommit_block`` stops with :class:`OutsideTransaction`."""
     done: list[int] = []
-    options = dict(kw)
-    options["on_version_apply"] = (
-        *util_to_tuple(kw.get("on_version_apply")),
-        lambda **_: done.append(1),
+    ctx = adapter.migration_context(
+        env,
+        steps,
+        setup.options(version_table_schema=tenant),
+        connection=conn,
+        on_applied=lambda **_: done.append(1),
     )
-    dialect = conn.dialect
-    previous = dialect.default_schema_name
-    with _opts(env, fn=lambda _heads, _ctx: list(steps)):
-        env.configure(
-            connection=conn, target_metadata=metadata, version_table_schema=tenant, **options
-        )
-        dialect.default_schema_name = tenant
+    if not own_transaction:
+
+        def refuse() -> None:
+            raise OutsideTransaction(_where_now(steps[len(done)]))
+
+        adapter.watch_autocommit(ctx, refuse)
+    with adapter.default_schema(conn.dialect, tenant):
         try:
-            if own_transaction:
-                with env.begin_transaction():
-                    env.run_migrations()
-            else:
-                env.run_migrations()
+            adapter.run(ctx, own_transaction=own_transaction)
         except Exception as exc:
             failed = steps[min(len(done), len(steps) - 1)]
             raise StepFailed(step_label(failed), exc) from exc
-        finally:
-            dialect.default_schema_name = previous
-
-
-def _offline_options(buf: io.StringIO, metadata: Any, kw: dict[str, Any]) -> dict[str, Any]:
-    """How PPP renders SQL: PostgreSQL, literal values, no BEGIN/COMMIT (PPP adds them)."""
-    return {
-        **kw,
-        "dialect_name": "postgresql",
-        # Literal SQL as written: with the driver's paramstyle a '%' would come out as '%%'.
-        "dialect_opts": {"paramstyle": "named"},
-        "output_buffer": buf,
-        "literal_binds": True,
-        "transactional_ddl": False,
-        "target_metadata": metadata,
-    }

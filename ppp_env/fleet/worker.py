@@ -1,31 +1,25 @@
-"""The fleet runner: one Alembic command applied to every tenant on every shard.
+"""The fleet runner's worker: one Alembic command applied to every tenant of one shard.
 
 Shape of a run (docs/design-decisions.md, "Tenant migrations", says why):
 
 - the parent process (Alembic's env.py) reads the catalog once and forks one worker per
-  shard, at most ``jobs`` at a time: Alembic's ``context`` and ``op`` are process-wide, so
-  parallelism is by process, each worker inheriting the loaded script directory;
+  shard, at most ``jobs`` at a time (``pool``): Alembic's ``context`` and ``op`` are
+  process-wide, so parallelism is by process, each worker inheriting the loaded script
+  directory;
 - a worker opens ONE connection to its shard, reads the state of every tenant in one
   round trip, skips tenants already at the target without a transaction, and migrates the
   others one transaction per tenant, under a per-tenant advisory lock, re-reading the
   tenant's revision after the lock so two runs never migrate a tenant twice;
 - the SQL of a step sequence is rendered once per worker and starting revision (Alembic's
   offline mode, exactly what ``--sql`` prints) and sent in one round trip per tenant with
-  ``search_path`` set to the tenant. Revisions that cannot be rendered offline (they read
-  from the database, call :func:`current_tenant`, or set ``ppp_online = True``) run online
-  through Alembic, tenant by tenant, on the same connection;
-- the parent shows progress, collects results, and refreshes the veneer's foreign tables
-  of every tenant whose revision changed.
+  ``search_path`` set to the tenant (``segments``). Revisions that cannot be rendered
+  offline run online through Alembic, tenant by tenant, on the same connection;
+- a tenant that hits the lock timeout rolls back and comes back later (``retry``).
 """
 
 from __future__ import annotations
 
-import heapq
-import os
-import random
-import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -36,28 +30,22 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet.hooks import (
-    AlembicHooks,
-    StepFailed,
-    migrating,
-)
+from ppp_env.fleet import tenant_sql as sql
+from ppp_env.fleet.hooks import AlembicHooks, OutsideTransaction, StepFailed, migrating
 from ppp_env.fleet.options import RENDERABLE, RunOptions
 from ppp_env.fleet.results import TenantResult
-from ppp_env.identifiers import quote_ident, quote_literal
+from ppp_env.fleet.retry import RetryQueue
+from ppp_env.fleet.segments import PathPlan, Segment
+from ppp_env.fleet.tenant_sql import LOCK_NAMESPACE
+from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import (
-    VERSION_TABLE,
-    TenantState,
-    ensure_index,
-    read_states,
-    track_sql,
-)
+from ppp_env.tenant_state import VERSION_TABLE, TenantState, ensure_index, read_states, track_sql
 
-#: First key of the per-tenant advisory lock (the second is hashtext(schema)).
-LOCK_NAMESPACE = 0x505050  # "PPP"
+__all__ = ["LOCK_NAMESPACE", "ShardJob", "run_shard"]
+
+Emit = Callable[[tuple[Any, ...]], None]
 
 
-# -- worker -------------------------------------------------------------------------------------
 @dataclass
 class ShardJob:
     shard: str
@@ -68,66 +56,6 @@ class _Skip(Exception):
     """The tenant turned out to be current after its lock was taken."""
 
 
-def _lock_sql(tenant: str, options: RunOptions, lock_timeout: float) -> str:
-    q = quote_literal(tenant)
-    if options.lock == "skip":
-        take = (
-            f"DO $ppp$BEGIN IF NOT pg_try_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({q})) "
-            f"THEN RAISE EXCEPTION 'tenant % is being migrated by another run', {q} "
-            "USING ERRCODE = '55P03'; END IF; END$ppp$;"
-        )
-    else:
-        take = f"SELECT pg_advisory_xact_lock({LOCK_NAMESPACE}, hashtext({q}));"
-    return f"SET LOCAL lock_timeout = '{int(lock_timeout * 1000)}ms';\n{take}\n"
-
-
-def _versions_sql(tenant: str) -> str:
-    """The tenant's heads as one space-separated value (NULL when none)."""
-    return (
-        "SELECT string_agg(version_num, ' ' ORDER BY version_num) "
-        f"FROM {quote_ident(tenant)}.{VERSION_TABLE}"
-    )
-
-
-def _heads(value: str | None) -> tuple[str, ...]:
-    return tuple(value.split(" ")) if value else ()
-
-
-def _prepare_sql(
-    tenant: str, state: TenantState, options: RunOptions, lock_timeout: float, timeouts: str = ""
-) -> str:
-    """Lock the tenant, create its schema if missing, set search_path and the migration's own
-    timeouts, re-read its revision: one round trip."""
-    qt = quote_ident(tenant)
-    sql = _lock_sql(tenant, options, lock_timeout)
-    if not state.exists:
-        sql += f"CREATE SCHEMA IF NOT EXISTS {qt};\n"
-    sql += f"SET LOCAL search_path TO {qt};\n" + timeouts
-    if state.heads:
-        return sql + _versions_sql(tenant)
-    return sql + f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """The next part of a tenant's path: rendered SQL of consecutive steps, or steps that run
-    online through Alembic (``autocommit``: alone, outside the tenant's transaction)."""
-
-    chunks: tuple[tuple[str, str], ...] = ()
-    online: tuple[Any, ...] = ()
-    autocommit: bool = False
-    #: The heads after the rendered steps (None: not known, e.g. online steps).
-    heads_after: tuple[str, ...] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.chunks) or len(self.online)
-
-    @property
-    def sql(self) -> str:
-        return "".join(sql for _label, sql in self.chunks)
-
-
 class _Blocked(Exception):
     """A migration statement of a tenant hit the lock timeout (the tenant rolled back)."""
 
@@ -136,16 +64,24 @@ class _Blocked(Exception):
         self.blocker = blocker
 
 
-_BLOCKER_SQL = """
-SELECT a.pid, coalesce(nullif(a.application_name, ''), '?'), a.state,
-       to_char(a.xact_start, 'HH24:MI:SS'), to_char(a.query_start, 'HH24:MI:SS')
-FROM pg_locks l
-JOIN pg_class c ON c.oid = l.relation
-JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE c.relnamespace = to_regnamespace(%s) AND l.granted AND a.pid <> pg_backend_pid()
-ORDER BY a.xact_start NULLS LAST
-LIMIT 1
-"""
+@dataclass(frozen=True)
+class _Retry:
+    """A tenant that hit the lock timeout with retries left: it comes back later."""
+
+    error: str
+
+
+@dataclass
+class _Walk:
+    """Where a tenant's migration stands within its transaction."""
+
+    tenant: str
+    state: TenantState
+    heads: tuple[str, ...]
+    has_table: bool
+    #: SQL re-attaching the version index trigger, sent with the next COMMIT.
+    track: str
+    diagnose: bool = False
 
 
 @dataclass
@@ -158,10 +94,6 @@ class _ShardRun:
     hooks: AlembicHooks
     conn: Any  # SQLAlchemy Connection, for Alembic's online path
     states: dict[str, TenantState] = field(default_factory=dict)
-    #: Revisions that ran online on this shard, and why (reported once per run).
-    online: dict[str, str] = field(default_factory=dict)
-    _paths: dict[tuple[str, ...], list[Any]] = field(default_factory=dict)
-    _segments: dict[tuple[tuple[str, ...], int], _Segment] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inst = self.settings.shard(self.job.shard)
@@ -176,98 +108,46 @@ class _ShardRun:
         self.statement_timeout = (
             st.statement_timeout if opts.statement_timeout is None else opts.statement_timeout
         )
+        self.plan = PathPlan(self.hooks, render=opts.render)
         #: Whether the tenant in progress holds its advisory lock (its migration is running).
         self.migrating = False
 
-    def path(self, heads: tuple[str, ...]) -> list[Any]:
-        """The steps from ``heads`` to the destination, worked out once per starting heads (a
-        relative destination such as ``-3`` counts from where the tenant started)."""
-        if heads not in self._paths:
-            self._paths[heads] = self.hooks.steps(heads)
-        return self._paths[heads]
+    @property
+    def online(self) -> dict[str, str]:
+        return self.plan.online
 
-    def has_steps(self, heads: tuple[str, ...]) -> bool:
-        return bool(self.path(heads))
+    @property
+    def renders(self) -> bool:
+        return self.options.render and self.hooks.command in RENDERABLE
 
     def not_run(self, tenants: Sequence[str]) -> list[TenantResult]:
         return [
             TenantResult(self.job.shard, t, "not_run", self.states[t].revision) for t in tenants
         ]
 
-    def segment(self, start: tuple[str, ...], pos: int, heads: tuple[str, ...]) -> _Segment:
-        """What to run at step ``pos`` of the path from ``start`` (the tenant is at ``heads``);
-        planned once per worker.
-
-        Renderable steps are rendered (once, then replayed for every tenant on that path); a
-        step that cannot be rendered runs online, alone, and rendering resumes after it; a step
-        that needs to run outside a transaction (``autocommit_block``) runs alone, online.
-        """
-        key = (start, pos)
-        if key in self._segments:
-            return self._segments[key]
-        rest = self.path(start)[pos:]
-        auto = [self.hooks.autocommit(step) for step in rest]
-        seg: _Segment
-        if auto[0]:
-            seg = _Segment(online=(rest[0],), autocommit=True)
-            self.online[self.hooks.label(rest[0])] = (
-                "it runs outside a transaction (autocommit_block)"
-            )
-        else:
-            plain = rest[: auto.index(True)] if True in auto else rest
-            if not (self.options.render and self.hooks.command in RENDERABLE):
-                seg = _Segment(online=tuple(plain))
-            else:
-                rendered = self.hooks.render(plain, heads)
-                if rendered.chunks:
-                    after = (
-                        rendered.heads[-1] if len(rendered.heads) == len(rendered.chunks) else None
-                    )
-                    seg = _Segment(chunks=tuple(rendered.chunks), heads_after=after)
-                else:
-                    seg = _Segment(online=(plain[0],))
-                    if rendered.stopped_at:
-                        self.online[rendered.stopped_at] = rendered.reason or "cannot be rendered"
-        self._segments[key] = seg
-        return seg
-
-    def reread(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
-        """The tenant's heads as seen after its lock was taken (the prepare's last row), and
-        whether its version table exists."""
-        value = self.cur.fetchone()[0]
-        if state.heads:
-            return _heads(value), True
-        if value:  # a version table exists (maybe empty, maybe filled since the state was read)
-            self.cur.execute(_versions_sql(tenant))
-            return _heads(self.cur.fetchone()[0]), True
-        return (), False
-
     def timeouts_sql(self, scope: str = "LOCAL") -> str:
-        """The bounds for the migration's own statements (after the advisory lock)."""
-        sql = f"SET {scope} lock_timeout = '{int(self.lock_timeout * 1000)}ms';\n"
-        if self.statement_timeout:
-            sql += f"SET {scope} statement_timeout = '{int(self.statement_timeout * 1000)}ms';\n"
-        return sql
+        return sql.timeouts_sql(self.lock_timeout, self.statement_timeout, scope)
 
-    def begin(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
-        """BEGIN, lock the tenant (waiting for another run at most PPP_LOCK_TIMEOUT), bound the
-        migration's lock waits, re-read the tenant's heads."""
-        prepare = _prepare_sql(
-            tenant, state, self.options, self.settings.lock_timeout, self.timeouts_sql()
-        )
-        self.cur.execute("BEGIN;\n" + prepare)
-        self.migrating = True
-        return self.reread(tenant, state)
-
+    # -- one tenant ---------------------------------------------------------------------------
     def migrate(self, tenant: str, *, diagnose: bool = False) -> tuple[str, ...]:
         """One tenant, one transaction: lock, re-read, apply; return its heads afterwards.
 
-        A revision that must run outside a transaction splits it: what came before commits,
-        the revision runs alone, and a new transaction takes the rest. With ``diagnose``,
-        rendered steps are sent one at a time (so a failure names its revision) and the
-        transaction is always rolled back.
+        A step found entering ``autocommit_block`` inside the transaction rolls the tenant
+        back; from then on that step runs alone and the tenant starts again.
         """
-        state, cur = self.states[tenant], self.cur
+        while True:
+            try:
+                return self._migrate(tenant, diagnose)
+            except StepFailed as failed:
+                outside = failed.error
+                if not isinstance(outside, OutsideTransaction) or failed.label in self.plan.outside:
+                    raise
+                self.plan.learn_outside(failed.label, outside.where)
+
+    def _migrate(self, tenant: str, diagnose: bool) -> tuple[str, ...]:
+        """With ``diagnose``, rendered steps are sent one at a time (so a failure names its
+        revision) and the transaction is always rolled back."""
+        state = self.states[tenant]
         track = "" if state.tracked else track_sql(tenant, self.inst.app_role)
         if not diagnose:
             done = self.migrate_at_once(tenant, state, track)
@@ -276,58 +156,15 @@ class _ShardRun:
         self.migrating = False
         try:
             heads, has_table = self.begin(tenant, state)
-            start = heads
-            path = self.path(start)
-            if not path:
-                raise _Skip(" ".join(heads))
-            pos = 0
-            while pos < len(path):
-                seg = self.segment(start, pos, heads)
-                before = heads
-                if seg.autocommit:
-                    if diagnose:
-                        break  # never commit while diagnosing
-                    cur.execute(f"{track if has_table else ''}COMMIT")
-                    track = "" if has_table else track
-                    self.run_autocommit(tenant, seg.online)
-                    heads, has_table = self.begin(tenant, replace(state, exists=True, heads=()))
-                    pos += seg.size
-                    continue
-                if seg.chunks:
-                    # A rendered path from base creates the version table: an empty one left
-                    # by `downgrade base` goes first (its index trigger is re-attached below).
-                    pre = ""
-                    if not heads and has_table:
-                        pre = f"DROP TABLE {quote_ident(tenant)}.{VERSION_TABLE};\n"
-                        track = track_sql(tenant, self.inst.app_role)
-                    if diagnose:
-                        for label, sql in seg.chunks:
-                            try:
-                                cur.execute(pre + sql)
-                            except psycopg2.Error as exc:
-                                raise StepFailed(label, exc) from exc
-                            pre = ""
-                        cur.execute(_versions_sql(tenant))
-                    else:
-                        cur.execute(f"{pre}{seg.sql}\n{_versions_sql(tenant)}")
-                else:
-                    with migrating(tenant):
-                        self.hooks.run_online(self.conn, tenant, seg.online, False)
-                    cur.execute(_versions_sql(tenant))
-                heads, has_table = _heads(cur.fetchone()[0]), True
-                if heads == before:
-                    raise PPPError(f"no progress from {' '.join(heads) or 'base'}")
-                pos += seg.size
-            if diagnose:
-                cur.execute("ROLLBACK")
-            else:
-                cur.execute(f"{track}COMMIT")
-            return heads
+            walk = _Walk(tenant, state, heads, has_table, track, diagnose)
+            self.walk(walk)
+            self.cur.execute("ROLLBACK" if diagnose else f"{walk.track}COMMIT")
+            return walk.heads
         except BaseException as exc:
             if not self.raw.closed:
                 with suppress(psycopg2.Error):  # the original error is the one to report
-                    cur.execute("ROLLBACK")
-            if self.migrating and _lock_timeout(exc) and not self.raw.closed:
+                    self.cur.execute("ROLLBACK")
+            if self.migrating and sql.is_lock_timeout(exc) and not self.raw.closed:
                 raise _Blocked(exc, self.blocker(tenant)) from exc
             raise
         finally:
@@ -336,53 +173,102 @@ class _ShardRun:
                 with suppress(Exception):
                     self.conn.rollback()  # SQLAlchemy's view of the connection: idle again
 
+    def begin(self, tenant: str, state: TenantState) -> tuple[tuple[str, ...], bool]:
+        """BEGIN, lock the tenant (waiting for another run at most PPP_LOCK_TIMEOUT), bound the
+        migration's lock waits, re-read the tenant's heads and whether it has a version
+        table."""
+        lock = sql.lock_sql(tenant, self.options.lock == "skip", self.settings.lock_timeout)
+        self.cur.execute("BEGIN;\n" + sql.prepare_sql(tenant, state, lock, self.timeouts_sql()))
+        self.migrating = True
+        value = self.cur.fetchone()[0]
+        if state.heads:
+            return sql.split_heads(value), True
+        if value:  # a version table exists (maybe empty, maybe filled since the state was read)
+            self.cur.execute(sql.versions_sql(tenant))
+            return sql.split_heads(self.cur.fetchone()[0]), True
+        return (), False
+
+    def walk(self, walk: _Walk) -> None:
+        """The tenant's path, segment by segment, from its heads after the lock."""
+        start = walk.heads
+        path = self.plan.path(start)
+        if not path:
+            raise _Skip(" ".join(walk.heads))
+        pos = 0
+        while pos < len(path):
+            seg = self.plan.segment(start, pos, walk.heads)
+            if seg.autocommit:
+                if walk.diagnose:
+                    return  # never commit while diagnosing
+                self.through_autocommit(walk, seg)
+            else:
+                before = walk.heads
+                self.apply(walk, seg)
+                if walk.heads == before:
+                    raise PPPError(f"no progress from {' '.join(walk.heads) or 'base'}")
+            pos += seg.size
+
+    def apply(self, walk: _Walk, seg: Segment) -> None:
+        """A rendered or online segment inside the tenant's transaction."""
+        if seg.chunks:
+            # A rendered path from base creates the version table: an empty one left by
+            # `downgrade base` goes first (its index trigger is re-attached at the commit).
+            pre = ""
+            if not walk.heads and walk.has_table:
+                pre = f"DROP TABLE {quote_ident(walk.tenant)}.{VERSION_TABLE};\n"
+                walk.track = track_sql(walk.tenant, self.inst.app_role)
+            if walk.diagnose:
+                for label, chunk in seg.chunks:
+                    try:
+                        self.cur.execute(pre + chunk)
+                    except psycopg2.Error as exc:
+                        raise StepFailed(label, exc) from exc
+                    pre = ""
+                self.cur.execute(sql.versions_sql(walk.tenant))
+            else:
+                self.cur.execute(f"{pre}{seg.sql}\n{sql.versions_sql(walk.tenant)}")
+        else:
+            with migrating(walk.tenant):
+                self.hooks.run_online(self.conn, walk.tenant, seg.online, False)
+            self.cur.execute(sql.versions_sql(walk.tenant))
+        walk.heads, walk.has_table = sql.split_heads(self.cur.fetchone()[0]), True
+
+    def through_autocommit(self, walk: _Walk, seg: Segment) -> None:
+        """Commit what came before, run the segment alone, open a new transaction for the
+        rest (the tenant's heads re-read after its lock)."""
+        self.cur.execute(f"{walk.track if walk.has_table else ''}COMMIT")
+        walk.track = "" if walk.has_table else walk.track
+        self.run_autocommit(walk.tenant, seg.online)
+        walk.heads, walk.has_table = self.begin(
+            walk.tenant, replace(walk.state, exists=True, heads=())
+        )
+
     def migrate_at_once(
         self, tenant: str, state: TenantState, track: str
     ) -> tuple[str, ...] | None:
         """The common case in ONE round trip: the tenant is where its state says, its lock is
         free, and its whole path is one rendered segment. Returns its heads afterwards, or None
         when the careful path (lock wait, re-read, segments) must run instead."""
-        if not (self.options.render and self.hooks.command in RENDERABLE):
+        if not self.renders:
             return None
         if state.has_version_table and not state.heads:
             return None  # an empty version table (after `downgrade base`): the careful path
-        path = self.path(state.heads)
+        path = self.plan.path(state.heads)
         if not path:
             return None
-        seg = self.segment(state.heads, 0, state.heads)
+        seg = self.plan.segment(state.heads, 0, state.heads)
         if not seg.chunks or seg.size != len(path) or seg.heads_after is None:
             return None
-        qt = quote_ident(tenant)
-        if state.heads:
-            expected = quote_literal(" ".join(state.heads))
-            moved = (
-                f"(SELECT string_agg(version_num, ' ' ORDER BY version_num COLLATE \"C\") "
-                f"FROM {qt}.{VERSION_TABLE}) IS DISTINCT FROM {expected}"
-            )
-        else:
-            moved = f"to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"
-        sql = (
-            "BEGIN;\n"
-            + self.timeouts_sql()
-            + f"DO $ppp$BEGIN IF NOT pg_try_advisory_xact_lock({LOCK_NAMESPACE}, "
-            f"hashtext({quote_literal(tenant)})) OR {moved} THEN "
-            f"RAISE EXCEPTION 'tenant changed or busy' USING ERRCODE = '{_CHANGED}'; "
-            "END IF; END$ppp$;\n"
-            + ("" if state.exists else f"CREATE SCHEMA IF NOT EXISTS {qt};\n")
-            + f"SET LOCAL search_path TO {qt};\n"
-            + seg.sql
-            + f"\n{track}COMMIT;"
-        )
         self.migrating = True
         try:
-            self.cur.execute(sql)
+            self.cur.execute(sql.at_once_sql(tenant, state, self.timeouts_sql(), seg.sql, track))
         except psycopg2.Error as exc:
             if not self.raw.closed:
                 with suppress(psycopg2.Error):
                     self.cur.execute("ROLLBACK")
-            if exc.pgcode == _CHANGED and not self.raw.closed:
+            if exc.pgcode == sql.CHANGED and not self.raw.closed:
                 return None  # someone else moved it or holds it: take the careful path
-            if _lock_timeout(exc) and not self.raw.closed:
+            if sql.is_lock_timeout(exc) and not self.raw.closed:
                 raise _Blocked(exc, self.blocker(tenant)) from exc
             raise
         finally:
@@ -392,12 +278,11 @@ class _ShardRun:
     def run_autocommit(self, tenant: str, steps: Sequence[Any]) -> None:
         """Steps that commit mid-way (``autocommit_block``, e.g. CREATE INDEX CONCURRENTLY):
         through Alembic, outside PPP's transaction, under a session advisory lock."""
-        q, qt = quote_literal(tenant), quote_ident(tenant)
-        key = f"{LOCK_NAMESPACE}, hashtext({q})"
+        key = sql.lock_key(tenant)
         self.cur.execute(
-            f"SET lock_timeout = '{int(self.settings.lock_timeout * 1000)}ms';\n"
+            f"SET lock_timeout = {sql.ms(self.settings.lock_timeout)};\n"
             f"SELECT pg_advisory_lock({key});\n"
-            f"SET search_path TO {qt};\n" + self.timeouts_sql("SESSION")
+            f"SET search_path TO {quote_ident(tenant)};\n" + self.timeouts_sql("SESSION")
         )
         try:
             self.conn.rollback()  # SQLAlchemy's view: no transaction (the server has none)
@@ -417,17 +302,10 @@ class _ShardRun:
     def blocker(self, tenant: str) -> str:
         """Who holds a lock on the tenant's tables: the session its migration waited for."""
         try:
-            self.cur.execute(_BLOCKER_SQL, (quote_ident(tenant),))
-            row = self.cur.fetchone()
+            self.cur.execute(sql.BLOCKER_SQL, (quote_ident(tenant),))
+            return sql.describe_blocker(self.cur.fetchone())
         except psycopg2.Error:
             return "the blocking session could not be read"
-        if row is None:
-            return "the blocking session has ended"
-        pid, app, state, xact, query = row
-        return (
-            f"blocked by pid {pid} (application {app!r}, {state}, transaction since {xact}, "
-            f"query since {query})"
-        )
 
     def explain(self, tenant: str, error: BaseException) -> str:
         """The error of a failed tenant, naming the revision that failed when it can."""
@@ -443,40 +321,90 @@ class _ShardRun:
                 pass
         return db.error_text(error)
 
+    # -- the shard ----------------------------------------------------------------------------
+    def attempt(self, tenant: str, attempt: int) -> TenantResult | _Retry:
+        """Migrate ``tenant`` once: its result, or a retry when it hit the lock timeout and
+        has retries left (it rolled back: try it again later)."""
+        started = time.perf_counter()
+        result = TenantResult(self.job.shard, tenant, "migrated", self.states[tenant].revision)
+        result.attempts = attempt
+        try:
+            heads = self.migrate(tenant)
+            result.after = " ".join(heads) if heads else None
+        except _Skip as skip:
+            result.status, result.after = "current", str(skip) or None
+        except _Blocked as blocked:
+            if attempt <= self.retries:
+                return _Retry(str(blocked))
+            result.status = "locked"
+            result.error = (
+                f"could not get its locks in {attempt} attempt(s) (lock_timeout "
+                f"{self.lock_timeout:g} s): {blocked.blocker}; rerun to finish"
+            )
+        except psycopg2.errors.LockNotAvailable as exc:
+            result.status, result.error = "locked", db.first_line(exc)
+        except Exception as exc:
+            result.status, result.error = "failed", self.explain(tenant, exc)
+        result.seconds = time.perf_counter() - started
+        return result
 
-#: SQLSTATE PPP raises when a tenant changed (or is locked) since its state was read.
-_CHANGED = "PPPA1"
+    def start(self, emit: Emit) -> list[str]:
+        """Read every tenant's state; report the current ones; return the others."""
+        _check_client(self.cur)
+        ensure_index(self.cur, self.inst.app_role)
+        self.states = read_states(self.cur, self.job.tenants)
+        current: list[TenantResult] = []
+        todo: list[str] = []
+        for tenant in self.job.tenants:
+            st = self.states[tenant]
+            if self.plan.path(st.heads):
+                todo.append(tenant)
+            else:
+                current.append(
+                    TenantResult(self.job.shard, tenant, "current", st.revision, st.revision)
+                )
+        _track_current(self.cur, self.states, current, self.inst.app_role, self.settings)
+        emit(("shard_start", self.job.shard, len(self.job.tenants), len(todo)))
+        if current:
+            emit(("results", self.job.shard, current))
+        return todo
 
+    def work(self, todo: list[str], emit: Emit, stop: Any) -> None:
+        """Every tenant of ``todo``, retries included; stops at ``stop`` or a lost shard."""
+        queue = RetryQueue(todo, stop)
+        finished = 0
+        while queue:
+            tenant = None if stop.is_set() else queue.next()
+            if tenant is None:
+                emit(("results", self.job.shard, self.not_run(queue.rest())))
+                return
+            result = self.attempt(tenant, queue.attempts[tenant])
+            if isinstance(result, _Retry):
+                queue.later(tenant)  # the others go on meanwhile
+                emit(("retry", self.job.shard, tenant, queue.attempts[tenant], result.error))
+                continue
+            finished += 1
+            emit(("results", self.job.shard, [result]))
+            if self.raw.closed:
+                self.lost(queue.rest(), finished, len(todo), result, emit)
+                return
+            if self.options.fail_fast and result.status in ("failed", "locked"):
+                stop.set()  # before this worker takes its next tenant
 
-def _lock_timeout(exc: BaseException) -> bool:
-    """Whether ``exc`` (maybe wrapped by SQLAlchemy or StepFailed) is a lock timeout."""
-    for candidate in (exc, getattr(exc, "error", None), getattr(exc, "orig", None)):
-        inner = getattr(candidate, "orig", candidate)
-        if isinstance(inner, psycopg2.errors.LockNotAvailable):
-            return True
-    return False
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before retry ``attempt`` (1, 2, ...): doubling from 0.5 s, at most 15 s, with
-    jitter so that retries of many tenants do not line up."""
-    return float(min(15.0, 0.5 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5))
-
-
-def _watch_parent(parent: int, interval: float = 0.5) -> None:
-    """In a worker: exit at once when the parent process is gone (killed, even by SIGKILL).
-
-    The worker's connection closes with it, so the server rolls back its tenant's
-    transaction; without this a forked worker waits forever for a parent that is gone.
-    """
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(3)
-            time.sleep(interval)
-
-    threading.Thread(target=watch, name="ppp-parent-watch", daemon=True).start()
+    def lost(
+        self, rest: list[str], finished: int, total: int, last: TenantResult, emit: Emit
+    ) -> None:
+        """The shard went away mid-fleet: the last tenant rolled back with its session; the
+        rest were not tried. A rerun does what is left."""
+        emit(("results", self.job.shard, self.not_run(rest)))
+        url = self.inst.masked_url("admin")
+        emit(
+            (
+                "shard_error",
+                self.job.shard,
+                f"connection to {url} lost after {finished - 1} of {total} tenants: {last.error}",
+            )
+        )
 
 
 def _check_client(cur: Any) -> None:
@@ -486,12 +414,38 @@ def _check_client(cur: Any) -> None:
         cur.execute("SET client_connection_check_interval = '1s'")
 
 
+def _track_current(
+    cur: Any,
+    states: Mapping[str, TenantState],
+    current: list[TenantResult],
+    app: str,
+    settings: Settings,
+) -> None:
+    """Attach the version index trigger to current tenants that lack it (older tenants).
+
+    Only an optimisation for the next run's state query: a failure here (a lock held too
+    long by another run) is left for next time.
+    """
+    untracked = [r.tenant for r in current if states[r.tenant].has_version_table]
+    untracked = [t for t in untracked if not states[t].tracked]
+    for i in range(0, len(untracked), 500):
+        chunk = untracked[i : i + 500]
+        try:
+            cur.execute(
+                f"BEGIN; SET LOCAL lock_timeout = {sql.ms(settings.lock_timeout)};\n"
+                + "".join(track_sql(t, app) for t in chunk)
+                + "COMMIT;"
+            )
+        except psycopg2.Error:
+            cur.execute("ROLLBACK")
+
+
 def run_shard(
     job: ShardJob,
     settings: Settings,
     options: RunOptions,
     hooks: AlembicHooks,
-    emit: Callable[[tuple[Any, ...]], None],
+    emit: Emit,
     stop: Any,
 ) -> None:
     """Migrate every tenant of one shard on one connection; report through ``emit``."""
@@ -508,93 +462,14 @@ def run_shard(
     try:
         conn = engine.connect()
     except Exception as exc:
-        emit(
-            (
-                "shard_error",
-                job.shard,
-                f"unreachable: cannot connect at {inst.masked_url('admin')}: {db.first_line(exc)}",
-            )
-        )
+        why = f"unreachable: cannot connect at {inst.masked_url('admin')}: {db.first_line(exc)}"
+        emit(("shard_error", job.shard, why))
+        engine.dispose()
         return
     run: _ShardRun | None = None
     try:
         run = _ShardRun(job, settings, options, hooks, conn)
-        _check_client(run.cur)
-        ensure_index(run.cur, inst.app_role)
-        run.states = read_states(run.cur, job.tenants)
-        current: list[TenantResult] = []
-        todo: list[str] = []
-        for tenant in job.tenants:
-            st = run.states[tenant]
-            if run.has_steps(st.heads):
-                todo.append(tenant)
-            else:
-                current.append(TenantResult(job.shard, tenant, "current", st.revision, st.revision))
-        _track_current(run.cur, run.states, current, inst.app_role, settings.lock_timeout)
-        emit(("shard_start", job.shard, len(job.tenants), len(todo)))
-        if current:
-            emit(("results", job.shard, current))
-        queue: deque[str] = deque(todo)
-        later: list[tuple[float, int, str]] = []  # (ready at, order, tenant): lock retries
-        attempts: Counter[str] = Counter()
-        finished = 0
-        while queue or later:
-            if stop.is_set():
-                emit(("results", job.shard, run.not_run([*queue, *(t for _, _, t in later)])))
-                break
-            if queue:
-                tenant = queue.popleft()
-            else:
-                ready, _, tenant = heapq.heappop(later)
-                while (wait := ready - time.monotonic()) > 0 and not stop.is_set():
-                    time.sleep(min(wait, 0.2))
-                if stop.is_set():
-                    queue.appendleft(tenant)
-                    continue
-            attempts[tenant] += 1
-            started = time.perf_counter()
-            result = TenantResult(job.shard, tenant, "migrated", run.states[tenant].revision)
-            result.attempts = attempts[tenant]
-            try:
-                heads = run.migrate(tenant)
-                result.after = " ".join(heads) if heads else None
-            except _Skip as skip:
-                result.status, result.after = "current", str(skip) or None
-            except _Blocked as blocked:
-                if attempts[tenant] <= run.retries:
-                    # Rolled back; others go on meanwhile, this one comes back later.
-                    ready = time.monotonic() + _backoff(attempts[tenant])
-                    heapq.heappush(later, (ready, len(todo) + finished, tenant))
-                    emit(("retry", job.shard, tenant, attempts[tenant], str(blocked)))
-                    continue
-                result.status = "locked"
-                result.error = (
-                    f"could not get its locks in {attempts[tenant]} attempt(s) (lock_timeout "
-                    f"{run.lock_timeout:g} s): {blocked.blocker}; rerun to finish"
-                )
-            except psycopg2.errors.LockNotAvailable as exc:
-                result.status, result.error = "locked", db.first_line(exc)
-            except Exception as exc:
-                result.status, result.error = "failed", run.explain(tenant, exc)
-            finished += 1
-            result.seconds = time.perf_counter() - started
-            emit(("results", job.shard, [result]))
-            if run.raw.closed:
-                # The shard went away mid-fleet: this tenant rolled back with its session;
-                # the rest were not tried. A rerun does what is left.
-                rest = [*queue, *(t for _, _, t in later)]
-                emit(("results", job.shard, run.not_run(rest)))
-                emit(
-                    (
-                        "shard_error",
-                        job.shard,
-                        f"connection to {inst.masked_url('admin')} lost after {finished - 1} of "
-                        f"{len(todo)} tenants: {result.error}",
-                    )
-                )
-                return
-            if options.fail_fast and result.status in ("failed", "locked"):
-                stop.set()  # before this worker takes its next tenant
+        run.work(run.start(emit), emit, stop)
     finally:
         if run is not None and run.online:
             emit(("online", job.shard, dict(run.online)))
@@ -604,25 +479,3 @@ def run_shard(
         with suppress(Exception):  # a lost connection cannot be closed cleanly
             conn.close()
         engine.dispose()
-
-
-def _track_current(
-    cur: Any, states: Mapping[str, TenantState], current: list[TenantResult], app: str, wait: float
-) -> None:
-    """Attach the version index trigger to current tenants that lack it (older tenants).
-
-    Only an optimisation for the next run's state query: a failure here (a lock held too
-    long by another run) is left for next time.
-    """
-    untracked = [r.tenant for r in current if states[r.tenant].has_version_table]
-    untracked = [t for t in untracked if not states[t].tracked]
-    for i in range(0, len(untracked), 500):
-        chunk = untracked[i : i + 500]
-        try:
-            cur.execute(
-                f"BEGIN; SET LOCAL lock_timeout = '{int(wait * 1000)}ms';\n"
-                + "".join(track_sql(t, app) for t in chunk)
-                + "COMMIT;"
-            )
-        except psycopg2.Error:
-            cur.execute("ROLLBACK")

@@ -8,7 +8,7 @@ Steps, each safe to run again (a failed call is completed by the same call):
 2. the catalog row: state ``provisioning``, origin ``runtime``;
 3. the tenant's schema and its migrations to the tenant head in one transaction on the
    shard connection of step 1: the tenant chain rendered from base to head ONCE per process
-   (the fleet runner's offline rendering, ``alembic upgrade head --sql`` for this tenant),
+   (the fleet's renderer, revision by revision: :func:`ppp_env.fleet.commands.render_path`),
    replayed for every later create. A chain that cannot be rendered (a revision reads data
    or needs the tenant's name) and a schema left half-way go through the fleet runner for
    this one tenant, in-process. No ``alembic`` process, no revision file;
@@ -30,8 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
@@ -39,19 +37,21 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ppp_env import db
-from ppp_env.alembic_env import COMMAND_KEY
+from ppp_env.alembic_adapter import version_dirs
+from ppp_env.alembic_env import find_alembic_ini
 from ppp_env.errors import PPPError
+from ppp_env.fleet.commands import render_path, tenant_config, upgrade_tenants
+from ppp_env.fleet.hooks import Rendered
 from ppp_env.fleet.options import RunOptions
-from ppp_env.fleet.results import FleetResult
-from ppp_env.fleet.worker import LOCK_NAMESPACE
+from ppp_env.fleet.tenant_sql import LOCK_NAMESPACE
 from ppp_env.identifiers import quote_ident, quote_literal, validate_tenant
 from ppp_env.lifecycle.placement import choose_shard
 from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
 from ppp_env.tenant_state import ensure_index, read_states, track_sql
-from ppp_env.veneer import catalog
-from ppp_env.veneer.env import find_alembic_ini, veneer_config
-from ppp_env.veneer.onboarding import find_tenant_revisions, version_dirs
+from ppp_env.veneer import catalog, refresh_in
+from ppp_env.veneer.env import veneer_config
+from ppp_env.veneer.onboarding import find_tenant_revisions
 
 _ALEMBIC = threading.Lock()
 _SHARED_HEADS: dict[tuple[str, int], tuple[str, ...] | None] = {}
@@ -74,6 +74,10 @@ class CreateResult:
     seconds: float = 0.0
     #: Seconds per step: check, register, migrate, wire, activate.
     steps: dict[str, float] = field(default_factory=dict)
+    #: Migrated by replaying the chain rendered once per process (False: the fleet runner
+    #: migrated it, for a schema left half-way or a chain with a revision that cannot be
+    #: replayed in one transaction).
+    replayed: bool = False
 
 
 def _ini(config: str | Path | None) -> Path:
@@ -100,23 +104,15 @@ def shared_heads(ini: Path) -> tuple[str, ...] | None:
 
 def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
     """The tenant's schema at the tenant head, through the fleet runner for this tenant."""
-    cfg = Config(str(ini), ini_section="alembic")
-    cfg.attributes["ppp.settings"] = settings
-    cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
-    cfg.attributes[COMMAND_KEY] = "upgrade"
-    failure = None
+    options = RunOptions(tenants=[schema], output="quiet", refresh=False)
     with _ALEMBIC:
-        try:
-            command.upgrade(cfg, "head")
-        except CommandError as exc:
-            failure = str(exc)
-    result = cfg.attributes.get("ppp.result")
-    mine = (
-        [t for t in result.tenants if t.tenant == schema] if isinstance(result, FleetResult) else []
-    )
+        outcome = upgrade_tenants(tenant_config(ini, settings), "head", options)
+    result = outcome.result
+    mine = [t for t in result.tenants if t.tenant == schema] if result is not None else []
     if not mine or mine[0].status not in ("migrated", "current"):
-        why = (mine[0].error if mine else None) or failure or "the tenant upgrade did not run"
-        if isinstance(result, FleetResult) and result.shard_errors:
+        why = (mine[0].error if mine else None) or outcome.failure
+        why = why or "the tenant upgrade did not run"
+        if result is not None and result.shard_errors:
             why = "; ".join(result.shard_errors.values())
         raise PPPError(
             f"tenant {schema!r}: its migrations failed: {why}; it stays 'provisioning': run "
@@ -127,9 +123,8 @@ def _migrate(settings: Settings, schema: str, ini: Path) -> str | None:
 
 def _chain_key(ini: Path) -> tuple[object, ...]:
     """What the rendered chain depends on: the ini and the tenant version files."""
-    cfg = Config(str(ini), ini_section="alembic")
     try:
-        script = ScriptDirectory.from_config(cfg)  # loads no revision
+        script = ScriptDirectory.from_config(tenant_config(ini))  # loads no revision
     except CommandError as exc:
         raise PPPError(f"cannot read the tenant chain: {exc}") from None
     files: list[tuple[str, int]] = []
@@ -141,34 +136,29 @@ def _chain_key(ini: Path) -> tuple[object, ...]:
     return (str(ini.resolve()), ini.stat().st_mtime_ns, tuple(sorted(files)))
 
 
-def rendered_chain(settings: Settings, schema: str, ini: Path) -> str | None:
+def replayable_sql(rendered: Rendered) -> str | None:
+    """The SQL of the whole path when every revision of it can be replayed, as it is, inside
+    one tenant's transaction; None when one cannot (it reads data, needs the tenant, runs
+    outside a transaction...): such a chain goes through the fleet runner."""
+    ready = rendered.replayable()
+    if len(ready) != len(rendered.revisions):
+        return None
+    return "".join(revision.sql for revision in ready)
+
+
+def rendered_chain(ini: Path) -> str | None:
     """The tenant chain from base to head as SQL without any schema name (search_path
-    decides), rendered once per process by the fleet runner's offline mode for ``schema``
-    (registered in the catalog); None when it must run online, tenant by tenant."""
+    decides), rendered once per process by the fleet's renderer; None when it must run
+    online, tenant by tenant."""
     key = _chain_key(ini)
-    if key in _RENDERED:
-        return _RENDERED[key]
-    buf = io.StringIO()
-    cfg = Config(str(ini), ini_section="alembic", output_buffer=buf, stdout=io.StringIO())
-    cfg.attributes["ppp.settings"] = settings
-    cfg.attributes["ppp.options"] = RunOptions(tenants=[schema], output="quiet", refresh=False)
-    cfg.attributes[COMMAND_KEY] = "upgrade"
-    body: str | None = None
-    with _ALEMBIC:
-        try:
-            command.upgrade(cfg, "head", sql=True)
-        except (CommandError, PPPError):
-            body = None  # a revision that cannot be rendered: the fleet runner runs it
-        else:
-            out = buf.getvalue()
-            marker = f"SET LOCAL search_path TO {quote_ident(schema)};\n"
-            at, stop = out.find(marker), out.rfind("COMMIT;")
-            if at >= 0 and stop > at:
-                body = out[at + len(marker) : stop]
-                if schema in body:  # rendered for this tenant only
-                    body = None
-    _RENDERED[key] = body
-    return body
+    if key not in _RENDERED:
+        with _ALEMBIC:
+            try:
+                rendered: Rendered | None = render_path(tenant_config(ini, stdout=io.StringIO()))
+            except PPPError:
+                rendered = None  # a chain Alembic cannot load: the fleet runner says why
+        _RENDERED[key] = replayable_sql(rendered) if rendered is not None else None
+    return _RENDERED[key]
 
 
 @contextmanager
@@ -313,6 +303,43 @@ def _replay(settings: Settings, cur: object, schema: str, shard: str, body: str)
     return state.revision if state else None
 
 
+def _no_onboarding_revision(settings: Settings, schema: str, ini: Path) -> None:
+    try:
+        script = ScriptDirectory.from_config(veneer_config(settings, ini))
+    except CommandError as exc:
+        raise PPPError(str(exc)) from None
+    if find_tenant_revisions(script, schema):
+        raise PPPError(
+            f"tenant {schema!r} has an onboarding revision: it is created by `ppp veneer "
+            "upgrade` / `ppp migrate`, not at runtime"
+        )
+
+
+def _migrate_on(
+    settings: Settings, cur: object, schema: str, shard: str, ini: Path, exists: bool
+) -> tuple[str | None, bool]:
+    """The tenant's schema and migrations: (its revision, whether the rendered chain was
+    replayed). A schema left half-way, or a chain with a revision that cannot be replayed,
+    goes through the fleet runner."""
+    body = None if exists else rendered_chain(ini)
+    if body is not None:
+        return _replay(settings, cur, schema, shard, body), True
+    return _migrate(settings, schema, ini), False
+
+
+def _wire(conn: Connection, settings: Settings, schema: str) -> None:
+    """The tenant's foreign tables, and state ``active``, in one veneer transaction."""
+    with conn.begin():
+        report = refresh_in(conn, settings, [schema])
+        if schema in report.errors or schema not in report.refreshed:
+            why = report.errors.get(schema, "its schema was not found on its shard")
+            raise PPPError(
+                f"tenant {schema!r}: wiring it into the veneer failed: {why}; it stays "
+                "'provisioning': run the same create again to finish it"
+            )
+        catalog.set_state(conn, schema, "active", expect=["provisioning"])
+
+
 def create_tenant(
     settings: Settings,
     schema: str,
@@ -326,57 +353,38 @@ def create_tenant(
     failed half-way leaves the tenant ``provisioning``; the same call completes it.
     """
     started = time.perf_counter()
-    steps: dict[str, float] = {}
     validate_tenant(schema)
     if shard is not None:
         settings.shard(shard)
     ini = _ini(config)
-    try:
-        script = ScriptDirectory.from_config(veneer_config(settings, ini))
-    except CommandError as exc:
-        raise PPPError(str(exc)) from None
-    if find_tenant_revisions(script, schema):
-        raise PPPError(
-            f"tenant {schema!r} has an onboarding revision: it is created by `ppp veneer "
-            "upgrade` / `ppp migrate`, not at runtime"
-        )
+    _no_onboarding_revision(settings, schema, ini)
+    result = CreateResult(schema, "", None)
     with _veneer(settings) as conn:
-        chosen, resumed = _lookup(conn, settings, schema, shard)
-        inst = settings.shard(chosen)
+        result.shard, result.resumed = _lookup(conn, settings, schema, shard)
+        inst = settings.shard(result.shard)
         with db.connection(
             inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
         ) as shard_conn:
             cur = shard_conn.cursor()
-            exists = _check_shard(cur, chosen, schema, ini)
-            if exists and not resumed:
+            exists = _check_shard(cur, result.shard, schema, ini)
+            if exists and not result.resumed:
                 raise PPPError(
-                    f"a schema {schema!r} already exists on shard {chosen!r} and no catalog "
-                    "entry claims it: pick another name, or drop or rename that schema "
-                    "(`ppp doctor`)"
+                    f"a schema {schema!r} already exists on shard {result.shard!r} and no "
+                    "catalog entry claims it: pick another name, or drop or rename that "
+                    "schema (`ppp doctor`)"
                 )
             t = time.perf_counter()
-            steps["check"] = t - started
-            if not resumed:
-                _insert(conn, schema, chosen)
-            steps["register"] = time.perf_counter() - t
+            result.steps["check"] = t - started
+            if not result.resumed:
+                _insert(conn, schema, result.shard)
+            result.steps["register"] = time.perf_counter() - t
             t = time.perf_counter()
-            body = None if exists else rendered_chain(settings, schema, ini)
-            if body is not None:
-                revision = _replay(settings, cur, schema, chosen, body)
-            else:  # a schema left half-way, or a chain to run online: the fleet runner
-                revision = _migrate(settings, schema, ini)
-            steps["migrate"] = time.perf_counter() - t
+            result.revision, result.replayed = _migrate_on(
+                settings, cur, schema, result.shard, ini, exists
+            )
+            result.steps["migrate"] = time.perf_counter() - t
         t = time.perf_counter()
-        from ppp_env.veneer import refresh_in
-
-        with conn.begin():
-            report = refresh_in(conn, settings, [schema])
-            if schema in report.errors or schema not in report.refreshed:
-                why = report.errors.get(schema, "its schema was not found on its shard")
-                raise PPPError(
-                    f"tenant {schema!r}: wiring it into the veneer failed: {why}; it stays "
-                    "'provisioning': run the same create again to finish it"
-                )
-            catalog.set_state(conn, schema, "active", expect=["provisioning"])
-        steps["wire"] = time.perf_counter() - t
-    return CreateResult(schema, chosen, revision, resumed, time.perf_counter() - started, steps)
+        _wire(conn, settings, schema)
+        result.steps["wire"] = time.perf_counter() - t
+    result.seconds = time.perf_counter() - started
+    return result

@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,22 +46,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
-from ppp_env.alembic_env import COMMAND_KEY, command_name, environment
+from ppp_env.alembic_env import COMMAND_KEY, SETTINGS_KEY, PPPEnvironment
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
-from ppp_env.settings import Instance, Settings, load_settings
+from ppp_env.settings import Instance, Settings
 from ppp_env.tenant_state import ensure_index
 
 INI_SECTION = "shared"
 VERSION_SCHEMA = "ppp"
 VERSION_TABLE = "shared_version"
-SETTINGS_KEY = "ppp.settings"  # the key the tenant and veneer environments read too
 OPTIONS_KEY = "ppp.shared_options"
 RESULT_KEY = "ppp.shared_result"
 X_KEYS = ("env", "shard", "sql_dir")
 #: Advisory lock taken by a run on a shard (distinct from the tenant locks' namespace).
 LOCK_KEY = (0x505053, 0)
-MOVING = frozenset({"upgrade", "downgrade", "stamp"})
 
 _current: Instance | None = None
 
@@ -177,33 +174,6 @@ class SharedResult:
 
 
 # -- the environment (shared_migrations/env.py) -------------------------------------------------
-def run_migrations(**configure_kw: Any) -> None:
-    """The body of ``shared_migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``.
-
-    ``configure_kw`` goes to every ``context.configure`` call (e.g. ``target_metadata``).
-    """
-    env = environment()
-    config = env.config
-    # Alembic's command line logs as alembic.ini says; in-process callers keep theirs.
-    wanted = config.attributes.get("configure_logger", config.cmd_opts is not None)
-    if wanted and config.config_file_name and config.file_config.has_section("loggers"):
-        fileConfig(config.config_file_name, disable_existing_loggers=False)
-    try:
-        _dispatch(env, configure_kw)
-    except PPPError as exc:
-        raise CommandError(str(exc)) from None
-
-
-def current_settings(env: EnvironmentContext) -> Settings:
-    settings = env.config.attributes.get(SETTINGS_KEY)
-    if settings is None:
-        settings = load_settings(env.get_x_argument(as_dictionary=True).get("env"))
-        env.config.attributes[SETTINGS_KEY] = settings
-    if not isinstance(settings, Settings):
-        raise PPPError(f"config.attributes[{SETTINGS_KEY!r}] is not a ppp_env Settings")
-    return settings
-
-
 def selected_shards(settings: Settings, names: Sequence[str] | None) -> list[Instance]:
     """The shards to run on, in PPP_SHARDS order; an unknown name fails before anything ran."""
     if names is None:
@@ -213,39 +183,181 @@ def selected_shards(settings: Settings, names: Sequence[str] | None) -> list[Ins
     return sorted(wanted, key=lambda inst: order.index(inst.name))
 
 
-def _command(env: EnvironmentContext) -> tuple[str, Callable[..., Any] | None]:
-    return command_name(env), env.context_opts.get("fn")
+class SharedEnvironment(PPPEnvironment):
+    """The shared environment: each command once per selected shard database."""
 
+    def __init__(self, env: EnvironmentContext, configure_kw: dict[str, Any]) -> None:
+        super().__init__(env, configure_kw)
+        self.options = SharedOptions.from_x(self.x, self.config.attributes.get(OPTIONS_KEY))
 
-def _dispatch(env: EnvironmentContext, kw: dict[str, Any]) -> None:
-    config = env.config
-    options = SharedOptions.from_x(
-        env.get_x_argument(as_dictionary=True), config.attributes.get(OPTIONS_KEY)
-    )
-    settings = current_settings(env)
-    shards = selected_shards(settings, options.shards)
-    command, _ = _command(env)
-    if env.is_offline_mode():
-        _offline(env, shards, options, kw)
-    elif command == "current":
-        _print_current(env, settings, shards)
-    elif command in MOVING:
-        result = SharedResult(command)
-        config.attributes[RESULT_KEY] = result
-        for inst in shards:
-            outcome = _run_shard(env, inst, settings, kw, moving=True)
+    def dispatch(self) -> None:
+        self.shards = selected_shards(self.settings, self.options.shards)
+        super().dispatch()
+
+    def move(self) -> None:
+        result = SharedResult(self.command)
+        self.config.attributes[RESULT_KEY] = result
+        for inst in self.shards:
+            outcome = self.on_shard(inst, moving=True)
             result.shards.append(outcome)
-            if not options.quiet:
-                config.print_stdout(outcome.line())
+            if not self.options.quiet:
+                self.config.print_stdout(outcome.line())
         if not result.ok:
             raise PPPError(result.failure_message())
-    else:
-        # history -i, check, revision --autogenerate: one database to look at.
-        if not shards:
+
+    def other(self) -> None:
+        """history -i, check, revision --autogenerate: one database to look at."""
+        if not self.shards:
             raise PPPError("no shard selected")
-        outcome = _run_shard(env, shards[0], settings, kw, moving=False)
+        outcome = self.on_shard(self.shards[0], moving=False)
         if outcome.error is not None:
             raise PPPError(f"shard {outcome.shard}: {outcome.error}")
+
+    def current(self) -> None:
+        heads = set(self.env.script.get_heads())
+        revisions, errors = read_revisions(self.settings, self.shards)
+        for inst in self.shards:
+            if inst.name in errors:
+                shown = "(unreachable)"
+            else:
+                revision = revisions[inst.name]
+                if revision is None:
+                    shown = "(base)" + (" (head)" if not heads else "")
+                else:
+                    shown = " ".join(f"{r}{' (head)' * (r in heads)}" for r in revision.split())
+            self.config.print_stdout(f"{inst.name} {shown}")
+        if errors:
+            raise PPPError("; ".join(f"shard {k}: {v}" for k, v in errors.items()))
+
+    def on_shard(self, inst: Instance, *, moving: bool) -> ShardOutcome:
+        """Alembic's command on one shard, in one transaction; errors become the outcome's."""
+        outcome = ShardOutcome(inst.name)
+        engine = db.engine(
+            inst, "admin", connect_timeout=self.settings.connect_timeout, poolclass=NullPool
+        )
+        try:
+            try:
+                conn = engine.connect()
+            except Exception as exc:
+                outcome.error = _connect_error(inst, exc)
+                return outcome
+            try:
+                self.migrate_shard(conn, inst, outcome, moving=moving)
+            except Exception as exc:
+                outcome.after = outcome.before
+                outcome.error = db.first_line(exc)
+            finally:
+                with suppress(Exception):  # a lost connection cannot be closed cleanly
+                    conn.close()
+        finally:
+            engine.dispose()
+        return outcome
+
+    def migrate_shard(
+        self, conn: Connection, inst: Instance, outcome: ShardOutcome, *, moving: bool
+    ) -> None:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.autocommit = True
+        cur = raw.cursor()
+        if moving:
+            ensure_index(cur, inst.app_role)  # schema ppp, closed to the app role
+        cur.execute("SET search_path TO public")
+        raw.autocommit = False
+        self.env.configure(
+            connection=conn,
+            version_table=VERSION_TABLE,
+            version_table_schema=VERSION_SCHEMA,
+            transaction_per_migration=False,
+            **self.configure_kw,
+        )
+        with self.env.begin_transaction(), _migrating(inst):
+            if moving:
+                _lock_shard(conn, self.settings.lock_timeout)
+            outcome.before = outcome.after = _read_on(conn)
+            self.env.run_migrations()
+            if moving:
+                outcome.after = _read_on(conn)
+            if moving and (outcome.before is None or outcome.before != outcome.after):
+                # A new version table got the app role's DML from default privileges.
+                conn.exec_driver_sql(
+                    f"REVOKE ALL ON {VERSION_SCHEMA}.{VERSION_TABLE} "
+                    f"FROM {quote_ident(inst.app_role)}",
+                    execution_options={"no_parameters": True},
+                )
+
+    def offline(self) -> None:
+        from_base = self.env.get_starting_revision_argument() is None
+        out_dir = Path(self.options.sql_dir) if self.options.sql_dir else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for inst in self.shards:
+            text = f"-- PPP: shard {inst.name}\n\n{self.render_shard(inst, from_base)}\n"
+            if out_dir:
+                (out_dir / f"{inst.name}.sql").write_text(text)
+            else:
+                stream: TextIO = self.config.output_buffer or sys.stdout
+                stream.write(text)
+        if out_dir:
+            print(f"wrote {len(self.shards)} file(s) to {out_dir}", file=sys.stderr)
+
+    def render_shard(self, inst: Instance, from_base: bool) -> str:
+        buf = io.StringIO()
+        self.env.configure(
+            dialect_name="postgresql",
+            output_buffer=buf,
+            literal_binds=True,
+            version_table=VERSION_TABLE,
+            version_table_schema=VERSION_SCHEMA,
+            transaction_per_migration=False,
+            **self.configure_kw,
+        )
+        try:
+            with self.env.begin_transaction(), _migrating(inst):
+                if from_base:
+                    self.env.execute(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}")
+                    self.env.execute(
+                        f"REVOKE ALL ON SCHEMA {VERSION_SCHEMA} FROM {quote_ident(inst.app_role)}"
+                    )
+                self.env.execute("SET LOCAL search_path TO public")
+                self.env.run_migrations()
+        except PPPError:
+            raise
+        except Exception as exc:
+            raise PPPError(
+                f"shard {inst.name}: cannot render the SQL offline ({type(exc).__name__}: "
+                f"{exc}); a revision on this path reads from the database, which --sql cannot do"
+            ) from None
+        return buf.getvalue()
+
+
+@contextmanager
+def _migrating(inst: Instance) -> Iterator[None]:
+    """Make :func:`current_shard` answer ``inst`` for the duration."""
+    global _current
+    _current = inst
+    try:
+        yield
+    finally:
+        _current = None
+
+
+def _lock_shard(conn: Connection, wait: float) -> None:
+    """One run per shard at a time: the shared lock, waited for at most ``wait`` seconds."""
+    conn.exec_driver_sql(
+        f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'; "
+        f"SELECT pg_advisory_xact_lock({LOCK_KEY[0]}, {LOCK_KEY[1]}); "
+        "SET LOCAL lock_timeout TO DEFAULT",
+        execution_options={"no_parameters": True},
+    )
+
+
+def run_migrations(**configure_kw: Any) -> None:
+    """The body of ``shared_migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``.
+
+    ``configure_kw`` goes to every ``context.configure`` call (e.g. ``target_metadata``).
+    """
+    SharedEnvironment.main(**configure_kw)
 
 
 def _heads_sql() -> str:
@@ -273,138 +385,6 @@ def _read_on(conn: Connection) -> str | None:
 
 def _connect_error(inst: Instance, exc: BaseException) -> str:
     return f"cannot connect to {inst.label} at {inst.masked_url('admin')}: {db.first_line(exc)}"
-
-
-def _run_shard(
-    env: EnvironmentContext,
-    inst: Instance,
-    settings: Settings,
-    kw: dict[str, Any],
-    *,
-    moving: bool,
-) -> ShardOutcome:
-    """Alembic's command on one shard, in one transaction; errors become the outcome's."""
-    global _current
-    outcome = ShardOutcome(inst.name)
-    engine = db.engine(inst, "admin", connect_timeout=settings.connect_timeout, poolclass=NullPool)
-    try:
-        try:
-            conn = engine.connect()
-        except Exception as exc:
-            outcome.error = _connect_error(inst, exc)
-            return outcome
-        try:
-            raw = conn.connection.dbapi_connection
-            assert raw is not None
-            raw.autocommit = True
-            cur = raw.cursor()
-            if moving:
-                ensure_index(cur, inst.app_role)  # schema ppp, closed to the app role
-            cur.execute("SET search_path TO public")
-            raw.autocommit = False
-            env.configure(
-                connection=conn,
-                version_table=VERSION_TABLE,
-                version_table_schema=VERSION_SCHEMA,
-                transaction_per_migration=False,
-                **kw,
-            )
-            with env.begin_transaction():
-                if moving:
-                    wait = int(settings.lock_timeout * 1000)
-                    conn.exec_driver_sql(
-                        f"SET LOCAL lock_timeout = '{wait}ms'; "
-                        f"SELECT pg_advisory_xact_lock({LOCK_KEY[0]}, {LOCK_KEY[1]}); "
-                        "SET LOCAL lock_timeout TO DEFAULT",
-                        execution_options={"no_parameters": True},
-                    )
-                outcome.before = outcome.after = _read_on(conn)
-                _current = inst
-                env.run_migrations()
-                if moving:
-                    outcome.after = _read_on(conn)
-                if moving and (outcome.before is None or outcome.before != outcome.after):
-                    # A new version table got the app role's DML from default privileges.
-                    conn.exec_driver_sql(
-                        f"REVOKE ALL ON {VERSION_SCHEMA}.{VERSION_TABLE} "
-                        f"FROM {quote_ident(inst.app_role)}",
-                        execution_options={"no_parameters": True},
-                    )
-        except Exception as exc:
-            outcome.after = outcome.before
-            outcome.error = db.first_line(exc)
-        finally:
-            _current = None
-            with suppress(Exception):  # a lost connection cannot be closed cleanly
-                conn.close()
-    finally:
-        engine.dispose()
-    return outcome
-
-
-def _print_current(env: EnvironmentContext, settings: Settings, shards: list[Instance]) -> None:
-    heads = set(env.script.get_heads())
-    revisions, errors = read_revisions(settings, shards)
-    for inst in shards:
-        if inst.name in errors:
-            shown = "(unreachable)"
-        else:
-            revision = revisions[inst.name]
-            if revision is None:
-                shown = "(base)" + (" (head)" if not heads else "")
-            else:
-                shown = " ".join(r + (" (head)" if r in heads else "") for r in revision.split())
-        env.config.print_stdout(f"{inst.name} {shown}")
-    if errors:
-        raise PPPError("; ".join(f"shard {k}: {v}" for k, v in errors.items()))
-
-
-def _offline(
-    env: EnvironmentContext, shards: list[Instance], options: SharedOptions, kw: dict[str, Any]
-) -> None:
-    global _current
-    from_base = env.get_starting_revision_argument() is None
-    out_dir = Path(options.sql_dir) if options.sql_dir else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    for inst in shards:
-        buf = io.StringIO()
-        env.configure(
-            dialect_name="postgresql",
-            output_buffer=buf,
-            literal_binds=True,
-            version_table=VERSION_TABLE,
-            version_table_schema=VERSION_SCHEMA,
-            transaction_per_migration=False,
-            **kw,
-        )
-        _current = inst
-        try:
-            with env.begin_transaction():
-                if from_base:
-                    env.execute(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}")
-                    env.execute(
-                        f"REVOKE ALL ON SCHEMA {VERSION_SCHEMA} FROM {quote_ident(inst.app_role)}"
-                    )
-                env.execute("SET LOCAL search_path TO public")
-                env.run_migrations()
-        except PPPError:
-            raise
-        except Exception as exc:
-            raise PPPError(
-                f"shard {inst.name}: cannot render the SQL offline ({type(exc).__name__}: "
-                f"{exc}); a revision on this path reads from the database, which --sql cannot do"
-            ) from None
-        finally:
-            _current = None
-        text = f"-- PPP: shard {inst.name}\n\n{buf.getvalue()}\n"
-        if out_dir:
-            (out_dir / f"{inst.name}.sql").write_text(text)
-        else:
-            stream: TextIO = env.config.output_buffer or sys.stdout
-            stream.write(text)
-    if out_dir:
-        print(f"wrote {len(shards)} file(s) to {out_dir}", file=sys.stderr)
 
 
 # -- programmatic entry points (ppp migrate, ppp status) ---------------------------------------

@@ -9,8 +9,8 @@ revision (upgrade, downgrade, stamp) does, in one transaction as ``veneer_admin`
    revisions, each a head of its own; ``upgrade head`` and ``upgrade heads`` both apply
    every head, planned by :func:`plan_upgrade_to_heads` in linear time. The servers are
    reconciled as soon as the catalog appears. Onboarding revisions only queue their tenant
-   (:class:`ppp_env.veneer.onboarding.Onboarding`): the queue is registered in bulk before
-   any non-tenant revision and at the end;
+   (:class:`Onboarding`): the queue is registered in bulk before any non-tenant revision
+   and at the end;
 4. reconcile again, now dropping servers of shards gone from the settings (an error naming
    the tenants if some still live there), and keep ``veneer_app`` out of the catalog.
 
@@ -18,119 +18,80 @@ After the commit, the tenants the run registered are wired once, through
 :func:`ppp_env.veneer.refresh` (unless ``config.attributes["ppp.wire_onboarded"]`` is False).
 
 The version table is ``ppp.alembic_version``. Settings come from the environment (``-x
-env=NAME`` or ``PPP_ENV`` selects ``.env.NAME``), or from ``config.attributes["ppp.settings"]``
-when PPP runs Alembic in-process.
+env=NAME`` or ``PPP_ENV`` selects ``.env.NAME``), or from ``config.attributes[SETTINGS_KEY]``
+when PPP runs Alembic in-process. Tenant onboarding revision files are
+:mod:`ppp_env.veneer.onboarding`'s business (it imports this module, never the reverse).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Mapping
+import logging
+import re
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from logging.config import fileConfig
 from pathlib import Path
 from typing import Any
 
-from alembic import command, context, util
+from alembic import command, context
 from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext, MigrationInfo
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.script.revision import MultipleHeads
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-import ppp_env
 from ppp_env import veneer
-from ppp_env.alembic_env import COMMAND_KEY, command_name
-from ppp_env.alembic_env import environment as _environment
+from ppp_env.alembic_adapter import (
+    StepFunction,
+    as_tuple,
+    describe,
+    replace_heads,
+    run_upgrades,
+    step_function,
+    targets_every_head,
+    upgrade_step,
+)
+from ppp_env.alembic_env import (
+    COMMAND_KEY,
+    SETTINGS_KEY,
+    PPPEnvironment,
+    section_config,
+    settings_of,
+)
+from ppp_env.alembic_env import find_alembic_ini as find_alembic_ini
 from ppp_env.errors import PPPError
-from ppp_env.identifiers import quote_ident
-from ppp_env.settings import Settings, load_settings, project_dir
+from ppp_env.identifiers import quote_ident, validate_identifier, validate_tenant
+from ppp_env.settings import Settings
 from ppp_env.veneer import catalog
 
 INI_SECTION = "veneer"
-SETTINGS_KEY = "ppp.settings"  # the same key the tenant environment reads
 CHANGES_KEY = "ppp_changes"
-#: The run's :class:`ppp_env.veneer.onboarding.Onboarding` (tenants registered by this run).
+#: The run's :class:`Onboarding` (tenants registered by this run).
 ONBOARDING_KEY = "ppp.onboarding"
 #: False: do not wire the tenants this run registered (``ppp migrate`` refreshes them after
 #: the tenant upgrade created their schemas).
 WIRE_KEY = "ppp.wire_onboarded"
 #: The :class:`ppp_env.veneer.RefreshReport` of the tenants this run registered and wired.
 WIRED_KEY = "ppp.wired"
+#: An onboarding revision's id: ``t`` + 11 hex digits (Alembic's own are 12 hex digits).
+TENANT_REVISION = re.compile(r"t[0-9a-f]{11}")
+
+log = logging.getLogger("ppp.veneer")
 
 
-def find_alembic_ini(config: str | Path | None = None) -> Path:
-    """The one alembic.ini lookup of every ``ppp`` command that needs it.
-
-    ``config`` (``-c/--config``) when given: it must be a file. Otherwise ``ALEMBIC_CONFIG``
-    (as Alembic's own command line), else ``alembic.ini`` in the current folder, the project
-    folder (``PPP_PROJECT_DIR``) or the folder PPP is installed from.
-    """
-    if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            what = "a folder" if path.is_dir() else "not found"
-            raise PPPError(f"no Alembic configuration at {path} ({what}): pass -c alembic.ini")
-        return path
-    tried: list[str] = []
-    candidates: list[Path] = []
-    if os.environ.get("ALEMBIC_CONFIG"):
-        candidates.append(Path(os.environ["ALEMBIC_CONFIG"]))
-    candidates += [
-        Path.cwd() / "alembic.ini",
-        project_dir() / "alembic.ini",
-        Path(ppp_env.__file__).resolve().parent.parent / "alembic.ini",
-    ]
-    for path in candidates:
-        if path.is_file():
-            return path
-        tried.append(str(path))
-    raise PPPError(
-        "cannot find alembic.ini; looked at " + ", ".join(dict.fromkeys(tried)) + ": run PPP "
-        "from the project folder, set ALEMBIC_CONFIG or pass -c"
-    )
+def is_tenant_revision(revision: str) -> bool:
+    return TENANT_REVISION.fullmatch(revision) is not None
 
 
 def veneer_config(settings: Settings | None = None, ini: Path | str | None = None) -> Config:
     """An Alembic Config for the ``[veneer]`` section, carrying ``settings`` to env.py."""
-    cfg = Config(str(find_alembic_ini(ini)), ini_section=INI_SECTION)
-    if settings is not None:
-        cfg.attributes[SETTINGS_KEY] = settings
-    return cfg
+    return section_config(ini, INI_SECTION, settings)
 
 
 def current_settings() -> Settings:
     """The settings of the run in progress (for env.py and the veneer's revisions)."""
-    settings = context.config.attributes.get(SETTINGS_KEY)
-    if settings is None:
-        env_name = context.get_x_argument(as_dictionary=True).get("env")
-        settings = load_settings(env_name)
-        context.config.attributes[SETTINGS_KEY] = settings
-    if not isinstance(settings, Settings):
-        raise PPPError(f"config.attributes[{SETTINGS_KEY!r}] is not a ppp_env Settings object")
-    return settings
-
-
-#: Commands that move the veneer's revision.
-MOVING = frozenset({"upgrade", "downgrade", "stamp"})
-
-
-def _targets_every_head(env: EnvironmentContext) -> bool:
-    """Whether the destination is every head: ``heads``, ``head`` (which Alembic refuses to
-    resolve when there are several, as the veneer has) or the only head by name."""
-    try:
-        destination = env.get_revision_argument()
-    except CommandError as exc:  # Alembic's message, caused by the revision map's error
-        cause = exc.__cause__
-        return isinstance(cause, MultipleHeads) and cause.argument == "head"
-    except KeyError:  # no destination: not an upgrade
-        return False
-    # What `heads` resolves to: heads that are only another head's dependency are left out.
-    heads = set(util.to_tuple(env.script.as_revision_number("heads"), default=()))
-    return bool(heads) and set(util.to_tuple(destination, default=())) == heads
+    return settings_of(context.config, context.get_x_argument(as_dictionary=True).get("env"))
 
 
 def ensure_catalog_schema(conn: Connection, settings: Settings) -> None:
@@ -144,36 +105,10 @@ def ensure_catalog_schema(conn: Connection, settings: Settings) -> None:
     conn.commit()
 
 
-def _record(changes: list[str]) -> None:
-    context.config.attributes.setdefault(CHANGES_KEY, []).extend(changes)
-
-
-def run_migrations() -> None:
-    """The body of ``veneer_migrations/env.py``."""
-    config = context.config
-    # Alembic's command line (cmd_opts set) logs as alembic.ini says; in-process callers
-    # keep their own logging unless they ask for it with attributes["configure_logger"].
-    wanted = config.attributes.get("configure_logger", config.cmd_opts is not None)
-    if wanted and config.config_file_name:
-        fileConfig(config.config_file_name, disable_existing_loggers=False)
-    try:
-        if context.is_offline_mode():
-            raise PPPError(
-                "the veneer's migrations need a live connection (they read the shards to wire "
-                "tenants): --sql is not supported for `alembic -n veneer`"
-            )
-        _run_online()
-    except PPPError as exc:
-        # Alembic's command line prints CommandError as `FAILED: ...` without a traceback.
-        raise CommandError(str(exc)) from exc
-
-
 # -- planning: every head, in linear time ------------------------------------------------------
 def _is_tenant_step(step: Any) -> bool:
-    from ppp_env.veneer.onboarding import is_tenant_revision
-
-    revision = getattr(step, "revision", None)
-    return is_tenant_revision(getattr(revision, "revision", "") or "")
+    script = describe(step).script
+    return script is not None and is_tenant_revision(script.revision)
 
 
 def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> list[Any]:
@@ -184,27 +119,10 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
     (measured: 2.6 s to plan one pending tenant among 10,000, 3.7 s from base); this walk is
     linear. Each onboarding revision is a head of its own, so ``head`` means every head here.
     """
-    from alembic.runtime.migration import MigrationStep
-    from alembic.script.revision import RevisionError
-
     rmap = script.revision_map
     try:
-        every: dict[str, Any] = {}
-        todo = [rmap.get_revision(h) for h in rmap.heads]
-        while todo:
-            rev = todo.pop()
-            if rev is None or rev.revision in every:
-                continue
-            every[rev.revision] = rev
-            todo.extend(rmap.get_revision(r) for r in parents_of(rmap, rev))
-        applied: set[str] = set()
-        todo = [rmap.get_revision(c) for c in current]
-        while todo:
-            rev = todo.pop()
-            if rev is None or rev.revision in applied:
-                continue
-            applied.add(rev.revision)
-            todo.extend(rmap.get_revision(r) for r in parents_of(rmap, rev))
+        every = _ancestors(rmap, rmap.heads)
+        applied = _ancestors(rmap, current)
     except RevisionError as exc:
         raise CommandError(str(exc)) from exc
     needed = {r: rev for r, rev in every.items() if r not in applied}
@@ -215,8 +133,8 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
         for p in parents[r]:
             if p in needed:
                 children.setdefault(p, []).append(r)
-    own = sorted(r for r, n in waiting.items() if n == 0 and not _is_tenant_id(r))
-    tenants = sorted(r for r, n in waiting.items() if n == 0 and _is_tenant_id(r))
+    own = sorted(r for r, n in waiting.items() if n == 0 and not is_tenant_revision(r))
+    tenants = sorted(r for r, n in waiting.items() if n == 0 and is_tenant_revision(r))
     order: list[str] = []
     while own or tenants:
         r = own.pop(0) if own else tenants.pop(0)
@@ -224,116 +142,261 @@ def plan_upgrade_to_heads(script: ScriptDirectory, current: Collection[str]) -> 
         for child in children.get(r, ()):
             waiting[child] -= 1
             if waiting[child] == 0:
-                (tenants if _is_tenant_id(child) else own).append(child)
-    return [MigrationStep.upgrade_from_script(rmap, needed[r]) for r in order]
+                (tenants if is_tenant_revision(child) else own).append(child)
+    return [upgrade_step(script, needed[r]) for r in order]
+
+
+def _ancestors(rmap: Any, revisions: Collection[str]) -> dict[str, Any]:
+    """These revisions and all their ancestors, by id."""
+    found: dict[str, Any] = {}
+    todo = [rmap.get_revision(r) for r in revisions]
+    while todo:
+        rev = todo.pop()
+        if rev is None or rev.revision in found:
+            continue
+        found[rev.revision] = rev
+        todo.extend(rmap.get_revision(r) for r in parents_of(rmap, rev))
+    return found
 
 
 def parents_of(rmap: Any, rev: Any) -> tuple[str, ...]:
     """A revision's parents: its down revisions and its dependencies (resolved to revision
     ids), from the Revision's public attributes."""
-    ids = list(util.to_tuple(rev.down_revision, default=()))
-    for dependency in util.to_tuple(rev.dependencies, default=()):
+    ids = list(as_tuple(rev.down_revision))
+    for dependency in as_tuple(rev.dependencies):
         found = rmap.get_revision(dependency)
         if found is not None:
             ids.append(found.revision)
     return tuple(dict.fromkeys(ids))
 
 
-def _is_tenant_id(revision: str) -> bool:
-    from ppp_env.veneer.onboarding import is_tenant_revision
+# -- the tenants a run onboards ------------------------------------------------------------------
+@dataclass
+class Onboarding:
+    """Tenants onboarded by one veneer run: registered in bulk, wired after the commit.
 
-    return is_tenant_revision(revision)
+    The veneer's environment puts one in ``config.attributes`` for each run, registers what
+    is pending before any non-tenant revision and at the end (:meth:`flush`), and refreshes
+    :attr:`registered` once its transaction committed.
+    """
+
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+
+    def flush(self, conn: Connection) -> None:
+        if self.pending:
+            register_tenants(conn, self.pending)
+            self.registered += [schema for schema, _shard in self.pending]
+            self.pending.clear()
 
 
-def _is_upgrade_to_heads(env: EnvironmentContext) -> bool:
-    """Whether this run is ``upgrade head`` / ``upgrade heads`` (not a stamp, a downgrade, a
-    relative or another target)."""
-    return command_name(env) == "upgrade" and _targets_every_head(env)
+def register_tenants(conn: Connection, tenants: Sequence[tuple[str, str]]) -> None:
+    """Put tenants in the catalog (state ``pending``) in a few statements, whatever their
+    number; a tenant already there on the same shard is left alone. PPPError, nothing
+    registered, for a tenant on another shard or a shard the catalog does not know."""
+    wanted: dict[str, str] = {}
+    for schema, shard in tenants:
+        validate_tenant(schema)
+        validate_identifier(shard, "shard name")
+        if wanted.setdefault(schema, shard) != shard:
+            raise PPPError(
+                f"tenant {schema!r} has onboarding revisions for two shards "
+                f"({wanted[schema]!r} and {shard!r}): delete one of them"
+            )
+    catalog.require_catalog(conn)
+    runtime = catalog.runtime_tenants(conn, list(wanted))
+    if runtime:
+        raise PPPError(
+            f"tenant{'s' if len(runtime) > 1 else ''} {', '.join(map(repr, runtime[:5]))} "
+            "created at runtime (`ppp tenant create`): an onboarding revision cannot claim "
+            "it; delete the revision file, or remove the tenant first (`ppp tenant remove`)"
+        )
+    params = {"schemas": list(wanted), "shards": list(wanted.values())}
+    _check_placement(conn, params)
+    conn.execute(
+        text(
+            f"INSERT INTO ppp.tenants (schema, shard) SELECT n.schema, n.shard FROM {_NEW} "
+            "ON CONFLICT (schema) DO NOTHING"
+        ),
+        params,
+    )
 
 
-def _run_online() -> None:
-    from ppp_env.veneer.onboarding import Onboarding
+_NEW = "unnest(CAST(:schemas AS text[]), CAST(:shards AS text[])) AS n(schema, shard)"
 
-    settings = current_settings()
-    config = context.config
-    env_ctx = _environment()
-    moving = command_name(env_ctx) in MOVING
-    onboarding = Onboarding()
-    config.attributes[ONBOARDING_KEY] = onboarding
-    config.attributes.pop(WIRED_KEY, None)
-    reconciled = False
 
-    def after_step(
-        ctx: MigrationContext,
-        step: MigrationInfo,
-        heads: Collection[Any],
-        run_args: Mapping[str, Any],
-    ) -> None:
-        nonlocal reconciled
-        conn = ctx.connection
-        if conn is not None and not reconciled and catalog.catalog_exists(conn):
-            _record(veneer.reconcile(conn, settings, remove=False))
-            reconciled = True
-            # Done: Alembic copies every head for each callback of each step.
-            ctx.on_version_apply_callbacks = ()
+def _check_placement(conn: Connection, params: dict[str, list[str]]) -> None:
+    """Every shard known to the catalog, no tenant already placed on another shard."""
+    unknown = sorted(
+        conn.execute(
+            text(
+                f"SELECT DISTINCT n.shard FROM {_NEW} "
+                "WHERE n.shard NOT IN (SELECT name FROM ppp.shards)"
+            ),
+            params,
+        ).scalars()
+    )
+    if unknown:
+        known = [s.name for s in catalog.list_shards(conn)]
+        raise PPPError(
+            f"unknown shard{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+            f"the catalog has {', '.join(known) or '(none)'}; add it to PPP_SHARDS and run "
+            "`alembic -n veneer upgrade head`"
+        )
+    moved = conn.execute(
+        text(
+            f"SELECT t.schema, t.shard, n.shard AS wanted FROM ppp.tenants t JOIN {_NEW} "
+            "USING (schema) WHERE t.shard <> n.shard ORDER BY 1 LIMIT 5"
+        ),
+        params,
+    ).all()
+    if moved:
+        raise PPPError(
+            "; ".join(
+                f"tenant {r.schema!r} is already in the catalog on shard {r.shard!r}, "
+                f"not {r.wanted!r}"
+                for r in moved
+            )
+        )
 
-    # The command's step function (no getter exists; context_opts is a public attribute).
-    alembic_fn: Any = env_ctx.context_opts.get("fn")
-    to_every_head = _is_upgrade_to_heads(env_ctx)
-    script: ScriptDirectory = env_ctx.script
 
-    deferred: list[Any] = []
+# -- the environment -------------------------------------------------------------------------------
+class VeneerEnvironment(PPPEnvironment):
+    """The veneer: one database, every command online in one transaction."""
 
-    def steps(heads: tuple[str, ...], ctx: MigrationContext) -> Any:
-        """The run's steps; tenants registered before any veneer revision that follows."""
-        if to_every_head:
-            planned = plan_upgrade_to_heads(script, heads)
-            own = [s for s in planned if not _is_tenant_step(s)]
-            if planned[: len(own)] == own:
-                # Every tenant after the veneer's own revisions: PPP applies them itself,
-                # in bulk, once Alembic is done with those (see apply_tenant_steps).
-                deferred.extend(planned[len(own) :])
-                planned = own
-        else:
-            planned = alembic_fn(heads, ctx)
-        for step in planned:
-            if not _is_tenant_step(step) and ctx.connection is not None:
-                onboarding.flush(ctx.connection)
-            yield step
+    def offline(self) -> None:
+        raise PPPError(
+            "the veneer's migrations need a live connection (they read the shards to wire "
+            "tenants): --sql is not supported for `alembic -n veneer`"
+        )
 
-    with catalog.admin_connection(settings, begin=False) as conn:
-        if moving:
-            ensure_catalog_schema(conn, settings)
-        has_catalog = catalog.catalog_exists(conn)
-        conn.commit()
-        context.configure(
+    def current(self) -> None:
+        self.online(moving=False)
+
+    def other(self) -> None:
+        self.online(moving=False)
+
+    def move(self) -> None:
+        self.online(moving=True)
+
+    def record(self, changes: list[str]) -> None:
+        self.config.attributes.setdefault(CHANGES_KEY, []).extend(changes)
+
+    def online(self, *, moving: bool) -> None:
+        onboarding = Onboarding()
+        self.config.attributes[ONBOARDING_KEY] = onboarding
+        self.config.attributes.pop(WIRED_KEY, None)
+        with catalog.admin_connection(self.settings, begin=False) as conn:
+            if moving:
+                ensure_catalog_schema(conn, self.settings)
+            conn.commit()
+            self.migrate(conn, onboarding, moving=moving)
+        if onboarding.registered:
+            self.wire_onboarded(onboarding.registered)
+
+    def migrate(self, conn: Connection, onboarding: Onboarding, *, moving: bool) -> None:
+        """The command's steps in one transaction, the servers reconciled around them."""
+        fn = step_function(self.env)  # before configure(fn=...) replaces it
+        reconcile = _Reconciler(conn, self.settings, self.record)
+        deferred: list[Any] = []
+        options: dict[str, Any] = {}
+        if moving and fn is not None:
+            options["fn"] = self.steps(fn, onboarding, reconcile, deferred)
+        self.env.configure(
             connection=conn,
             version_table_schema=catalog.CATALOG_SCHEMA,
             transaction_per_migration=False,
-            # Only until the catalog exists (see after_step).
-            on_version_apply=after_step if moving and not has_catalog else None,
-            fn=steps if moving and alembic_fn is not None else alembic_fn,
+            **options,
         )
-        with context.begin_transaction():
+        with self.env.begin_transaction():
             if moving:
                 veneer.lock(conn)
-                if catalog.catalog_exists(conn):
-                    _record(veneer.reconcile(conn, settings, remove=False))
-                    reconciled = True
-            context.run_migrations()
+                reconcile()
+            self.env.run_migrations()
             if deferred:
-                apply_tenant_steps(conn, deferred)
+                apply_tenant_steps(self.env.get_context(), deferred)
             if moving:
                 onboarding.flush(conn)
                 if catalog.catalog_exists(conn):
-                    _record(veneer.reconcile(conn, settings))
+                    self.record(veneer.reconcile(conn, self.settings))
                 else:
-                    _record(veneer.lock_down_catalog(conn, settings))
-    if onboarding.registered:
-        _wire_onboarded(settings, onboarding.registered)
+                    self.record(veneer.lock_down_catalog(conn, self.settings))
+
+    def steps(
+        self,
+        fn: StepFunction,
+        onboarding: Onboarding,
+        reconcile: Callable[[], None],
+        deferred: list[Any],
+    ) -> Callable[[tuple[str, ...], MigrationContext], Iterator[Any]]:
+        """The run's step function: Alembic's, or for ``upgrade head(s)`` PPP's linear plan
+        whose tenant revisions PPP applies itself after the veneer's own (``deferred``).
+        Between steps: the servers reconciled once the catalog exists, and the tenants queued
+        so far registered before any veneer revision."""
+        every_head = self.command == "upgrade" and targets_every_head(self.env)
+        script = self.env.script
+
+        def steps(heads: tuple[str, ...], ctx: MigrationContext) -> Iterator[Any]:
+            if every_head:
+                planned = plan_upgrade_to_heads(script, heads)
+                own = [s for s in planned if not _is_tenant_step(s)]
+                if planned[: len(own)] == own:  # every tenant after the veneer's own revisions
+                    deferred.extend(planned[len(own) :])
+                    planned = own
+            else:
+                planned = list(fn(heads, ctx))
+            for step in planned:
+                reconcile()  # the previous step may have created the catalog
+                if not _is_tenant_step(step) and ctx.connection is not None:
+                    onboarding.flush(ctx.connection)
+                yield step
+            reconcile()
+
+        return steps
+
+    def wire_onboarded(self, tenants: list[str]) -> None:
+        """Wire the tenants this run registered, once, after its transaction committed."""
+        n = len(tenants)
+        what = f"{n} tenant{'s' if n != 1 else ''}"
+        if self.config.attributes.get(WIRE_KEY) is False:
+            log.info("registered %s in the catalog: %s", what, _short(tenants))
+            return
+        report = veneer.refresh(self.settings, tenants)
+        self.config.attributes[WIRED_KEY] = report
+        if report.refreshed:
+            log.info("registered and wired %s", _short(report.refreshed))
+        if report.pending:
+            log.info(
+                "registered %s, wired once their schema exists on their shard "
+                "(`alembic upgrade head`)",
+                _short(report.pending),
+            )
+        if report.errors:
+            detail = "; ".join(f"{k}: {v}" for k, v in list(report.errors.items())[:5])
+            names = " ".join(list(report.errors)[:5])
+            raise PPPError(
+                f"registered {what} in the catalog, but {len(report.errors)} could not be wired "
+                f"({detail}); fix that and run `ppp veneer refresh {names}`"
+            )
 
 
-def apply_tenant_steps(conn: Connection, steps: list[Any]) -> None:
+class _Reconciler:
+    """Reconcile servers and mappings (keeping gone shards) once, as soon as the catalog
+    exists: the tenants registered next need their shards in it."""
+
+    def __init__(
+        self, conn: Connection, settings: Settings, record: Callable[[list[str]], None]
+    ) -> None:
+        self.conn, self.settings, self.record = conn, settings, record
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done and catalog.catalog_exists(self.conn):
+            self.record(veneer.reconcile(self.conn, self.settings, remove=False))
+            self.done = True
+
+
+def apply_tenant_steps(ctx: MigrationContext, steps: list[Any]) -> None:
     """Run pending onboarding revisions and record them in ``ppp.alembic_version`` with two
     statements, in the run's transaction.
 
@@ -341,61 +404,34 @@ def apply_tenant_steps(conn: Connection, steps: list[Any]) -> None:
     of 10,000 pending tenants). The result is the same as Alembic's: every tenant revision
     becomes a head and a parent that was a head stops being one.
     """
-    import logging
-
-    from alembic.operations import Operations
-
-    log = logging.getLogger("alembic.runtime.migration")
-    parents: set[str] = set()
-    rmap = context.script.revision_map
-    with Operations.context(context.get_context()):
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    if migration_log.isEnabledFor(logging.DEBUG):
         for step in steps:
-            log.debug("Running %s", step)
-            step.migration_fn()
-            parents.update(parents_of(rmap, step.revision))
-    revisions = [step.revision.revision for step in steps]
-    conn.execute(
-        text("DELETE FROM ppp.alembic_version WHERE version_num = ANY(CAST(:p AS text[]))"),
-        {"p": sorted(parents)},
-    )
-    conn.execute(
-        text("INSERT INTO ppp.alembic_version (version_num) SELECT unnest(CAST(:r AS text[]))"),
-        {"r": revisions},
-    )
+            migration_log.debug("Running %s", step)
+    run_upgrades(ctx, steps)
+    rmap = ctx.script.revision_map if ctx.script is not None else None
+    parents: set[str] = set()
+    revisions: list[str] = []
+    for step in steps:
+        script = describe(step).script
+        assert script is not None
+        revisions.append(script.revision)
+        parents.update(parents_of(rmap, script))
+    replace_heads(ctx, sorted(parents), revisions)
     n = len(revisions)
-    log.info("Running upgrade of %d tenant onboarding revision%s", n, "s" if n != 1 else "")
-
-
-def _wire_onboarded(settings: Settings, tenants: list[str]) -> None:
-    """Wire the tenants this run registered, once, after its transaction committed."""
-    import logging
-
-    log = logging.getLogger("ppp.veneer")
-    n = len(tenants)
-    what = f"{n} tenant{'s' if n != 1 else ''}"
-    if context.config.attributes.get(WIRE_KEY) is False:
-        log.info("registered %s in the catalog: %s", what, _short(tenants))
-        return
-    report = veneer.refresh(settings, tenants)
-    context.config.attributes[WIRED_KEY] = report
-    if report.refreshed:
-        log.info("registered and wired %s", _short(report.refreshed))
-    if report.pending:
-        log.info(
-            "registered %s, wired once their schema exists on their shard (`alembic upgrade head`)",
-            _short(report.pending),
-        )
-    if report.errors:
-        detail = "; ".join(f"{k}: {v}" for k, v in list(report.errors.items())[:5])
-        raise PPPError(
-            f"registered {what} in the catalog, but {len(report.errors)} could not be wired "
-            f"({detail}); fix that and run `ppp veneer refresh {' '.join(list(report.errors)[:5])}`"
-        )
+    migration_log.info(
+        "Running upgrade of %d tenant onboarding revision%s", n, "s" if n != 1 else ""
+    )
 
 
 def _short(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def run_migrations() -> None:
+    """The body of ``veneer_migrations/env.py``; PPPError becomes Alembic's ``FAILED: ...``."""
+    VeneerEnvironment.main()
 
 
 # -- programmatic entry points (the `ppp veneer ...` commands) ----------------------------------
@@ -440,7 +476,7 @@ def _run(
         before,
         current_versions(settings),
         list(cfg.attributes[CHANGES_KEY]),
-        list(getattr(onboarding, "registered", [])),
+        list(onboarding.registered) if isinstance(onboarding, Onboarding) else [],
         cfg.attributes.get(WIRED_KEY),
     )
 
@@ -501,13 +537,6 @@ def status(settings: Settings, config: Config | None = None) -> VeneerStatus:
             }
             for s in catalog.list_shards(conn):
                 n, pending = counts.get(s.name, (0, 0))
-                servers.append(
-                    ServerStatus(
-                        s.name,
-                        f"{s.host}:{s.port}/{s.dbname}",
-                        n,
-                        pending,
-                        s.name in settings.shards,
-                    )
-                )
+                address = f"{s.host}:{s.port}/{s.dbname}"
+                servers.append(ServerStatus(s.name, address, n, pending, s.name in settings.shards))
     return VeneerStatus(current, heads, servers)

@@ -27,36 +27,44 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib.util
 import logging
 import os
 import re
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import context, op
-from alembic import util as alembic_util
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from mako.template import Template  # type: ignore[import-untyped]
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
 
 from ppp_env import veneer
+from ppp_env.alembic_adapter import as_tuple, template_dir, version_dirs, versions_dir
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_identifier, validate_tenant
 from ppp_env.settings import Settings
 from ppp_env.veneer import catalog
-from ppp_env.veneer import env as veneer_env
-from ppp_env.veneer.env import ONBOARDING_KEY, veneer_config
+from ppp_env.veneer.env import (
+    ONBOARDING_KEY,
+    TENANT_REVISION,
+    Onboarding,
+    UpgradeResult,
+    current_versions,
+    downgrade,
+    veneer_config,
+)
+from ppp_env.veneer.env import is_tenant_revision as is_tenant_revision
+from ppp_env.veneer.env import register_tenants as register_tenants
 
 log = logging.getLogger("ppp.veneer")
 
 #: An onboarding revision's file: ``t`` + 11 hex digits, ``_``, the tenant schema.
-TENANT_FILE = re.compile(r"(t[0-9a-f]{11})_([a-z_][a-z0-9_]*)\.py")
+TENANT_FILE = re.compile(rf"({TENANT_REVISION.pattern})_([a-z_][a-z0-9_]*)\.py")
 
 
 def new_revision_id() -> str:
@@ -64,21 +72,11 @@ def new_revision_id() -> str:
     return "t" + uuid.uuid4().hex[-11:]
 
 
-def is_tenant_revision(revision: str) -> bool:
-    return re.fullmatch(r"t[0-9a-f]{11}", revision) is not None
-
-
 @dataclass(frozen=True)
 class TenantRevision:
     schema: str
     revision: str
     path: Path
-
-
-def version_dirs(script: ScriptDirectory) -> list[Path]:
-    """The folders a script directory keeps revisions in (``version_locations``, else its
-    ``versions`` folder), from its public attributes."""
-    return [Path(p) for p in (script.version_locations or [script.versions])]
 
 
 def _scan(script: ScriptDirectory) -> tuple[list[TenantRevision], list[Path]]:
@@ -129,13 +127,10 @@ def structural_head(script: ScriptDirectory) -> str:
     only their few files. PPPError unless there is exactly one."""
     revisions: dict[str, tuple[str, ...]] = {}
     for path in _scan(script)[1]:
-        try:
-            module = alembic_util.load_python_file(path.parent, path.name)
-        except Exception as exc:
-            raise PPPError(f"cannot load the veneer revision {path}: {exc}") from None
+        module = _load(path)
         rev = getattr(module, "revision", None)
         if isinstance(rev, str):
-            revisions[rev] = alembic_util.to_tuple(getattr(module, "down_revision", None), ())
+            revisions[rev] = as_tuple(getattr(module, "down_revision", None))
     parents = {p for downs in revisions.values() for p in downs}
     heads = sorted(r for r in revisions if r not in parents)
     if not heads:
@@ -194,6 +189,26 @@ def add_tenant_revision(
     return write_tenant_revision(script, schema, shard, structural_head(script), config=cfg)
 
 
+def _load(path: Path) -> Any:
+    """A revision file as a module of its own (not registered in ``sys.modules``)."""
+    try:
+        spec = importlib.util.spec_from_file_location(f"_ppp_veneer_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise ImportError("not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise PPPError(f"cannot load the veneer revision {path}: {exc}") from None
+    return module
+
+
+def _comma(value: str | Iterable[str] | None) -> str:
+    """The template's ``comma`` filter: revisions as ``a, b``."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else ", ".join(value)
+
+
 @functools.lru_cache(maxsize=4)
 def _template(path: str, mtime_ns: int) -> Any:
     """The compiled template (compiling it costs more than rendering it)."""
@@ -214,9 +229,9 @@ def write_tenant_revision(
     validate_tenant(schema)
     validate_identifier(shard, "shard name")
     rev = new_revision_id()
-    template = Path(script.dir) / "script.py.mako"
+    template = template_dir(script) / "script.py.mako"
     try:
-        folder = Path(script.versions)
+        folder = versions_dir(script)
         body = _template(str(template), template.stat().st_mtime_ns).render_unicode(
             up_revision=rev,
             down_revision=down_revision,
@@ -227,7 +242,7 @@ def write_tenant_revision(
             tenant=schema,
             shard=shard,
             config=config,
-            comma=alembic_util.format_as_comma,
+            comma=_comma,
         )
     except Exception as exc:
         raise PPPError(f"cannot render {template} for tenant {schema!r}: {exc}") from None
@@ -243,88 +258,6 @@ def write_tenant_revision(
 
 
 # -- what the revisions call ---------------------------------------------------------------------
-@dataclass
-class Onboarding:
-    """Tenants onboarded by one veneer run: registered in bulk, wired after the commit.
-
-    The veneer's environment puts one in ``config.attributes`` for each run, registers what
-    is pending before any non-tenant revision and at the end (:meth:`flush`), and refreshes
-    :attr:`registered` once its transaction committed.
-    """
-
-    pending: list[tuple[str, str]] = field(default_factory=list)
-    registered: list[str] = field(default_factory=list)
-
-    def flush(self, conn: Connection) -> None:
-        if self.pending:
-            register_tenants(conn, self.pending)
-            self.registered += [schema for schema, _shard in self.pending]
-            self.pending.clear()
-
-
-def register_tenants(conn: Connection, tenants: Sequence[tuple[str, str]]) -> None:
-    """Put tenants in the catalog (state ``pending``) in a few statements, whatever their
-    number; a tenant already there on the same shard is left alone. PPPError, nothing
-    registered, for a tenant on another shard or a shard the catalog does not know."""
-    wanted: dict[str, str] = {}
-    for schema, shard in tenants:
-        validate_tenant(schema)
-        validate_identifier(shard, "shard name")
-        if wanted.setdefault(schema, shard) != shard:
-            raise PPPError(
-                f"tenant {schema!r} has onboarding revisions for two shards "
-                f"({wanted[schema]!r} and {shard!r}): delete one of them"
-            )
-    catalog.require_catalog(conn)
-    runtime = catalog.runtime_tenants(conn, list(wanted))
-    if runtime:
-        raise PPPError(
-            f"tenant{'s' if len(runtime) > 1 else ''} {', '.join(map(repr, runtime[:5]))} "
-            "created at runtime (`ppp tenant create`): an onboarding revision cannot claim "
-            "it; delete the revision file, or remove the tenant first (`ppp tenant remove`)"
-        )
-    params = {"schemas": list(wanted), "shards": list(wanted.values())}
-    new = "unnest(CAST(:schemas AS text[]), CAST(:shards AS text[])) AS n(schema, shard)"
-    unknown = sorted(
-        conn.execute(
-            text(
-                f"SELECT DISTINCT n.shard FROM {new} "
-                "WHERE n.shard NOT IN (SELECT name FROM ppp.shards)"
-            ),
-            params,
-        ).scalars()
-    )
-    if unknown:
-        known = [s.name for s in catalog.list_shards(conn)]
-        raise PPPError(
-            f"unknown shard{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
-            f"the catalog has {', '.join(known) or '(none)'}; add it to PPP_SHARDS and run "
-            "`alembic -n veneer upgrade head`"
-        )
-    moved = conn.execute(
-        text(
-            f"SELECT t.schema, t.shard, n.shard AS wanted FROM ppp.tenants t JOIN {new} "
-            "USING (schema) WHERE t.shard <> n.shard ORDER BY 1 LIMIT 5"
-        ),
-        params,
-    ).all()
-    if moved:
-        raise PPPError(
-            "; ".join(
-                f"tenant {r.schema!r} is already in the catalog on shard {r.shard!r}, "
-                f"not {r.wanted!r}"
-                for r in moved
-            )
-        )
-    conn.execute(
-        text(
-            f"INSERT INTO ppp.tenants (schema, shard) SELECT n.schema, n.shard FROM {new} "
-            "ON CONFLICT (schema) DO NOTHING"
-        ),
-        params,
-    )
-
-
 def onboard(schema: str, shard: str) -> None:
     """Upgrade of an onboarding revision: register the tenant in the catalog.
 
@@ -348,7 +281,7 @@ def offboard(schema: str) -> None:
 
 def downgrade_tenant(
     settings: Settings, schema: str, config: Config | None = None
-) -> veneer_env.UpgradeResult:
+) -> UpgradeResult:
     """Take one tenant's onboarding revision back (``<rev>@-1``), every other tenant stays.
 
     Its foreign tables and catalog row go, its data on the shard stays. The revision file
@@ -362,14 +295,15 @@ def downgrade_tenant(
         raise PPPError(str(exc)) from exc
     found = find_tenant_revisions(script, schema)
     if not found:
-        raise PPPError(f"tenant {schema!r} has no onboarding revision in {script.versions}")
+        where = ", ".join(str(d) for d in version_dirs(script))
+        raise PPPError(f"tenant {schema!r} has no onboarding revision in {where}")
     if len(found) > 1:
         names = ", ".join(t.path.name for t in found)
         raise PPPError(f"tenant {schema!r} has {len(found)} onboarding revisions ({names})")
     rev = found[0].revision
-    applied = rev in veneer_env.current_versions(settings)
+    applied = rev in current_versions(settings)
     if not applied:
         raise PPPError(
             f"tenant {schema!r}: its onboarding revision {rev} is not applied to the veneer"
         )
-    return veneer_env.downgrade(settings, f"{rev}@-1", cfg)
+    return downgrade(settings, f"{rev}@-1", cfg)
