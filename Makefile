@@ -17,7 +17,8 @@ VENV_LOWEST ?= .venv-lowest
 LOWEST := alembic==1.13.0 sqlalchemy==2.0.0 psycopg2-binary==2.9.5 click==8.2.0 \
 	rich==13.0.0 python-dotenv==1.0.0
 LOWEST_TESTS := tests/test_migrations.py tests/test_runner_paths.py \
-	tests/test_live_migrations.py tests/test_shared.py tests/test_onboarding.py
+	tests/test_live_migrations.py tests/test_shared.py tests/test_onboarding.py \
+	tests/test_alembic_adapter.py tests/test_fleet_rendering.py tests/test_library_logging.py
 # The container stage (`make test-docker`): the tests of the servers, the fleet, the veneer
 # and the lifecycle on containers of PPP_POSTGRES_IMAGE (testcontainers; the veneer's image:
 # PPP_TEST_VENEER_IMAGE). `make test-docker-mixed` runs the fleet and the moves with the
@@ -37,7 +38,7 @@ STAMP := $(VENV)/.ppp-installed
 .PHONY: help venv install start-containers stop-containers initialize-databases \
 	teardown-databases migrations psql-veneer psql-bluth-co psql-cyberdyne psql-initech \
 	show-logs-veneer show-logs-bluth-co show-logs-cyberdyne show-logs-initech \
-	lint test test-lowest test-docker test-docker-mixed docs wheel scaffold-check ci templates clean
+	lint test test-lowest test-matrix test-docker test-docker-mixed docs wheel scaffold-check ci templates clean
 
 ##@ General
 help: ## Show this list of targets (the default)
@@ -120,11 +121,11 @@ lint: $(STAMP) ## ruff check, ruff format --check and mypy (strict on ppp_env)
 # pytest-randomly shuffles the tests; the header says `Using --randomly-seed=N`, and
 # `make test PYTEST_ARGS=--randomly-seed=N` replays that order
 # (`PYTEST_ARGS="-p no:randomly"` runs them in file order).
-# With CI_CHECKS set (.ci/run sets it), test-lowest and scaffold-check follow the suite.
+# With CI_CHECKS set (.ci/run sets it), test-lowest, test-matrix and scaffold-check follow.
 test: lint ## lint, then pytest (random order, seed printed) against real PostgreSQL servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 ifneq ($(CI_CHECKS),)
-	$(MAKE) --no-print-directory test-lowest scaffold-check VENV=$(VENV) PYTHON=$(PYTHON)
+	$(MAKE) --no-print-directory test-lowest test-matrix scaffold-check VENV=$(VENV) PYTHON=$(PYTHON)
 endif
 
 # The fleet tests on the lowest versions of the dependencies pyproject.toml allows: the
@@ -139,6 +140,13 @@ test-lowest: $(STAMP) ## The fleet tests in VENV_LOWEST, on the lowest declared 
 	$(VENV_LOWEST)/bin/python -m pip freeze --exclude-editable | grep -iE \
 		'^(alembic|sqlalchemy|psycopg2-binary|click|rich|python-dotenv)=='
 	$(VENV_LOWEST)/bin/python -m pytest -p no:randomly $(LOWEST_TESTS) $(LOWEST_PYTEST_ARGS)
+
+# Alembic 1.13 ... the newest minor pyproject.toml allows, each with SQLAlchemy 2.0 and 2.1:
+# the adapter's contract tests on every combination, the fleet tests on the oldest and newest
+# (MODE=full: everything everywhere). Venvs are kept in MATRIX_DIR and reused.
+MATRIX_DIR ?= $(HOME)/.cache/ppp-matrix
+test-matrix: $(STAMP) ## The contract and fleet tests on every Alembic minor x SQLAlchemy 2.0/2.1
+	MATRIX_DIR=$(MATRIX_DIR) PYTHON=$(PYTHON) bash ci/alembic_matrix.sh
 
 test-docker: $(STAMP) ## The servers, fleet, veneer and lifecycle tests on containers (a Docker engine)
 	PPP_TEST_BACKEND=docker $(BIN)/python -m pytest $(DOCKER_TESTS) $(PYTEST_ARGS)
@@ -163,7 +171,7 @@ wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates inc
 scaffold-check: wheel ## The wheel in a fresh venv elsewhere: ppp new, local up, init, migrate...
 	bash ci/scaffold_check.sh $(DIST) $(CONSTRAINTS)
 
-ci: $(STAMP) ## What .ci/run runs after installing: test, then test-lowest and scaffold-check
+ci: $(STAMP) ## What .ci/run runs after installing: test, then test-lowest, test-matrix, scaffold-check
 	CI_CHECKS=1 $(MAKE) --no-print-directory test
 
 templates: $(STAMP) ## Copy this repository's files into the `ppp new` templates (keep them identical)

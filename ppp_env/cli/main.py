@@ -407,4 +407,9 @@ def logs(state: State, instance: str, lines: int, backend: str) -> None:
 
 
 def main() -> None:
+    """The ``ppp`` console script: a command line, so alembic.ini's logging applies (an
+    application calling the library keeps its own)."""
+    from ppp_env.alembic_env import use_ini_logging
+
+    use_ini_logging()
     cli(prog_name="ppp")
