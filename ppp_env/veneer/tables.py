@@ -43,6 +43,7 @@ from ppp_env.veneer.plan import (
     WIRED,
     Plan,
     RefreshReport,
+    create_locks,
     diff,
     ensure_wired,
     finish,
@@ -239,11 +240,12 @@ def _plan(
     finally:
         shards.close()
     app = quote_ident(settings.veneer.app_role)
+    per_create = create_locks(conn.dialect.server_version_info)
     for plan in plans:
         if plan.schema in report.errors:
             continue
         try:
-            finish(plan, definitions.get(plan.tenant.shard, {}), app)
+            finish(plan, definitions.get(plan.tenant.shard, {}), app, per_create)
         except KeyError:
             report.errors[plan.schema] = (
                 f"its tables changed on shard {plan.tenant.shard!r} while the refresh read "
