@@ -67,10 +67,14 @@ grep -viE '^(alembic|sqlalchemy)==' constraints.txt >"$pins"
 venv_for() {
     local alembic="$1" sqlalchemy="$2" dir="$MATRIX_DIR/alembic-$1-sqlalchemy-$2"
     if [ ! -x "$dir/bin/python" ] || [ ! -f "$dir/.installed" ]; then
+        rm -rf "$dir"
         "$PYTHON" -m venv "$dir"
         "$dir/bin/python" -m pip install --quiet -c "$pins" -e '.[test]' \
             "alembic==$alembic.*" "sqlalchemy==$sqlalchemy.*"
         touch "$dir/.installed"
+    else
+        # A cached venv (MATRIX_DIR may outlive the checkout): PPP from this checkout.
+        "$dir/bin/python" -m pip install --quiet --no-deps -e . >/dev/null
     fi
     echo "$dir"
 }
