@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.servers.local import BINDIR_PATTERNS
+from ppp_env.servers.local import BINDIR_PATTERNS, folder_version, pg_config_bindir
 from ppp_env.settings import Instance, Role
 
 #: The programs PPP runs; a local folder counts only when it has all of them.
@@ -227,11 +227,12 @@ def local_bindirs(
     search = environ.get("PATH", os.defpath)
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config", path=search)
-    if pg_config:
-        candidates += _pg_config_bindir(pg_config)
+    bindir = pg_config_bindir(pg_config) if pg_config else None
+    if bindir is not None:
+        candidates.append(bindir)
     for pattern in patterns:
         candidates += sorted(
-            (Path(p) for p in glob.glob(pattern)), key=_folder_version, reverse=True
+            (Path(p) for p in glob.glob(pattern)), key=folder_version, reverse=True
         )
     on_path = shutil.which("pg_dump", path=search)
     if on_path:
@@ -241,21 +242,6 @@ def local_bindirs(
         if path not in out and all((path / p).is_file() for p in PROGRAMS):
             out.append(path)
     return out
-
-
-def _folder_version(path: Path) -> tuple[int, ...]:
-    m = re.search(r"(?:/postgresql/|/pgsql-)(\d+)(?:\.(\d+))?/bin", str(path))
-    return tuple(int(x) for x in m.groups() if x) if m else (0,)
-
-
-def _pg_config_bindir(pg_config: str) -> list[Path]:
-    try:
-        out = subprocess.run(
-            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [Path(out)] if out else []
 
 
 @functools.lru_cache(maxsize=64)

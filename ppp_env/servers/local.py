@@ -66,6 +66,24 @@ class ServerStatus:
 BINDIR_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
 
 
+def folder_version(path: str | Path) -> tuple[int, ...]:
+    """The major (and minor) version a distribution's folder is named after, (0,) if none:
+    ``/usr/lib/postgresql/17/bin`` -> (17,)."""
+    m = re.search(r"(?:/postgresql/|/pgsql-)(\d+)(?:\.(\d+))?/bin", str(path))
+    return tuple(int(x) for x in m.groups() if x) if m else (0,)
+
+
+def pg_config_bindir(pg_config: str) -> Path | None:
+    """What ``pg_config --bindir`` answers (None when it fails)."""
+    try:
+        out = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return Path(out) if out else None
+
+
 def find_bindir(
     environ: Mapping[str, str] | None = None, patterns: Sequence[str] = BINDIR_PATTERNS
 ) -> Path:
@@ -78,22 +96,15 @@ def find_bindir(
         candidates.append(("PPP_PG_BINDIR", Path(env["PPP_PG_BINDIR"])))
     pg_config = shutil.which("pg_config", path=env.get("PATH", os.defpath))
     if pg_config:
-        try:
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-            candidates.append(("pg_config --bindir", Path(out)))
-        except (subprocess.SubprocessError, OSError):
+        bindir = pg_config_bindir(pg_config)
+        if bindir is not None:
+            candidates.append(("pg_config --bindir", bindir))
+        else:
             tried.append(f"{pg_config} --bindir (failed)")
     else:
         tried.append("pg_config on PATH (not found)")
-
-    def version_key(path: str) -> tuple[int, ...]:
-        m = re.search(r"(?:/postgresql/|/pgsql-)(\d+)(?:\.(\d+))?/bin", path)
-        return tuple(int(x) for x in m.groups() if x) if m else (0,)
-
     for pattern in patterns:
-        found = sorted(glob.glob(pattern), key=version_key, reverse=True)
+        found = sorted(glob.glob(pattern), key=folder_version, reverse=True)
         if not found:
             tried.append(f"{pattern} (nothing there)")
         candidates.extend((pattern, Path(f)) for f in found)
