@@ -27,12 +27,11 @@ from ppp_env.alembic_env import find_alembic_ini, section_config
 from ppp_env.errors import PPPError
 from ppp_env.fleet.commands import tenant_config, upgrade_tenants
 from ppp_env.fleet.options import RunOptions
-from ppp_env.fleet.results import FleetResult, TenantResult
+from ppp_env.fleet.results import FleetResult, TenantResult, refresh_veneer
 from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
 from ppp_env.shared.env import SharedResult
 from ppp_env.veneer import env as veneer_env
-from ppp_env.veneer import refresh
 from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
 
@@ -222,12 +221,4 @@ def _refresh_step(
     )
     if not wanted:
         return
-    try:
-        report = refresh(settings, wanted)
-    except PPPError as exc:
-        result.refresh_error = str(exc)
-        return
-    result.refreshed = list(report.refreshed)
-    result.refresh_pending = list(report.pending)
-    if report.errors:
-        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
+    refresh_veneer(settings, result, wanted)

@@ -35,12 +35,10 @@ from ppp_env.fleet.options import OPTIONS_KEY, RESULT_KEY, RunOptions
 from ppp_env.fleet.pool import run_fleet
 from ppp_env.fleet.progress import make_display
 from ppp_env.fleet.rendering import Setup, render_steps, run_steps_online, step_label
-from ppp_env.fleet.results import FleetResult
+from ppp_env.fleet.results import refresh_veneer
 from ppp_env.fleet.status import shard_states
 from ppp_env.identifiers import quote_ident
-from ppp_env.settings import Settings
 from ppp_env.tenant_state import group_by_shard
-from ppp_env.veneer import refresh
 from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
 
@@ -77,7 +75,7 @@ class FleetEnvironment(PPPEnvironment):
         display = make_display(self.options.output, self.options.verbose)
         result = run_fleet(self.settings, group_by_shard(tenants), self.options, hooks, display)
         if self.options.refresh and result.changed:
-            _refresh(self.settings, result)
+            refresh_veneer(self.settings, result, result.changed)
         display.summary(result)
         self.config.attributes[RESULT_KEY] = result
         if not result.ok:
@@ -208,18 +206,6 @@ def _tenant_sql(shard: str, schema: str, from_base: bool, body: str) -> str:
         f"-- PPP: shard {shard}, tenant {schema}\nBEGIN;\n{create}"
         f"SET LOCAL search_path TO {q};\n\n{body}COMMIT;\n\n"
     )
-
-
-def _refresh(settings: Settings, result: FleetResult) -> None:
-    try:
-        report = refresh(settings, result.changed)
-    except PPPError as exc:
-        result.refresh_error = str(exc)
-        return
-    result.refreshed = list(report.refreshed)
-    result.refresh_pending = list(report.pending)
-    if report.errors:
-        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
 
 
 def run_migrations(target_metadata: Any = None, **configure_kw: Any) -> None:

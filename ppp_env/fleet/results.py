@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ppp_env.errors import PPPError
+from ppp_env.settings import Settings
+from ppp_env.veneer import refresh
 
 
 @dataclass
@@ -102,3 +107,17 @@ class FleetResult:
                 "error": self.refresh_error,
             },
         }
+
+
+def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[str]) -> None:
+    """The veneer refresh after a run, of ``tenants``: what it did goes in ``result``
+    (a failure too: the tenants' migration stands)."""
+    try:
+        report = refresh(settings, tenants)
+    except PPPError as exc:
+        result.refresh_error = str(exc)
+        return
+    result.refreshed = list(report.refreshed)
+    result.refresh_pending = list(report.pending)
+    if report.errors:
+        result.refresh_error = "; ".join(f"{k}: {v}" for k, v in report.errors.items())
