@@ -156,8 +156,21 @@ class _Pool:
             self.display.shard_failed(shard, event[2])
             if self.options.fail_fast:
                 self.stop.set()
+        elif kind in ("pausing", "paused", "warning"):
+            self.replica_event(kind, event[2])
         elif kind == "shard_done":
             self.done.add(shard)
+
+    def replica_event(self, kind: str, detail: Any) -> None:
+        """A shard waiting for its replicas (``fleet.pacing``): shown, and kept in the result."""
+        if kind == "pausing":
+            self.display.shard_pausing(detail)
+        elif kind == "paused":
+            self.result.pauses.append(detail)
+            self.display.shard_paused(detail)
+        else:
+            self.result.warnings.append(detail)
+            self.display.warning(detail)
 
     def drain(self) -> None:
         while True:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ppp_env.errors import PPPError
@@ -24,6 +24,32 @@ class TenantResult:
     attempts: int = 1
 
 
+@dataclass(frozen=True)
+class Pause:
+    """A shard's wait for its replicas before its next tenant (``fleet.pacing``)."""
+
+    shard: str
+    seconds: float
+    replica: str
+    #: The largest replay lag seen (seconds); None: the replica could not be reached.
+    lag: float | None
+    #: PPP_MAX_REPLICA_LAG.
+    limit: float
+    #: Why the replica could not be reached.
+    error: str = ""
+
+    def ended(self, seconds: float) -> Pause:
+        return replace(self, seconds=seconds)
+
+    def why(self) -> str:
+        if self.lag is None:
+            return f"an unreachable replica ({self.replica}: {self.error})"
+        return f"replica lag ({self.replica}: {self.lag:.1f} s > {self.limit:g} s)"
+
+    def line(self) -> str:
+        return f"shard {self.shard}: paused {self.seconds:.1f} s for {self.why()}"
+
+
 @dataclass
 class FleetResult:
     command: str
@@ -34,6 +60,9 @@ class FleetResult:
     refresh_error: str | None = None
     #: Revisions that ran online (through Alembic, tenant by tenant) and why.
     online: dict[str, str] = field(default_factory=dict)
+    #: Waits for the shards' replicas (PPP_MAX_REPLICA_LAG), and warnings about them.
+    pauses: list[Pause] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
@@ -65,6 +94,9 @@ class FleetResult:
             parts.append(f"{self.count('not_run')} not run")
         if self.shard_errors:
             parts.append(f"{len(self.shard_errors)} shard(s) failed")
+        if self.pauses:
+            waited = sum(p.seconds for p in self.pauses)
+            parts.append(f"{len(self.pauses)} pause(s) for replicas ({waited:.1f} s)")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
 
     def veneer_summary(self) -> str | None:
@@ -100,6 +132,8 @@ class FleetResult:
             "retries": sum(t.attempts - 1 for t in self.tenants),
             "shard_errors": self.shard_errors,
             "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
+            "pauses": [asdict(p) for p in self.pauses],
+            "warnings": self.warnings,
             "tenants": [asdict(t) for t in self.tenants],
             "veneer": {
                 "refreshed": self.refreshed,

@@ -33,6 +33,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet import tenant_sql as sql
 from ppp_env.fleet.hooks import AlembicHooks, OutsideTransaction, StepFailed, migrating
 from ppp_env.fleet.options import RENDERABLE, RunOptions
+from ppp_env.fleet.pacing import pacer_for
 from ppp_env.fleet.results import TenantResult
 from ppp_env.fleet.retry import RetryQueue
 from ppp_env.fleet.segments import PathPlan, Segment
@@ -111,6 +112,7 @@ class _ShardRun:
         self.plan = PathPlan(self.hooks, render=opts.render)
         #: Whether the tenant in progress holds its advisory lock (its migration is running).
         self.migrating = False
+        self.pacer = pacer_for(st, self.job.shard, self.cur)
 
     @property
     def online(self) -> dict[str, str]:
@@ -374,7 +376,8 @@ class _ShardRun:
         queue = RetryQueue(todo, stop)
         finished = 0
         while queue:
-            tenant = None if stop.is_set() else queue.next()
+            paced = not stop.is_set() and self.pacer.wait(emit, stop)  # replicas caught up
+            tenant = queue.next() if paced else None
             if tenant is None:
                 emit(("results", self.job.shard, self.not_run(queue.rest())))
                 return
@@ -471,6 +474,8 @@ def run_shard(
         run = _ShardRun(job, settings, options, hooks, conn)
         run.work(run.start(emit), emit, stop)
     finally:
+        if run is not None:
+            run.pacer.close()
         if run is not None and run.online:
             emit(("online", job.shard, dict(run.online)))
         if run is not None and run.raw.closed:
