@@ -155,9 +155,9 @@ class Pacer(NoPacing):
         if not self.cur.fetchone()[0]:
             raise PacingError(
                 f"PPP_MAX_REPLICA_LAG is set but role {self.shard.admin_role} cannot read the "
-                "replicas' lag in pg_stat_replication: GRANT pg_monitor TO "
-                f"{self.shard.admin_role} (as a superuser), or list the replicas in "
-                f"{self.shard.env_prefix}REPLICA_URLS"
+                "replicas' lag in pg_stat_replication: GRANT pg_read_all_stats (or pg_monitor) "
+                f"TO {self.shard.admin_role} as a superuser (`ppp init` does), or list the "
+                f"replicas in {self.shard.env_prefix}REPLICA_URLS"
             )
         self.checked = True
 

@@ -1,0 +1,309 @@
+"""Pacing a fleet run by replica lag (PPP_MAX_REPLICA_LAG), against a real streaming replica.
+
+The replica is a ``pg_basebackup -R`` copy of shard bluth_co (tests/replica.py), started for
+this module on the local backend; its replay is paused (``pg_wal_replay_pause()``) so that
+its lag grows while a run goes on, then resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from alembic.util import CommandError
+
+from ppp_env.fleet.options import OPTIONS_KEY, RunOptions
+from ppp_env.fleet.pacing import LagClock
+from ppp_env.fleet.progress import PlainDisplay
+from ppp_env.fleet.results import FleetResult, Pause
+from ppp_env.servers.local import free_port
+from ppp_env.settings import load_settings
+from tests.conftest import (
+    Topology,
+    drop_schemas,
+    fleet_config,
+    opts,
+    register,
+    shard_sql,
+    states,
+    unregister,
+)
+from tests.replica import Replica, start_replica
+
+SHARD = "bluth_co"
+P = "PPP_SHARD_BLUTH_CO_"
+
+
+@pytest.fixture(scope="module")
+def replica(topology: Topology) -> Iterator[Replica]:
+    if topology.servers is None:
+        pytest.skip(
+            "a streaming replica is started for the local backend only (PPP_TEST_BACKEND=local);"
+            " the docker backend would need a replica container"
+        )
+    rep = start_replica(topology.workdir, topology.settings.shard(SHARD))
+    try:
+        yield rep
+    finally:
+        rep.stop()
+
+
+@pytest.fixture
+def tenants(veneer_head: Topology, request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Four tenants of shard bluth_co, registered for the test and removed afterwards."""
+    settings = veneer_head.settings
+    name = request.node.name.replace("test_", "")[:12]
+    mine = {f"rp_{name}_{i}": SHARD for i in range(4)}
+    register(settings, mine)
+    yield sorted(mine)
+    unregister(settings, mine)
+    drop_schemas(settings, mine)
+
+
+def revisions(settings, tenants: list[str]) -> list[str | None]:
+    found = states(settings, SHARD, tenants)
+    return [found[t].revision for t in tenants]
+
+
+def run(tenants: list[str], target: str = "head", output: str = "quiet") -> FleetResult:
+    """Migrate ``tenants`` one after the other (one worker): the run's result, even failed."""
+    options = RunOptions(output=output, tenants=tenants, jobs=1)
+    cfg = fleet_config(**{OPTIONS_KEY: options})
+    with contextlib.suppress(CommandError):  # a failed run: its result says why
+        command.upgrade(cfg, target)
+    return cfg.attributes["ppp.result"]
+
+
+def lagging_run(settings, replica: Replica, tenants: list[str]) -> tuple[FleetResult, list]:
+    """Tenants at f002, the first with 300k rows that f003 updates (about a second), the
+    replica's replay paused: the run waits after that tenant until replay is resumed."""
+    run(tenants, "f002")
+    shard_sql(
+        settings,
+        SHARD,
+        f"INSERT INTO {tenants[0]}.items SELECT 'n' || g FROM generate_series(1, 300000) g",
+    )
+    replica.wait_caught_up()
+    replica.sql("SELECT pg_wal_replay_pause()")
+    seen: list[list[str | None]] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while revisions(settings, tenants)[0] != "f003" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(2):  # the run waits: no other tenant moves meanwhile
+            time.sleep(1.5)
+            seen.append(revisions(settings, tenants))
+        replica.sql("SELECT pg_wal_replay_resume()")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = run(tenants, output="plain")
+    finally:
+        watcher.join()
+        replica.sql("SELECT pg_wal_replay_resume()")
+    return result, seen
+
+
+def assert_paused_then_finished(settings, tenants, result, seen, replica_name) -> None:
+    assert seen == [["f003", "f002", "f002", "f002"]] * 2
+    assert result.ok, result.failure_message()
+    assert revisions(settings, tenants) == ["f003"] * 4
+    first = result.pauses[0]
+    assert first.shard == SHARD and replica_name in first.replica
+    assert first.lag is not None and first.lag > 0.5 and first.seconds > 2.5
+    assert "pause(s) for replicas" in result.summary()
+    (shown,) = [p for p in result.to_json()["pauses"] if p["seconds"] == first.seconds]
+    assert shown["shard"] == SHARD and shown["replica"] == first.replica
+    assert shown["lag"] == first.lag
+
+
+def test_a_lagging_listed_replica_pauses_the_shard_until_it_replays(
+    replica, tenants, settings, monkeypatch, capsys
+):
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.5")
+    monkeypatch.setenv(f"{P}REPLICA_URLS", replica.url())  # the admin role's password
+    result, seen = lagging_run(settings, replica, tenants)
+    masked = f"postgresql://bluth_co_admin:***@127.0.0.1:{replica.port}/bluth_co"
+    assert_paused_then_finished(settings, tenants, result, seen, masked)
+    out = capsys.readouterr().out
+    assert f"shard bluth_co: waiting for replica lag ({masked}: " in out
+    assert f"{result.pauses[0].line()}\n" in out
+    assert f"paused {result.pauses[0].seconds:.1f} s for replica lag ({masked}: " in out
+    assert "pause(s) for replicas" in out
+    secret = settings.shard(SHARD).admin_password
+    assert secret not in str(result.to_json()) and secret not in out
+
+
+def test_a_lagging_discovered_replica_pauses_the_shard(replica, tenants, settings, monkeypatch):
+    """No REPLICA_URLS: the primary's pg_stat_replication, which the admin role reads through
+    pg_read_all_stats (granted by `ppp init`)."""
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.5")
+    result, seen = lagging_run(settings, replica, tenants)
+    assert_paused_then_finished(settings, tenants, result, seen, "walreceiver at 127.0.0.1")
+
+
+def test_discovery_without_pg_read_all_stats_says_so_and_runs_nothing(
+    tenants, settings, monkeypatch
+):
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "1")
+    grant = "pg_read_all_stats {} bluth_co_admin"
+    shard_sql(settings, SHARD, "REVOKE " + grant.format("FROM"), role="superuser")
+    try:
+        result = run(tenants)
+    finally:
+        shard_sql(settings, SHARD, "GRANT " + grant.format("TO"), role="superuser")
+    assert "GRANT pg_read_all_stats (or pg_monitor) TO bluth_co_admin" in result.shard_errors[SHARD]
+    assert f"{P}REPLICA_URLS" in result.shard_errors[SHARD]
+    assert result.count("not_run") == 4 and revisions(settings, tenants) == [None] * 4
+
+
+def closed_url() -> str:
+    return f"postgresql://127.0.0.1:{free_port()}"
+
+
+def test_an_unreachable_replica_holds_the_shard_until_the_wait_timeout(
+    tenants, settings, monkeypatch
+):
+    url = closed_url()
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.5")
+    monkeypatch.setenv("PPP_REPLICA_WAIT_TIMEOUT", "1.5")
+    monkeypatch.setenv(f"{P}REPLICA_URLS", url)
+    started = time.monotonic()
+    result = run(tenants)
+    assert time.monotonic() - started < 20
+    error = result.shard_errors[SHARD]
+    assert "unreachable" in error and "PPP_REPLICA_WAIT_TIMEOUT=1.5 s" in error
+    assert "bluth_co_admin:***@127.0.0.1" in error
+    assert settings.shard(SHARD).admin_password not in error
+    (pause,) = result.pauses
+    assert pause.lag is None and pause.seconds >= 1.5 and "refused" in pause.error
+    assert result.count("not_run") == 4 and revisions(settings, tenants) == [None] * 4
+
+
+def test_an_unreachable_replica_is_given_up_with_a_warning_when_told_to_proceed(
+    tenants, settings, monkeypatch
+):
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.5")
+    monkeypatch.setenv("PPP_REPLICA_UNREACHABLE", "proceed")
+    monkeypatch.setenv(f"{P}REPLICA_URLS", closed_url())
+    result = run(tenants)
+    assert result.ok, result.failure_message()
+    assert revisions(settings, tenants) == ["f003"] * 4
+    (warning,) = result.warnings
+    assert "bluth_co_admin:***@127.0.0.1" in warning and "going on without it" in warning
+    (pause,) = result.pauses  # once: the replica is not waited for again in this run
+    assert 0.5 <= pause.seconds < 5
+
+
+def test_no_pacing_and_no_pacing_query_without_max_replica_lag(
+    topology, tenants, settings, monkeypatch
+):
+    monkeypatch.delenv("PPP_MAX_REPLICA_LAG", raising=False)
+    monkeypatch.setenv(f"{P}REPLICA_URLS", closed_url())  # would hold the shard if paced
+    log = topology.servers.log_file(SHARD) if topology.servers else None
+    size = log.stat().st_size if log else 0
+    result = run(tenants)
+    assert result.ok and not result.pauses and not result.warnings
+    assert revisions(settings, tenants) == ["f003"] * 4
+    if log:
+        ran = log.read_bytes()[size:].decode(errors="replace")
+        assert "pg_current_wal_flush_lsn" not in ran and "pg_stat_replication" not in ran
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expects"),
+    [
+        ("PPP_MAX_REPLICA_LAG", "soon", "PPP_MAX_REPLICA_LAG='soon' is not valid"),
+        ("PPP_MAX_REPLICA_LAG", "-1", "PPP_MAX_REPLICA_LAG='-1' is not valid"),
+        ("PPP_MAX_REPLICA_LAG", "nan", "PPP_MAX_REPLICA_LAG='nan' is not valid"),
+        ("PPP_REPLICA_UNREACHABLE", "maybe", "expected wait or proceed"),
+        ("PPP_REPLICA_WAIT_TIMEOUT", "long", "PPP_REPLICA_WAIT_TIMEOUT='long' is not valid"),
+        (f"{P}REPLICA_URLS", "mysql://u:s3cret@db", f"{P}REPLICA_URLS: URL 1 is not valid"),
+        (f"{P}REPLICA_URLS", "postgresql://h:1,postgresql://u:s3cret@", "URL 2 is not valid"),
+        (f"{P}REPLICA_URLS", "postgresql://u:s3cret@h:port", "URL 1 is not valid"),
+    ],
+)
+def test_a_bad_setting_is_named_and_nothing_runs(
+    tenants, settings, monkeypatch, var, value, expects
+):
+    monkeypatch.setenv(var, value)
+    cfg = fleet_config(**opts(tenants=tenants))
+    with pytest.raises(CommandError) as caught:  # FAILED: ... from alembic
+        command.upgrade(cfg, "head")
+    assert expects in str(caught.value) and "s3cret" not in str(caught.value)
+    assert revisions(settings, tenants) == [None] * 4
+
+
+def test_replica_urls_take_the_shards_role_password_and_database_unless_given(topology):
+    env = topology.variant(**{f"{P}REPLICA_URLS": "postgresql://r1, postgres://me:pw@r2:6/x"})
+    shard = load_settings(environ=env).shard(SHARD)
+    first, second = shard.replicas
+    assert (first.username, first.host, first.port, first.database) == (
+        "bluth_co_admin",
+        "r1",
+        5432,
+        "bluth_co",
+    )
+    assert first.password == shard.admin_password
+    assert (second.username, second.password, second.port, second.database) == (
+        "me",
+        "pw",
+        6,
+        "x",
+    )
+    assert "pw" not in repr(shard)
+    plain = load_settings(environ=topology.variant())
+    assert plain.max_replica_lag == 0 and plain.replica_unreachable == "wait"
+    assert plain.replica_wait_timeout == 600 and plain.shard(SHARD).replicas == ()
+
+
+def test_lag_counts_from_the_first_position_a_replica_has_not_replayed() -> None:
+    lags = LagClock()
+    lags.sample(10.0, 100)
+    lags.sample(11.0, 100)  # no new WAL: no new sample
+    lags.sample(12.0, 200)
+    assert lags.lag(13.0, 50) == 3.0
+    assert lags.lag(13.0, 100) == 1.0
+    assert lags.lag(13.0, 200) == 0.0
+    lags.forget(100)
+    assert list(lags.samples) == [(12.0, 200)]
+
+
+def test_pauses_are_printed_and_in_the_json() -> None:
+    out = io.StringIO()
+    display = PlainDisplay(out)
+    pause = Pause(SHARD, 3.24, "postgresql://u:***@r:5432/bluth_co", 12.1, 5.0)
+    display.shard_pausing(pause)
+    display.shard_paused(pause)
+    display.warning("shard bluth_co: replica x unreachable")
+    assert out.getvalue().splitlines() == [
+        "shard bluth_co: waiting for replica lag (postgresql://u:***@r:5432/bluth_co: "
+        "12.1 s > 5 s)",
+        "shard bluth_co: paused 3.2 s for replica lag (postgresql://u:***@r:5432/bluth_co: "
+        "12.1 s > 5 s)",
+        "WARNING shard bluth_co: replica x unreachable",
+    ]
+    result = FleetResult("upgrade", pauses=[pause], warnings=["w"])
+    assert result.to_json()["pauses"] == [
+        {
+            "shard": SHARD,
+            "seconds": 3.24,
+            "replica": "postgresql://u:***@r:5432/bluth_co",
+            "lag": 12.1,
+            "limit": 5.0,
+            "error": "",
+        }
+    ]
+    assert result.to_json()["warnings"] == ["w"]
+    gone = Pause(SHARD, 1.0, "postgresql://u:***@r:1/b", None, 5.0, "connection refused")
+    assert gone.line() == (
+        "shard bluth_co: paused 1.0 s for an unreachable replica "
+        "(postgresql://u:***@r:1/b: connection refused)"
+    )
