@@ -1,16 +1,13 @@
 """A real streaming replica of one of the session's local shards, for the pacing tests.
 
-``pg_basebackup -R`` copies the shard's running cluster (over the replication entry for
-127.0.0.1 that initdb writes, as the shard's superuser with its password) into its own
-folder, then the replica starts on a free port of 127.0.0.1 as the ``postgres`` OS user,
-like the shards (``ppp_env.servers.local``). Only the local backend: the docker backend's
+``LocalServers.replicate`` (``pg_basebackup -R``) copies the shard's running cluster into
+its own folder, then the replica starts on a free port of 127.0.0.1 as the ``postgres`` OS
+user, like the shards (``ppp_env.servers.local``). Only the local backend: the docker backend's
 containers would need a container of their own.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from ppp_env.errors import PPPError
-from ppp_env.servers.local import SERVER_USER, LocalServers, free_port
+from ppp_env.servers.local import LocalServers, free_port
 from ppp_env.settings import Instance
 
 
@@ -27,25 +23,10 @@ class ReplicaServers(LocalServers):
     """Local servers whose clusters are base backups of another server, not initdb's."""
 
     def basebackup(self, name: str, primary: Instance) -> None:
-        data = self.data_dir(name)
-        self._mkdir(self.root(name))
-        self._mkdir(self.root(name) / "run")
-        cmd = [
-            str(self.bindir / "pg_basebackup"),
-            *("-D", str(data), "-R", "-X", "stream", "-c", "fast", "-w"),
-            *("-h", primary.host, "-p", str(primary.port), "-U", primary.superuser),
-        ]
-        if self.as_root:
-            cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
-        env = {**os.environ, "PGPASSWORD": primary.superuser_password or ""}
-        res = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=120, cwd="/", env=env, check=False
-        )
-        if res.returncode != 0:
-            raise PPPError(f"pg_basebackup of {primary.label} failed: {res.stderr.strip()}")
+        self.replicate(name, primary)
         # The replica reports its replay position every second, not every 10 s: the primary's
         # pg_stat_replication (discovery) then sees a resumed replay at once.
-        with open(data / "postgresql.auto.conf", "a") as f:
+        with open(self.data_dir(name) / "postgresql.auto.conf", "a") as f:
             f.write("wal_receiver_status_interval = 1\n")
 
 

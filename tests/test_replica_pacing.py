@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +18,9 @@ import pytest
 from alembic import command
 from alembic.util import CommandError
 
+from ppp_env import db
 from ppp_env.fleet.options import OPTIONS_KEY, RunOptions
-from ppp_env.fleet.pacing import LagClock
+from ppp_env.fleet.pacing import LagClock, pacer_for
 from ppp_env.fleet.progress import PlainDisplay
 from ppp_env.fleet.results import FleetResult, Pause
 from ppp_env.servers.local import free_port
@@ -307,3 +309,23 @@ def test_pauses_are_printed_and_in_the_json() -> None:
         "shard bluth_co: paused 1.0 s for an unreachable replica "
         "(postgresql://u:***@r:1/b: connection refused)"
     )
+
+
+def test_a_pause_ends_at_once_when_the_run_stops(settings, monkeypatch):
+    """Ctrl-C or --fail-fast set the run's stop event: a waiting shard stops waiting."""
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.5")
+    monkeypatch.setenv(f"{P}REPLICA_URLS", closed_url())
+    paced = load_settings()
+    events: list[tuple] = []
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    with db.connection(paced.shard(SHARD), autocommit=True) as conn:
+        pacer = pacer_for(paced, SHARD, conn.cursor())
+        started = time.monotonic()
+        assert pacer.wait(events.append, stop) is False
+    assert time.monotonic() - started < 2.0
+    kinds = [e[0] for e in events]
+    assert kinds == ["pausing", "paused"] and events[1][2].seconds >= 0.5
+    assert pacer_for(
+        load_settings(environ={**os.environ, "PPP_MAX_REPLICA_LAG": "0"}), SHARD, None
+    ).wait(events.append, stop)  # no pacing: no cursor needed, nothing queried
