@@ -17,11 +17,12 @@ from collections.abc import Iterator
 import pytest
 from alembic import command
 from alembic.util import CommandError
+from rich.console import Console
 
 from ppp_env import db
 from ppp_env.fleet.options import OPTIONS_KEY, RunOptions
 from ppp_env.fleet.pacing import LagClock, pacer_for
-from ppp_env.fleet.progress import PlainDisplay
+from ppp_env.fleet.progress import PlainDisplay, RichDisplay
 from ppp_env.fleet.results import FleetResult, Pause
 from ppp_env.servers.local import free_port
 from ppp_env.settings import load_settings
@@ -355,3 +356,16 @@ def test_a_pause_ends_at_once_when_the_run_stops(settings, monkeypatch):
     assert pacer_for(
         load_settings(environ={**os.environ, "PPP_MAX_REPLICA_LAG": "0"}), SHARD, None
     ).wait(events.append, stop)  # no pacing: no cursor needed, nothing queried
+
+
+def test_the_rich_display_notes_a_waiting_shard() -> None:
+    console = Console(file=io.StringIO(), width=200)
+    display = RichDisplay(console)
+    pause = Pause(SHARD, 3.24, "walreceiver at 10.0.0.7 (pid 42)", 12.1, 5.0)
+    with display:
+        display.shard_started(SHARD, 4, 4)
+        display.shard_pausing(pause)
+        assert display.progress.tasks[0].fields["note"] == "[yellow]waiting for replicas"
+        display.shard_paused(pause)
+        assert display.progress.tasks[0].fields["note"] == ""
+    assert pause.line() in console.file.getvalue()

@@ -239,7 +239,7 @@ class Pacer(NoPacing):
                     return True
                 worst = max(holding, key=lambda r: float("inf") if r.lag is None else r.lag)
                 pause = self.note(pause, worst, waited, emit)
-                if waited > self.settings.replica_wait_timeout:
+                if waited >= self.settings.replica_wait_timeout:
                     raise PacingError(self.gave_up(worst, waited))
                 stop.wait(POLL)
             return False
