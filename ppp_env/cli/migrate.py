@@ -18,6 +18,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet.status import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
+from ppp_env.report import check_target, write_run_report, write_status_report
 from ppp_env.shared import env as shared_env
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.catalog import in_service, list_tenants
@@ -84,6 +85,15 @@ def fleet_options(f: F) -> F:
 )
 @click.option("--revision", default="head", show_default=True, help="Target tenant revision.")
 @click.option("-v", "--verbose", is_flag=True, help="A line per migrated tenant.")
+@click.option(
+    "--report",
+    "report",
+    metavar="FILE.html",
+    help="Also write the run's report: one self-contained HTML file (timeline per shard, "
+    "lock waits and retries, failures, slowest tenants, revisions). The path is checked before "
+    "anything runs; the report never changes the exit code, except when it cannot be written: "
+    "`Error: cannot write the report to FILE...`, exit code 1.",
+)
 @pass_state
 def migrate(
     state: State,
@@ -99,10 +109,13 @@ def migrate(
     statement_timeout: float | None,
     revision: str,
     verbose: bool,
+    report: str | None,
 ) -> None:
     """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order."""
     settings = state.settings
     out = console()
+    if report is not None:
+        check_target(report)  # before anything runs
 
     def say(message: str) -> None:
         if not as_json:
@@ -136,23 +149,45 @@ def migrate(
         veneer_step=veneer_step,
         say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
     )
+    data = result.to_json()
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
         say(result.tenants.veneer_summary() or "veneer: nothing to refresh")
         say(f"migrate: {result.summary()}")
-    if not result.ok:
-        raise PPPError(result.failure_message())
+    problems = [] if result.ok else [result.failure_message()]
+    if report is not None:
+        try:
+            say(f"report: {escape(str(write_run_report(report, data)))}")
+        except PPPError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PPPError("\n".join(problems))
 
 
 @click.command("status")
 @fleet_options
+@click.option(
+    "--html",
+    "html",
+    metavar="FILE.html",
+    help="Also write the status report: one self-contained HTML file (tenants by revision per "
+    "shard; behind, stale and unreachable tenants). It never changes the exit code, except "
+    "when it cannot be written: `Error: cannot write the report to FILE...`, exit code 1.",
+)
 @pass_state
 def status(
-    state: State, config_path: str | None, shards: str | None, tenants: str | None, as_json: bool
+    state: State,
+    config_path: str | None,
+    shards: str | None,
+    tenants: str | None,
+    as_json: bool,
+    html: str | None,
 ) -> None:
     """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
     settings = state.settings
+    if html is not None:
+        check_target(html)  # before anything runs
     ini = veneer_env.find_alembic_ini(config_path)
     heads = ScriptDirectory.from_config(alembic_config(ini)).get_heads()
     catalog = in_service(list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants)))
@@ -164,30 +199,40 @@ def status(
         shared = {"heads": shared_heads, "shards": [asdict(r) for r in shared_rows]}
         for shard, error in shared_errors.items():
             errors.setdefault(shard, error)
+    data = {"heads": heads, "tenants": [asdict(r) for r in rows], "shared": shared}
+    data["errors"] = errors
     if as_json:
-        click.echo(
-            json.dumps(
-                {"heads": heads, "tenants": [asdict(r) for r in rows], "shared": shared},
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(data, indent=2))
     else:
-        out = console()
-        if shared is not None:
-            table = Table(title=f"shared (head: {', '.join(shared['heads']) or 'none'})")
-            for col in ("shard", "revision", "migrations"):
-                table.add_column(col)
-            for r in shared["shards"]:
-                table.add_row(r["shard"], r["revision"] or "(base)", r["migrations"])
-            out.print(table)
-        table = Table(title=f"tenants (head: {', '.join(heads) or 'none'})")
-        for col in ("shard", "tenant", "revision", "migrations", "veneer"):
+        _print_status(data)
+    problems = list(errors.values())
+    if html is not None:
+        try:
+            path = write_status_report(html, data)
+            if not as_json:
+                console().print(f"report: {escape(str(path))}")
+        except PPPError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PPPError("; ".join(problems))
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    out = console()
+    shared = data["shared"]
+    if shared is not None:
+        table = Table(title=f"shared (head: {', '.join(shared['heads']) or 'none'})")
+        for col in ("shard", "revision", "migrations"):
             table.add_column(col)
-        for r in rows:
-            table.add_row(r.shard, r.tenant, r.revision or "-", r.migrations, r.veneer)
+        for r in shared["shards"]:
+            table.add_row(r["shard"], r["revision"] or "(base)", r["migrations"])
         out.print(table)
-    if errors:
-        raise PPPError("; ".join(errors.values()))
+    table = Table(title=f"tenants (head: {', '.join(data['heads']) or 'none'})")
+    for col in ("shard", "tenant", "revision", "migrations", "veneer"):
+        table.add_column(col)
+    for r in data["tenants"]:
+        table.add_row(r["shard"], r["tenant"], r["revision"] or "-", r["migrations"], r["veneer"])
+    out.print(table)
 
 
 @click.command("demo")

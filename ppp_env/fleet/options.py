@@ -43,6 +43,8 @@ class RunOptions:
     retries: int | None = None
     #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
     statement_timeout: float | None = None
+    #: Write the run's report (one self-contained HTML file) there after the run.
+    report: str | None = None
 
     X_KEYS = (
         "shard",
@@ -60,6 +62,7 @@ class RunOptions:
         "lock_timeout",
         "retries",
         "statement_timeout",
+        "report",
     )
 
     def run_options(self, **changes: object) -> RunOptions:
@@ -98,6 +101,10 @@ class RunOptions:
                 if not value.isdigit() or int(value) > 100:
                     raise PPPError(f"-x retries={value!r}: expected a number from 0 to 100")
                 opts.retries = int(value)
+            elif key == "report":
+                if not value:
+                    raise PPPError("-x report= needs a file name (e.g. -x report=run.html)")
+                opts.report = value
             elif key == "output":
                 if value not in ("auto", "plain", "rich", "json", "quiet"):
                     raise PPPError(

@@ -84,7 +84,9 @@ class _Pool:
         self.events: Any = self.mp.Queue()
         self.stop = self.mp.Event()
         self.jobs = options.jobs or settings.jobs
-        self.pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
+        self.since = time.monotonic()  # tenants' and shards' times count from here
+        self.result.started_at = time.time()
+        self.pending = [ShardJob(s, list(t), self.since) for s, t in by_shard.items() if t]
         self.running: dict[str, Any] = {}
         self.done: set[str] = set()
         self.parent = os.getpid()
@@ -106,6 +108,7 @@ class _Pool:
             proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.shard}")
             proc.start()
             self.running[job.shard] = proc
+            self.result.shard_spans[job.shard] = [self.clock()]
 
     def worker(self, job: ShardJob) -> None:  # runs in the forked child
         watch_parent(self.parent)
@@ -158,6 +161,10 @@ class _Pool:
                 self.stop.set()
         elif kind == "shard_done":
             self.done.add(shard)
+            self.result.shard_spans.get(shard, []).append(self.clock())
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self.since, 4)
 
     def drain(self) -> None:
         while True:

@@ -33,7 +33,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet import tenant_sql as sql
 from ppp_env.fleet.hooks import AlembicHooks, OutsideTransaction, StepFailed, migrating
 from ppp_env.fleet.options import RENDERABLE, RunOptions
-from ppp_env.fleet.results import TenantResult
+from ppp_env.fleet.results import LockWait, TenantResult
 from ppp_env.fleet.retry import RetryQueue
 from ppp_env.fleet.segments import PathPlan, Segment
 from ppp_env.fleet.tenant_sql import LOCK_NAMESPACE
@@ -50,6 +50,9 @@ Emit = Callable[[tuple[Any, ...]], None]
 class ShardJob:
     shard: str
     tenants: list[str]
+    #: ``time.monotonic()`` when the run started, in the parent (one clock for every process
+    #: of the machine): tenants' start times count from it.
+    since: float = 0.0
 
 
 class _Skip(Exception):
@@ -111,6 +114,8 @@ class _ShardRun:
         self.plan = PathPlan(self.hooks, render=opts.render)
         #: Whether the tenant in progress holds its advisory lock (its migration is running).
         self.migrating = False
+        #: Per tenant, its attempts that hit the lock timeout so far (for the timeline).
+        self.waits: dict[str, list[LockWait]] = {}
 
     @property
     def online(self) -> dict[str, str]:
@@ -328,12 +333,16 @@ class _ShardRun:
         started = time.perf_counter()
         result = TenantResult(self.job.shard, tenant, "migrated", self.states[tenant].revision)
         result.attempts = attempt
+        result.start = at = self.clock()
         try:
             heads = self.migrate(tenant)
             result.after = " ".join(heads) if heads else None
         except _Skip as skip:
             result.status, result.after = "current", str(skip) or None
         except _Blocked as blocked:
+            waited = round(time.perf_counter() - started, 4)
+            wait = LockWait(attempt, at, waited, blocked.blocker)
+            self.waits.setdefault(tenant, []).append(wait)
             if attempt <= self.retries:
                 return _Retry(str(blocked))
             result.status = "locked"
@@ -346,7 +355,12 @@ class _ShardRun:
         except Exception as exc:
             result.status, result.error = "failed", self.explain(tenant, exc)
         result.seconds = time.perf_counter() - started
+        result.waits = self.waits.pop(tenant, [])
         return result
+
+    def clock(self) -> float:
+        """Seconds since the run started."""
+        return round(time.monotonic() - self.job.since, 4)
 
     def start(self, emit: Emit) -> list[str]:
         """Read every tenant's state; report the current ones; return the others."""
