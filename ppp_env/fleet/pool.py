@@ -106,9 +106,9 @@ class _Pool:
                 self.handle(("results", job.shard, self.untried(job.shard)))
                 continue
             proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.shard}")
+            self.result.shard_spans[job.shard] = [self.clock()]
             proc.start()
             self.running[job.shard] = proc
-            self.result.shard_spans[job.shard] = [self.clock()]
 
     def worker(self, job: ShardJob) -> None:  # runs in the forked child
         watch_parent(self.parent)
