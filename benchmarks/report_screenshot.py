@@ -9,7 +9,7 @@ one tenant fails (tests/report_scenario.poison) and one is held by an applicatio
 transaction through two lock timeouts, so it is retried. Headless Chromium
 (chromium-headless-shell) takes the screenshot.
 
-Usage: python benchmarks/report_screenshot.py [--tenants 24] [--png docs/report.png]
+Usage: python benchmarks/report_screenshot.py [--tenants 18] [--png docs/report.png]
                                               [--html FILE] [--size 1400,1000]
 """
 
@@ -71,7 +71,7 @@ NAMES = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tenants", type=int, default=24)
+    parser.add_argument("--tenants", type=int, default=18)
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "report.png")
     parser.add_argument("--html", type=Path, help="also keep the report's HTML there")
     parser.add_argument("--size", default="1400,1000", help="the browser window, WIDTH,HEIGHT")
