@@ -82,7 +82,7 @@ def find_chromium() -> str | None:
     """A headless Chromium: PPP_TEST_CHROMIUM, else the first of :data:`CHROMIUM` on PATH."""
     named = os.environ.get("PPP_TEST_CHROMIUM")
     if named:
-        return shutil.which(named) or named
+        return shutil.which(named)
     return next((found for name in CHROMIUM if (found := shutil.which(name))), None)
 
 

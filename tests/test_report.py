@@ -21,6 +21,7 @@ from alembic import command
 from alembic.util import CommandError
 from click.testing import CliRunner
 
+from ppp_env import db
 from ppp_env.cli.main import cli
 from ppp_env.errors import PPPError
 from ppp_env.fleet.options import RunOptions
@@ -35,7 +36,7 @@ from tests.conftest import (
     states,
     unregister,
 )
-from tests.report_scenario import POISON, blocked, chromium, find_chromium, poison
+from tests.report_scenario import CHROMIUM, POISON, blocked, chromium, find_chromium, poison
 
 PREFIX = "ft_report_"
 
@@ -138,13 +139,24 @@ def test_the_report_loads_nothing(run: Run) -> None:
     assert "default-src 'none'" in run.html  # and the browser refuses any load
 
 
-def test_the_report_renders_in_chromium_without_console_errors(run: Run, tmp_path) -> None:
+@pytest.fixture
+def browser() -> str:
+    """A headless Chromium, or the test is skipped (before the run is made)."""
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no headless Chromium (apt-get install chromium-headless-shell)")
+        pytest.skip(
+            "no headless Chromium: none of PPP_TEST_CHROMIUM or "
+            f"{', '.join(CHROMIUM)} found (apt-get install chromium-headless-shell)"
+        )
+    return binary
+
+
+def test_the_report_renders_in_chromium_without_console_errors(
+    browser: str, run: Run, tmp_path
+) -> None:
     probed = tmp_path / "probed.html"
     probed.write_text(run.html.replace("<head>", f"<head><script>{PROBE}</script>", 1))
-    done = chromium(binary, probed, "--enable-logging=stderr", "--v=0", "--dump-dom")
+    done = chromium(browser, probed, "--enable-logging=stderr", "--v=0", "--dump-dom")
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
     found = re.search(r'<pre id="ppp-probe">(.*?)</pre>', done.stdout, re.S)
@@ -253,6 +265,28 @@ def test_alembic_x_report_writes_the_report_of_the_run(fleet, settings, tmp_path
         assert states(settings, shard, [tenant])[tenant].revision == "f002"
     with pytest.raises(PPPError, match="-x report= needs a file name"):
         RunOptions.from_x({"report": " "})
+
+
+def test_a_tenant_that_stays_locked_has_every_wait_in_its_json_and_report(fleet, settings):
+    command.upgrade(fleet_config(**opts(tenants=sorted(fleet))), "f001")
+    victim = sorted(t for t, s in fleet.items() if s == "bluth_co")[0]
+    reader = db.connect(settings.shard("bluth_co"), "app", application_name="test-reader")
+    try:
+        reader.cursor().execute(f'SELECT count(*) FROM "{victim}".items')
+        cfg = fleet_config(**opts(tenants=sorted(fleet), lock_timeout=0.2, retries=1))
+        with pytest.raises(CommandError):
+            command.upgrade(cfg, "head")
+    finally:
+        reader.close()
+    data = cfg.attributes["ppp.result"].to_json()
+    locked = next(t for t in data["tenants"] if t["tenant"] == victim)
+    assert locked["status"] == "locked" and locked["attempts"] == 2
+    assert [w["attempt"] for w in locked["waits"]] == [1, 2]
+    assert all("application 'test-reader'" in w["blocker"] for w in locked["waits"])
+    assert locked["waits"][1]["at"] == locked["start"]  # its last attempt is the one it gave up
+    page = run_html(data)
+    assert '<rect class="bar locked"' in page and f"bluth_co/{victim}: locked" in page
+    assert page.count("hit the lock timeout") == 2
 
 
 # -- the pages on their own (no database) -------------------------------------------------------

@@ -22,12 +22,18 @@ def status_html(data: Data) -> str:
         _header(data, rows),
         _errors(data.get("errors") or {}),
         _attention(rows),
-        by_revision(rows, lambda r: r.get("revision")),
+        by_revision(rows, _revision),
         _states(rows),
         _shared(data.get("shared")),
         _every(rows),
     ]
     return page(_title(data, rows), "".join(body))
+
+
+def _revision(r: Mapping[str, Any]) -> object:
+    """The revision a status row stands at; for a tenant not read, why."""
+    where = r.get("migrations")
+    return where if where in ("unreachable", "no schema") else r.get("revision")
 
 
 def _needs_attention(r: Mapping[str, Any]) -> bool:
@@ -45,7 +51,7 @@ def _header(data: Data, rows: Sequence[Mapping[str, Any]]) -> Raw:
     ok = not data.get("errors") and not any(_needs_attention(r) for r in rows)
     pairs: list[tuple[str, object]] = [
         ("command", "status"),
-        ("head", ", ".join(data.get("heads") or []) or "none"),
+        ("head revision", ", ".join(data.get("heads") or []) or "none"),
         ("result", "in step" if ok else "needs attention"),
         ("generated (UTC)", (data.get("generated") or "-").replace("T", " ").rstrip("Z")),
         ("tenants", len(rows)),
@@ -83,7 +89,7 @@ def _attention(rows: Sequence[Mapping[str, Any]]) -> str:
             [
                 r["shard"],
                 r["tenant"],
-                revision(r.get("revision")),
+                revision(_revision(r)),
                 badge(r["migrations"]),
                 badge(r["veneer"]),
             ]
@@ -91,7 +97,7 @@ def _attention(rows: Sequence[Mapping[str, Any]]) -> str:
         ],
         cls="sortable filterable",
     )
-    note = "`ppp migrate` brings tenants to head and refreshes stale veneer tables."
+    note = "ppp migrate brings tenants to head and refreshes stale veneer tables."
     return section("attention", f"Tenants needing attention ({len(todo)})", content, note)
 
 
@@ -128,7 +134,7 @@ def _every(rows: Sequence[Mapping[str, Any]]) -> str:
             [
                 r["shard"],
                 r["tenant"],
-                revision(r.get("revision")),
+                revision(_revision(r)),
                 badge(r["migrations"]),
                 badge(r["veneer"]),
             ]
