@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -83,6 +84,15 @@ def fleet_options(f: F) -> F:
     help="Longest run of a migration statement, 0 no limit (PPP_STATEMENT_TIMEOUT, default 0).",
 )
 @click.option("--revision", default="head", show_default=True, help="Target tenant revision.")
+@click.option(
+    "--rollout",
+    "rollout_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Migrate the tenants in the stages of this rollout file (TOML; see docs/"
+    "release-pipelines.md): a halted rollout exits 1 and waits for `ppp rollout resume`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="A line per migrated tenant.")
 @pass_state
 def migrate(
@@ -98,24 +108,15 @@ def migrate(
     retries: int | None,
     statement_timeout: float | None,
     revision: str,
+    rollout_file: Path | None,
     verbose: bool,
 ) -> None:
-    """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order."""
+    """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order.
+
+    With --rollout FILE, the tenant step runs stage by stage (each stage: shared, tenants,
+    refresh), with each stage's error policy, check and soak time in between."""
     settings = state.settings
-    out = console()
-
-    def say(message: str) -> None:
-        if not as_json:
-            out.print(message)
-
-    def veneer_step() -> None:
-        say("[bold]1/4 veneer[/]: alembic -n veneer upgrade heads")
-        try:  # every onboarding revision is a head; new tenants are wired by the refresh step
-            cfg = alembic_config(config_path, "veneer")
-            veneer_env.upgrade(settings, "heads", cfg, wire=False)
-        except PPPError as exc:
-            raise PPPError(f"veneer upgrade failed: {exc}") from None
-
+    say, veneer_step = _sayer(as_json), _veneer_step(settings, config_path, as_json)
     options = MigrateOptions(
         shards=_csv(shards),
         tenants=_csv(tenants),
@@ -129,6 +130,20 @@ def migrate(
         output="json" if as_json else "auto",
         verbose=verbose,
     )
+    if rollout_file is not None:
+        from ppp_env.cli.rollout import finish_rollout
+        from ppp_env.rollout.run import start_rollout
+
+        run = start_rollout(
+            settings,
+            config_path,
+            rollout_file,
+            options,
+            veneer_step=veneer_step,
+            say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
+        )
+        finish_rollout(run, as_json)
+        return
     result = operations.migrate(
         settings,
         config_path,
@@ -143,6 +158,33 @@ def migrate(
         say(f"migrate: {result.summary()}")
     if not result.ok:
         raise PPPError(result.failure_message())
+
+
+def _sayer(as_json: bool) -> Callable[[str], None]:
+    out = console()
+
+    def say(message: str) -> None:
+        if not as_json:
+            out.print(message)
+
+    return say
+
+
+def _veneer_step(
+    settings: Any, config_path: str | Path | None, as_json: bool
+) -> Callable[[], None]:
+    """``ppp migrate``'s step 1 (also a rollout's, once): the veneer's revisions."""
+    say = _sayer(as_json)
+
+    def veneer_step() -> None:
+        say("[bold]1/4 veneer[/]: alembic -n veneer upgrade heads")
+        try:  # every onboarding revision is a head; new tenants are wired by the refresh step
+            cfg = alembic_config(config_path, "veneer")
+            veneer_env.upgrade(settings, "heads", cfg, wire=False)
+        except PPPError as exc:
+            raise PPPError(f"veneer upgrade failed: {exc}") from None
+
+    return veneer_step
 
 
 @click.command("status")

@@ -43,6 +43,9 @@ class RunOptions:
     retries: int | None = None
     #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
     statement_timeout: float | None = None
+    #: Failed or locked tenants after which the run stops taking new ones (None: never;
+    #: fail_fast is 1). A rollout stage's ``max_failures``.
+    max_failures: int | None = None
 
     X_KEYS = (
         "shard",

@@ -88,6 +88,7 @@ class _Pool:
         self.running: dict[str, Any] = {}
         self.done: set[str] = set()
         self.parent = os.getpid()
+        self.failures = 0
 
     def run(self) -> None:
         while self.pending or self.running:
@@ -145,8 +146,11 @@ class _Pool:
             for r in event[2]:
                 self.result.tenants.append(r)
                 self.display.tenant_done(r)
-                if r.status in ("failed", "locked") and self.options.fail_fast:
-                    self.stop.set()
+                if r.status in ("failed", "locked"):
+                    self.failures += 1
+                    limit = 1 if self.options.fail_fast else self.options.max_failures
+                    if limit is not None and self.failures >= limit:
+                        self.stop.set()
         elif kind == "online":
             self.result.online.update(event[2])
         elif kind == "retry":
