@@ -332,3 +332,12 @@ def test_resume_refused_after_the_chain_changed(tenants, settings, tmp_path):
     )
     assert store.ROLLOUT_LOCK  # the lock was released: status reads it as not running
     assert json.loads(run("rollout", "status", "--json").stdout)["running"] is False
+
+
+def test_release_revision_downgrade_refused_with_tags(tenants, settings):
+    from ppp_env.veneer import env as veneer_env
+
+    before = veneer_env.current_versions(settings)
+    with pytest.raises(PPPError, match=r"6 tagged tenant\(s\) and 0 open rollout\(s\)"):
+        veneer_env.downgrade(settings, f"{catalog.RELEASE_REVISION}@-1")
+    assert veneer_env.current_versions(settings) == before
