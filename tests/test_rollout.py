@@ -201,7 +201,7 @@ def test_rollout_in_stages_with_check_and_status(tenants, settings, tmp_path):
         '[[stage]]\nname = "internal"\ntags = { tier = "internal" }\npause_after = "0.2s"\n'
         'check_command = "test -s \\"$PPP_ROLLOUT_TENANTS_FILE\\" && '
         'test \\"$PPP_ROLLOUT_STAGE\\" = internal"\n'
-        '[[stage]]\nname = "rest"\nmax_failures = 2\n',
+        '[[stage]]\nname = "rest"\nmax_failures = 2\nparallel = 2\n',
     )
     result = run("migrate", "-c", INI, "--rollout", str(path), "--json")
     assert result.exit_code == 0, result.output

@@ -59,6 +59,12 @@ def fleet_options(f: F) -> F:
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed tenant.")
 @click.option("--jobs", type=click.IntRange(1, 64), help="Shards migrated at once (PPP_JOBS).")
 @click.option(
+    "--jobs-per-shard",
+    type=click.IntRange(1, 64),
+    help="Tenants of one shard migrated at once, each on its own connection "
+    "(PPP_JOBS_PER_SHARD, default 1).",
+)
+@click.option(
     "--lock",
     type=click.Choice(["wait", "skip"]),
     default="wait",
@@ -103,6 +109,7 @@ def migrate(
     as_json: bool,
     fail_fast: bool,
     jobs: int | None,
+    jobs_per_shard: int | None,
     lock: str,
     lock_timeout: float | None,
     retries: int | None,
@@ -123,6 +130,7 @@ def migrate(
         revision=revision,
         fail_fast=fail_fast,
         jobs=jobs,
+        jobs_per_shard=jobs_per_shard,
         lock=lock,
         lock_timeout=lock_timeout,
         retries=retries,

@@ -48,8 +48,15 @@ Emit = Callable[[tuple[Any, ...]], None]
 
 @dataclass
 class ShardJob:
+    """Tenants of one shard for one worker (``lane``: which of the shard's workers)."""
+
     shard: str
     tenants: list[str]
+    lane: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.shard}#{self.lane}"
 
 
 class _Skip(Exception):

@@ -224,6 +224,7 @@ def _run_stage(
             **vars(options.run_options()),
             "tenants": st.tenants,
             "max_failures": spec.halt_after,
+            "jobs_per_shard": spec.parallel or options.jobs_per_shard,
             "revision": r.revision,
         }
     )
