@@ -247,9 +247,12 @@ def test_rollout_halts_names_the_stage_and_resumes_after_a_fix(tenants, settings
     status = json.loads(run("rollout", "status", "--json").stdout)["rollout"]
     assert (status["state"], status["stage"]) == ("halted", "canary")
     assert list(status["stages"][0]["failed"]) == [bad]
-    # A second rollout is refused while this one is open.
+    # A second rollout is refused while this one is open; a plain run goes on, and says so.
     again = run("migrate", "-c", INI, "--rollout", str(path))
     assert again.exit_code == 1 and "is halted at stage 'canary'" in again.output
+    plain = run("migrate", "-c", INI, "--tenant", names[0])
+    assert plain.exit_code == 0, plain.output
+    assert "note: rollout #" in plain.stderr and "this run did not wait for it" in plain.stderr
     shard_sql(settings, tenants[bad], f'DROP TABLE "{bad}".authors')
     resumed = run("rollout", "resume", "-c", INI)
     assert resumed.exit_code == 0, resumed.output

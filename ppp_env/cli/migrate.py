@@ -159,6 +159,7 @@ def migrate(
         veneer_step=veneer_step,
         say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
     )
+    _note_open_rollout(settings)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -166,6 +167,24 @@ def migrate(
         say(f"migrate: {result.summary()}")
     if not result.ok:
         raise PPPError(result.failure_message())
+
+
+def _note_open_rollout(settings: Any) -> None:
+    """A plain run while a rollout is open: say so on stderr (the run itself is not held)."""
+    from ppp_env.rollout import store
+    from ppp_env.veneer import catalog
+
+    try:
+        with catalog.admin_connection(settings) as conn:
+            found = store.open_rollout(conn) if catalog.has_release(conn) else None
+    except PPPError:
+        return
+    if found is not None:
+        console(stderr=True).print(
+            f"note: {store.describe_open(found)}; this run did not wait for it "
+            "(`ppp rollout status`)",
+            markup=False,
+        )
 
 
 def _sayer(as_json: bool) -> Callable[[str], None]:
