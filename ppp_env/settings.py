@@ -108,6 +108,8 @@ class Settings:
     veneer: Instance
     shards: dict[str, Instance]
     jobs: int = 4
+    #: Tenants of one shard migrated at once, each on its own connection and worker.
+    jobs_per_shard: int = 1
     #: Seconds a run waits for a tenant that another PPP run is migrating.
     lock_timeout: float = 10.0
     #: Seconds any statement of a tenant's migration may wait for a table lock: the longest an
@@ -369,6 +371,9 @@ def load_settings(
         veneer=veneer,
         shards=shards,
         jobs=r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
+        jobs_per_shard=r.integer(
+            "PPP_JOBS_PER_SHARD", "a number of tenants migrated at once per shard (1-64)", 1, 1, 64
+        ),
         lock_timeout=r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
         migration_lock_timeout=r.number(
             "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0

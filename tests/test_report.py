@@ -100,7 +100,7 @@ def test_the_run_fails_as_before_and_its_json_has_the_timeline(run: Run) -> None
     assert f"initech/{run.bad}: " in run.stderr and "cannot write" not in run.stderr
     data = run.data
     assert data["ok"] is False and data["revision"] == "head (f003)"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["started"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", data["started"])
     assert set(run.by_name) == set(run.tenants)
     bad, slow = run.by_name[run.bad], run.by_name[run.slow]
     assert bad["status"] == "failed" and POISON in bad["error"]

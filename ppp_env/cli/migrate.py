@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -59,6 +60,12 @@ def fleet_options(f: F) -> F:
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed tenant.")
 @click.option("--jobs", type=click.IntRange(1, 64), help="Shards migrated at once (PPP_JOBS).")
 @click.option(
+    "--jobs-per-shard",
+    type=click.IntRange(1, 64),
+    help="Tenants of one shard migrated at once, each on its own connection "
+    "(PPP_JOBS_PER_SHARD, default 1).",
+)
+@click.option(
     "--lock",
     type=click.Choice(["wait", "skip"]),
     default="wait",
@@ -84,6 +91,15 @@ def fleet_options(f: F) -> F:
     help="Longest run of a migration statement, 0 no limit (PPP_STATEMENT_TIMEOUT, default 0).",
 )
 @click.option("--revision", default="head", show_default=True, help="Target tenant revision.")
+@click.option(
+    "--rollout",
+    "rollout_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Migrate the tenants in the stages of this rollout file (TOML; see docs/"
+    "release-pipelines.md): a halted rollout exits 1 and waits for `ppp rollout resume`.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="A line per migrated tenant.")
 @click.option(
     "--report",
@@ -103,23 +119,116 @@ def migrate(
     as_json: bool,
     fail_fast: bool,
     jobs: int | None,
+    jobs_per_shard: int | None,
     lock: str,
     lock_timeout: float | None,
     retries: int | None,
     statement_timeout: float | None,
     revision: str,
+    rollout_file: Path | None,
     verbose: bool,
     report: str | None,
 ) -> None:
-    """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order."""
+    """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order.
+
+    With --rollout FILE, the tenant step runs stage by stage (each stage: shared, tenants,
+    refresh), with each stage's error policy, check and soak time in between."""
     settings = state.settings
-    out = console()
     if report is not None:
         check_target(report)  # before anything runs
+    say, veneer_step = _sayer(as_json), _veneer_step(settings, config_path, as_json)
+    options = MigrateOptions(
+        shards=_csv(shards),
+        tenants=_csv(tenants),
+        revision=revision,
+        fail_fast=fail_fast,
+        jobs=jobs,
+        jobs_per_shard=jobs_per_shard,
+        lock=lock,
+        lock_timeout=lock_timeout,
+        retries=retries,
+        statement_timeout=statement_timeout,
+        output="json" if as_json else "auto",
+        verbose=verbose,
+    )
+    if rollout_file is not None:
+        from ppp_env.cli.rollout import finish_rollout
+        from ppp_env.rollout.run import start_rollout
+
+        run = start_rollout(
+            settings,
+            config_path,
+            rollout_file,
+            options,
+            veneer_step=veneer_step,
+            say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
+        )
+        finish_rollout(run, as_json)
+        return
+    result = operations.migrate(
+        settings,
+        config_path,
+        options,
+        veneer_step=veneer_step,
+        say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
+    )
+    _note_open_rollout(settings)
+    data = result.to_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        say(result.tenants.veneer_summary() or "veneer: nothing to refresh")
+        say(f"migrate: {result.summary()}")
+    problems = [] if result.ok else [result.failure_message()]
+    problems += _write_report(report, data, say)
+    if problems:
+        raise PPPError("\n".join(problems))
+
+
+def _write_report(path: str | None, data: dict[str, Any], say: Callable[[str], None]) -> list[str]:
+    """Write the run's report to ``path`` (if any); its error, if it could not be written."""
+    if path is None:
+        return []
+    try:
+        say(f"report: {escape(str(write_run_report(path, data)))}")
+    except PPPError as exc:
+        return [str(exc)]
+    return []
+
+
+def _note_open_rollout(settings: Any) -> None:
+    """A plain run while a rollout is open: say so on stderr (the run itself is not held)."""
+    from ppp_env.rollout import store
+    from ppp_env.veneer import catalog
+
+    try:
+        with catalog.admin_connection(settings) as conn:
+            found = store.open_rollout(conn) if catalog.has_release(conn) else None
+    except PPPError:
+        return
+    if found is not None:
+        console(stderr=True).print(
+            f"note: {store.describe_open(found)}; this run did not wait for it "
+            "(`ppp rollout status`)",
+            markup=False,
+        )
+
+
+def _sayer(as_json: bool) -> Callable[[str], None]:
+    out = console()
 
     def say(message: str) -> None:
         if not as_json:
             out.print(message)
+
+    return say
+
+
+def _veneer_step(
+    settings: Any, config_path: str | Path | None, as_json: bool
+) -> Callable[[], None]:
+    """``ppp migrate``'s step 1 (also a rollout's, once): the veneer's revisions."""
+    say = _sayer(as_json)
 
     def veneer_step() -> None:
         say("[bold]1/4 veneer[/]: alembic -n veneer upgrade heads")
@@ -129,40 +238,7 @@ def migrate(
         except PPPError as exc:
             raise PPPError(f"veneer upgrade failed: {exc}") from None
 
-    options = MigrateOptions(
-        shards=_csv(shards),
-        tenants=_csv(tenants),
-        revision=revision,
-        fail_fast=fail_fast,
-        jobs=jobs,
-        lock=lock,
-        lock_timeout=lock_timeout,
-        retries=retries,
-        statement_timeout=statement_timeout,
-        output="json" if as_json else "auto",
-        verbose=verbose,
-    )
-    result = operations.migrate(
-        settings,
-        config_path,
-        options,
-        veneer_step=veneer_step,
-        say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
-    )
-    data = result.to_json()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        say(result.tenants.veneer_summary() or "veneer: nothing to refresh")
-        say(f"migrate: {result.summary()}")
-    problems = [] if result.ok else [result.failure_message()]
-    if report is not None:
-        try:
-            say(f"report: {escape(str(write_run_report(report, data)))}")
-        except PPPError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise PPPError("\n".join(problems))
+    return veneer_step
 
 
 @click.command("status")

@@ -28,6 +28,8 @@ class RunOptions:
     tenants: list[str] | None = None
     fail_fast: bool = False
     jobs: int | None = None
+    #: Tenants of one shard migrated at once (None: PPP_JOBS_PER_SHARD).
+    jobs_per_shard: int | None = None
     render: bool = True
     lock: str = "wait"
     refresh: bool = True
@@ -43,6 +45,9 @@ class RunOptions:
     retries: int | None = None
     #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
     statement_timeout: float | None = None
+    #: Failed or locked tenants after which the run stops taking new ones (None: never;
+    #: fail_fast is 1). A rollout stage's ``max_failures``.
+    max_failures: int | None = None
     #: Write the run's report (one self-contained HTML file) there after the run.
     report: str | None = None
 
@@ -51,6 +56,7 @@ class RunOptions:
         "tenant",
         "fail_fast",
         "jobs",
+        "jobs_per_shard",
         "render",
         "lock",
         "refresh",
@@ -87,10 +93,10 @@ class RunOptions:
                 setattr(opts, key + "s", items)
             elif key in ("fail_fast", "render", "refresh", "verbose"):
                 setattr(opts, key, _boolean(key, value))
-            elif key == "jobs":
+            elif key in ("jobs", "jobs_per_shard"):
                 if not value.isdigit() or not 1 <= int(value) <= 64:
-                    raise PPPError(f"-x jobs={value!r}: expected a number from 1 to 64")
-                opts.jobs = int(value)
+                    raise PPPError(f"-x {key}={value!r}: expected a number from 1 to 64")
+                setattr(opts, key, int(value))
             elif key == "lock":
                 if value not in ("wait", "skip"):
                     raise PPPError(f"-x lock={value!r}: expected wait or skip")

@@ -38,6 +38,8 @@ class TenantResult:
     attempts: int = 1
     #: Seconds since the run started when its last attempt began (None: never tried).
     start: float | None = None
+    #: Which of its shard's workers took it (PPP_JOBS_PER_SHARD; 0: the first).
+    lane: int = 0
     #: Its attempts that hit the lock timeout, in order (the last one too when it ended locked).
     waits: list[LockWait] = field(default_factory=list)
 
@@ -137,10 +139,11 @@ class FleetResult:
 
 
 def _iso(epoch: float) -> str | None:
-    """``2026-12-06T10:31:02Z`` (UTC), None before the run started."""
+    """``2026-12-06T10:31:02.125Z`` (UTC, milliseconds), None before the run started."""
     if not epoch:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    millis = round(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch))) + f".{millis:03d}Z"
 
 
 def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[str]) -> None:

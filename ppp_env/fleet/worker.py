@@ -48,11 +48,18 @@ Emit = Callable[[tuple[Any, ...]], None]
 
 @dataclass
 class ShardJob:
+    """Tenants of one shard for one worker (``lane``: which of the shard's workers)."""
+
     shard: str
     tenants: list[str]
+    lane: int = 0
     #: ``time.monotonic()`` when the run started, in the parent (one clock for every process
     #: of the machine): tenants' start times count from it.
     since: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.shard}#{self.lane}"
 
 
 class _Skip(Exception):
@@ -332,7 +339,7 @@ class _ShardRun:
         has retries left (it rolled back: try it again later)."""
         started = time.perf_counter()
         result = TenantResult(self.job.shard, tenant, "migrated", self.states[tenant].revision)
-        result.attempts = attempt
+        result.attempts, result.lane = attempt, self.job.lane
         result.start = at = self.clock()
         try:
             heads = self.migrate(tenant)
