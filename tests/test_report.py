@@ -25,7 +25,7 @@ from ppp_env import db
 from ppp_env.cli.main import cli
 from ppp_env.errors import PPPError
 from ppp_env.fleet.options import RunOptions
-from ppp_env.report import run_html, status_html, write_run_report
+from ppp_env.report import rollout_data, run_html, status_html, write_run_report
 from tests.conftest import (
     FLEET_SCRIPTS,
     ROOT,
@@ -33,6 +33,7 @@ from tests.conftest import (
     fleet_config,
     opts,
     register,
+    shard_sql,
     states,
     unregister,
 )
@@ -289,6 +290,46 @@ def test_a_tenant_that_stays_locked_has_every_wait_in_its_json_and_report(fleet,
     assert page.count("hit the lock timeout") == 2
 
 
+def test_a_rollouts_report_has_its_stages_on_one_timeline(veneer_head, settings, tmp_path):
+    """Two stages (the first goes on after a failure), the second with two workers per
+    shard: the report has the stages' table, both stages on one time axis, every tenant."""
+    names = {f"ft_rollrep_{shard[:3]}{i}": shard for shard in settings.shards for i in range(2)}
+    register(settings, names)
+    ordered = sorted(names)
+    bad = ordered[0]
+    shard_sql(settings, names[bad], f'CREATE SCHEMA "{bad}"; CREATE TABLE "{bad}".authors (x int)')
+    rollout = tmp_path / "rollout.toml"
+    rollout.write_text(
+        f'[[stage]]\nname = "canary"\ntenants = {json.dumps(ordered[:2])}\n'
+        'on_error = "continue"\n'
+        f'[[stage]]\nname = "rest"\ntenants = {json.dumps(ordered[2:])}\nparallel = 2\n'
+    )
+    page = tmp_path / "rollout.html"
+    args = ["migrate", "-c", str(ROOT / "alembic.ini"), "--rollout", str(rollout), "--json"]
+    try:
+        result = CliRunner().invoke(cli, [*args, "--report", str(page)])
+    finally:
+        unregister(settings, names)
+        drop_schemas(settings, names)
+    assert result.exit_code == 1, result.output  # the rollout's own outcome: a failed tenant
+    assert "cannot write" not in result.stderr, result.output
+    assert result.stdout.startswith("{"), result.output
+    data = rollout_data(json.loads(result.stdout))
+    assert [m["name"] for m in data["stage_marks"]] == ["canary", "rest"]
+    assert data["stage_marks"][0]["at"] == 0 < data["stage_marks"][1]["at"]
+    assert {t["tenant"]: t["stage"] for t in data["tenants"]} == {
+        t: "canary" if t in ordered[:2] else "rest" for t in names
+    }
+    text = page.read_text(encoding="utf-8")
+    assert text == run_html(data)  # the report is that data, drawn
+    stages = text.split('id="stages"')[1].split("</section>")[0]
+    assert "<td>canary</td>" in stages and "<td>rest</td>" in stages
+    assert text.count('<line class="stage"') == 2 * 3  # each stage marked on each shard
+    for tenant in names:
+        assert f"/{tenant}: " in text
+    assert f"/{bad}: failed" in text and "already exists" in text
+
+
 # -- the pages on their own (no database) -------------------------------------------------------
 def _tenant(shard: str, name: str, status: str = "migrated", **kw: Any) -> dict[str, Any]:
     base = {"shard": shard, "tenant": name, "status": status, "before": "a", "after": "b"}
@@ -320,6 +361,13 @@ def test_many_tenants_share_a_row_and_the_ones_to_look_at_keep_theirs() -> None:
     # the legend's, then the tenant's in the shared row and in its own
     assert timeline.count('class="wait"') == 3 and timeline.count('class="retry"') == 3
     assert "boom &lt;x&gt;" in timeline
+
+
+def test_with_several_workers_per_shard_each_lane_has_its_row() -> None:
+    tenants = [_tenant("s1", f"t{i:02d}", start=(i // 2) * 0.1, lane=i % 2) for i in range(40)]
+    page = run_html({"command": "upgrade", "ok": True, "tenants": tenants})
+    labels = re.findall(r'<text class="label"[^>]*><title>([^<]*)</title>', page)
+    assert labels == ["lane 1: 20 tenants", "lane 2: 20 tenants"]
 
 
 def test_the_status_report_names_unreachable_shards_and_escapes_their_errors() -> None:

@@ -19,7 +19,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet.status import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
-from ppp_env.report import check_target, write_run_report, write_status_report
+from ppp_env.report import check_target, rollout_data, write_run_report, write_status_report
 from ppp_env.shared import env as shared_env
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.catalog import in_service, list_tenants
@@ -106,9 +106,9 @@ def fleet_options(f: F) -> F:
     "report",
     metavar="FILE.html",
     help="Also write the run's report: one self-contained HTML file (timeline per shard, "
-    "lock waits and retries, failures, slowest tenants, revisions). The path is checked before "
-    "anything runs; the report never changes the exit code, except when it cannot be written: "
-    "`Error: cannot write the report to FILE...`, exit code 1.",
+    "lock waits and retries, failures, slowest tenants, revisions; a rollout's stages). The "
+    "path is checked before anything runs; the report never changes the exit code, except "
+    "when it cannot be written: `Error: cannot write the report to FILE...`, exit code 1.",
 )
 @pass_state
 def migrate(
@@ -163,7 +163,13 @@ def migrate(
             veneer_step=veneer_step,
             say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
         )
-        finish_rollout(run, as_json)
+        problems = _write_report(report, rollout_data(run.to_json()), say)
+        try:
+            finish_rollout(run, as_json)
+        except PPPError as exc:
+            raise PPPError("\n".join([str(exc), *problems])) from None
+        if problems:
+            raise PPPError("\n".join(problems))
         return
     result = operations.migrate(
         settings,

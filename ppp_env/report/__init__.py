@@ -6,7 +6,7 @@ carries every fact a report shows:
 
 - :func:`write_run_report`: ``ppp migrate --report FILE``, ``alembic -x report=FILE``
   (``FleetResult.to_json()``, or ``MigrateResult.to_json()``; an optional ``stages`` list
-  adds a rollout section);
+  adds a rollout section); a rollout's JSON goes through :func:`rollout_data` first;
 - :func:`write_status_report`: ``ppp status --html FILE``.
 
 :func:`check_target` runs before the command does anything, so a path that cannot be
@@ -22,10 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from ppp_env.errors import PPPError
+from ppp_env.report.rollout import rollout_data
 from ppp_env.report.run import run_html
 from ppp_env.report.status import status_html
 
-__all__ = ["check_target", "run_html", "status_html", "write_run_report", "write_status_report"]
+__all__ = [
+    "check_target",
+    "rollout_data",
+    "run_html",
+    "status_html",
+    "write_run_report",
+    "write_status_report",
+]
 
 
 def check_target(path: str | Path) -> Path:

@@ -56,6 +56,16 @@ def seconds(value: float | None) -> str:
     return f"{minutes:.0f} min {rest:02.0f} s"
 
 
+def when(iso: object) -> str:
+    """An ISO 8601 UTC time as ``2026-12-06 10:31:02`` (milliseconds and zone dropped)."""
+    if not iso:
+        return "-"
+    text = str(iso).replace("T", " ")
+    for zone in ("Z", "+00:00"):
+        text = text.removesuffix(zone)
+    return text.split(".")[0]
+
+
 def revision(value: object) -> str:
     return "(base)" if value in (None, "") else str(value)
 

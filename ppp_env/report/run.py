@@ -20,7 +20,9 @@ from ppp_env.report.page import (
     section,
     table,
     took,
+    when,
 )
+from ppp_env.report.rollout import stages_section
 
 STATUSES = ("migrated", "current", "failed", "locked", "not_run")
 #: How many of the slowest tenants the report lists.
@@ -34,7 +36,7 @@ def run_html(data: Data) -> str:
     tenants = list(data.get("tenants") or [])
     body = [
         _header(data, tenants),
-        _stages(data.get("stages")),
+        stages_section(data.get("stages")),
         _failures(data, tenants),
         _timeline(data, tenants),
         by_revision(tenants, lambda t: _now(t)),
@@ -47,9 +49,9 @@ def run_html(data: Data) -> str:
 
 
 def _title(data: Data) -> str:
-    return f"PPP {data.get('command') or 'run'} to {data.get('revision') or '?'}: " + (
-        "done" if data.get("ok") else "FAILED"
-    )
+    state = (data.get("rollout") or {}).get("state")
+    outcome = state if state and state != "done" else "done" if data.get("ok") else "FAILED"
+    return f"PPP {data.get('command') or 'run'} to {data.get('revision') or '?'}: {outcome}"
 
 
 def _now(t: Mapping[str, Any]) -> object:
@@ -64,7 +66,7 @@ def _header(data: Data, tenants: Sequence[Mapping[str, Any]]) -> Raw:
         ("command", data.get("command")),
         ("revision", data.get("revision") or "-"),
         ("result", "ok" if data.get("ok") else "failed"),
-        ("started (UTC)", (data.get("started") or "-").replace("T", " ").rstrip("Z")),
+        ("started (UTC)", when(data.get("started"))),
         ("run time", seconds(data.get("seconds"))),
         ("tenants", len(tenants)),
         *((s.replace("_", " "), counts.get(s, 0)) for s in STATUSES),
@@ -72,33 +74,20 @@ def _header(data: Data, tenants: Sequence[Mapping[str, Any]]) -> Raw:
         ("shard errors", len(data.get("shard_errors") or {})),
         ("veneer refreshed", len(veneer.get("refreshed") or [])),
     ]
+    if rollout := data.get("rollout"):
+        pairs[1:1] = [("rollout", rollout.get("state")), ("file", rollout.get("file"))]
     return Raw(
         f"<header><h1>{h(_title(data))} {badge('ok' if data.get('ok') else 'failed')}</h1>"
         f"{facts(pairs)}</header>"
     )
 
 
-def _stages(stages: Sequence[Mapping[str, Any]] | None) -> str:
-    """The stages of a rollout, when the run had stages (none: no section at all)."""
-    if not stages:
-        return ""
-    rows = [
-        [
-            s.get("name"),
-            badge(str(s.get("status") or "-")),
-            s.get("tenants", "-"),
-            s.get("failed", "-"),
-            str(s.get("started") or "-").replace("T", " ").rstrip("Z"),
-            took(s.get("seconds")),
-        ]
-        for s in stages
-    ]
-    headers = ["stage", "status", "tenants", "failed", "started", "took"]
-    return section("stages", "Rollout stages", table(headers, rows, numeric=(2, 3, 5)))
-
-
 def _failures(data: Data, tenants: Sequence[Mapping[str, Any]]) -> str:
     items = []
+    rollout = data.get("rollout") or {}
+    if rollout.get("reason"):
+        what = f"rollout {rollout.get('state')} at stage {rollout.get('stage')}"
+        items.append(_failure(what, "failed", str(rollout["reason"])))
     for shard, error in (data.get("shard_errors") or {}).items():
         items.append(_failure(f"shard {shard}", "failed", str(error)))
     for s in (data.get("shared") or {}).get("shards") or []:
@@ -144,16 +133,22 @@ def _timeline(data: Data, tenants: Sequence[Mapping[str, Any]]) -> str:
     if not spans and not any(t.get("start") is not None for t in tenants):
         return section("timeline", "Timeline", '<p class="note">Nothing was tried.</p>')
     axis = timeline.Axis(timeline.run_end(data))
-    order = sorted(by_shard, key=lambda s: ((spans.get(s) or [float("inf")])[0], s))
+    first = {
+        s: min((sp[0] for sp in timeline.spans(spans.get(s) or [])), default=1e12) for s in by_shard
+    }
+    order = sorted(by_shard, key=lambda s: (first[s], s))
+    marks = data.get("stage_marks") or ()
     parts = [_legend()]
     for shard in order:
         counts = Counter(t["status"] for t in by_shard[shard])
         line = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.most_common())
         parts.append(f"<h3>shard {h(shard)} <small>{h(line)}</small></h3>")
-        parts.append(timeline.shard_timeline(shard, by_shard[shard], spans.get(shard) or [], axis))
+        span = spans.get(shard) or []
+        parts.append(timeline.shard_timeline(shard, by_shard[shard], span, axis, marks))
     note = (
         "Seconds since the tenant run started; hover a bar for the tenant, its revisions, times "
         "and error. Tenants already current took no time and have no bar."
+        + (" Dashed lines: where each stage of the rollout began." if marks else "")
     )
     return section("timeline", "Timeline per shard", "".join(parts), note)
 
@@ -199,7 +194,7 @@ def _slowest(tenants: Sequence[Mapping[str, Any]]) -> str:
             t["shard"],
             t["tenant"],
             badge(t["status"]),
-            f"{revision(t.get('before'))} → {revision(t.get('after'))}",
+            _revisions(t),
             took(t.get("start")),
             took(t.get("seconds")),
             t.get("attempts", 1),
@@ -209,6 +204,13 @@ def _slowest(tenants: Sequence[Mapping[str, Any]]) -> str:
     headers = ["shard", "tenant", "status", "revisions", "started", "took", "attempts"]
     content = table(headers, rows, numeric=(4, 5, 6)) if rows else "<p>No tenant was tried.</p>"
     return section("slowest", f"Slowest tenants (top {SLOWEST})", content)
+
+
+def _revisions(t: Mapping[str, Any]) -> str:
+    """``before → after``; only where it stayed when it did not get through."""
+    if t.get("status") in ("migrated", "current"):
+        return f"{revision(t.get('before'))} → {revision(t.get('after'))}"
+    return f"{revision(t.get('before'))} (stayed)"
 
 
 def _online(online: Sequence[Mapping[str, Any]]) -> str:
@@ -248,6 +250,9 @@ def _all_tenants(tenants: Sequence[Mapping[str, Any]]) -> str:
         ]
         for t in tenants
     ]
+    staged = any("stage" in t for t in tenants)
+    if staged:
+        rows = [[t.get("stage") or "-", *row] for t, row in zip(tenants, rows, strict=True)]
     headers = [
         "shard",
         "tenant",
@@ -259,5 +264,8 @@ def _all_tenants(tenants: Sequence[Mapping[str, Any]]) -> str:
         "attempts",
         "error",
     ]
-    content = table(headers, rows, cls="sortable filterable", numeric=(5, 6, 7))
+    numeric: tuple[int, ...] = (5, 6, 7)
+    if staged:
+        headers, numeric = ["stage", *headers], (6, 7, 8)
+    content = table(headers, rows, cls="sortable filterable", numeric=numeric)
     return section("tenants", f"Every tenant ({len(rows)})", content)

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ppp_env.report.page import Raw, badge, facts, h, page, revision, section, table
+from ppp_env.report.page import Raw, badge, facts, h, page, revision, section, table, when
 from ppp_env.report.run import by_revision
 
 STATES = ("head", "behind", "no schema", "unreachable")
@@ -53,7 +53,7 @@ def _header(data: Data, rows: Sequence[Mapping[str, Any]]) -> Raw:
         ("command", "status"),
         ("head revision", ", ".join(data.get("heads") or []) or "none"),
         ("result", "in step" if ok else "needs attention"),
-        ("generated (UTC)", (data.get("generated") or "-").replace("T", " ").rstrip("Z")),
+        ("generated (UTC)", when(data.get("generated"))),
         ("tenants", len(rows)),
         *((s, states.get(s, 0)) for s in STATES),
         ("veneer stale", sum(1 for r in rows if r.get("veneer") == "stale")),

@@ -1,9 +1,11 @@
 """The run's timeline: per shard, its tenants as bars on one time axis (inline SVG, drawn
 here, so it needs no script), lock waits and retries marked, failures in their own colour.
 
-A shard's worker takes its tenants one after another on one connection, so a shard's bars
-never overlap. Up to :data:`ROWS` tried tenants a shard gets a row per tenant; beyond, one
-row holds them all and the tenants worth a look (failed, locked, retried) keep a row each.
+A shard's worker (each of its workers, its lanes, with PPP_JOBS_PER_SHARD) takes its tenants
+one after another on one connection, so the bars of one lane never overlap. Up to
+:data:`ROWS` tried tenants a shard gets a row per tenant; beyond, a row per lane holds them
+all and the tenants worth a look (failed, locked, retried) keep a row each. A rollout's
+stages are marked where they started.
 """
 
 from __future__ import annotations
@@ -53,30 +55,56 @@ def run_end(data: Mapping[str, Any]) -> float:
         if t.get("start") is not None:
             ends.append(t["start"] + (t.get("seconds") or 0.0))
         ends.extend(w["at"] + w["waited"] for w in t.get("waits") or [])
-    ends.extend(span[-1] for span in (data.get("shard_spans") or {}).values() if span)
+    for span in (data.get("shard_spans") or {}).values():
+        ends.extend(s[-1] for s in spans(span))
     return max(ends)
 
 
-def shard_timeline(shard: str, tenants: Sequence[Tenant], span: Sequence[float], axis: Axis) -> Raw:
-    """One shard's SVG: its worker's span, a row per tenant (or one for all), the axis."""
+def spans(span: Sequence[Any]) -> list[Sequence[float]]:
+    """A shard's worker spans: ``[start, end]`` (or ``[start]`` while running), or a list of
+    them (a rollout: one per stage)."""
+    if span and isinstance(span[0], (list, tuple)):
+        return [s for s in span if s]
+    return [span] if span else []
+
+
+def _rows(tried: Sequence[Tenant]) -> list[tuple[str, list[Tenant]]]:
+    if len(tried) <= ROWS:
+        return [(t["tenant"], [t]) for t in tried]
+    by_lane: dict[int, list[Tenant]] = {}
+    for t in tried:
+        by_lane.setdefault(int(t.get("lane") or 0), []).append(t)
+    if len(by_lane) == 1:
+        rows = [(f"all {len(tried)} tenants", list(tried))]
+    else:
+        rows = [(f"lane {n + 1}: {len(ts)} tenants", ts) for n, ts in sorted(by_lane.items())]
+    notable = [t for t in tried if t["status"] in PROBLEM or t.get("waits")]
+    return rows + [(t["tenant"], [t]) for t in notable]
+
+
+def shard_timeline(
+    shard: str,
+    tenants: Sequence[Tenant],
+    span: Sequence[Any],
+    axis: Axis,
+    marks: Sequence[Mapping[str, Any]] = (),
+) -> Raw:
+    """One shard's SVG: its workers' span, a row per tenant (or per lane), the axis, and
+    where each stage of a rollout began (``marks``: ``{"name", "at"}``)."""
     tried = sorted((t for t in tenants if t.get("start") is not None), key=lambda t: t["start"])
     if not tried:
         return Raw('<p class="note">No tenant of this shard was tried.</p>')
-    rows: list[tuple[str, list[Tenant]]]
-    if len(tried) <= ROWS:
-        rows = [(t["tenant"], [t]) for t in tried]
-    else:
-        notable = [t for t in tried if t["status"] in PROBLEM or t.get("waits")]
-        rows = [(f"all {len(tried)} tenants", tried), *((t["tenant"], [t]) for t in notable)]
+    rows = _rows(tried)
     height = AXIS + ROW * len(rows) + 4
     parts = [_grid(axis, height)]
-    if span:
-        end = span[1] if len(span) > 1 else axis.end
+    for begun, *rest in spans(span):
+        end = rest[0] if rest else axis.end
         parts.append(
-            f'<rect class="span" x="{axis.x(span[0]):.1f}" y="{AXIS - 2}" '
-            f'width="{axis.width(end - span[0]):.1f}" height="{height - AXIS}">'
-            f"<title>{h(f'worker of shard {shard}: {span[0]:.2f} s to {end:.2f} s')}</title></rect>"
+            f'<rect class="span" x="{axis.x(begun):.1f}" y="{AXIS - 2}" '
+            f'width="{axis.width(end - begun):.1f}" height="{height - AXIS}">'
+            f"<title>{h(f'workers of shard {shard}: {begun:.2f} s to {end:.2f} s')}</title></rect>"
         )
+    parts.extend(_mark(m, axis, height) for m in marks)
     for n, (label, members) in enumerate(rows):
         parts.append(_row(label, members, AXIS + n * ROW, axis))
     return Raw(
@@ -95,6 +123,16 @@ def _grid(axis: Axis, height: int) -> str:
             f"{h(_tick_label(tick, axis.step))}</text>"
         )
     return "".join(out)
+
+
+def _mark(mark: Mapping[str, Any], axis: Axis, height: int) -> str:
+    at, label = mark["at"], f"stage {mark['name']}"
+    x = axis.x(at)
+    return (
+        f'<line class="stage" x1="{x:.1f}" y1="{AXIS - 2}" x2="{x:.1f}" y2="{height}">'
+        f"<title>{h(f'{label} began at {at:.2f} s')}</title></line>"
+        f'<text class="stage" x="{x + 3:.1f}" y="{AXIS + 9}">{h(label)}</text>'
+    )
 
 
 def _tick_label(value: float, step: float) -> str:
