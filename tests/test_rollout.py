@@ -254,8 +254,10 @@ def test_rollout_halts_names_the_stage_and_resumes_after_a_fix(tenants, settings
     assert plain.exit_code == 0, plain.output
     assert "note: rollout #" in plain.stderr and "this run did not wait for it" in plain.stderr
     shard_sql(settings, tenants[bad], f'DROP TABLE "{bad}".authors')
-    resumed = run("rollout", "resume", "-c", INI)
+    page = tmp_path / "resume.html"
+    resumed = run("rollout", "resume", "-c", INI, "--report", str(page))
     assert resumed.exit_code == 0, resumed.output
+    assert "canary" in page.read_text() and "rest" in page.read_text()
     for t, shard in tenants.items():
         if t in late or t in (names[0], bad):
             assert _revision(settings, t, shard) == "0002"

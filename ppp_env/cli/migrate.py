@@ -19,7 +19,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet.status import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
-from ppp_env.report import check_target, rollout_data, write_run_report, write_status_report
+from ppp_env.report import check_target, write_run_report, write_status_report
 from ppp_env.shared import env as shared_env
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.catalog import in_service, list_tenants
@@ -163,13 +163,7 @@ def migrate(
             veneer_step=veneer_step,
             say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
         )
-        problems = _write_report(report, rollout_data(run.to_json()), say)
-        try:
-            finish_rollout(run, as_json)
-        except PPPError as exc:
-            raise PPPError("\n".join([str(exc), *problems])) from None
-        if problems:
-            raise PPPError("\n".join(problems))
+        finish_rollout(run, as_json, report, say)
         return
     result = operations.migrate(
         settings,
