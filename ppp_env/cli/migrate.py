@@ -76,13 +76,15 @@ def fleet_options(f: F) -> F:
     "--lock-timeout",
     type=click.FloatRange(0, 86_400),
     metavar="SECONDS",
-    help="Longest wait of a migration statement for a table lock (PPP_MIGRATION_LOCK_TIMEOUT, "
-    "default 2): the longest an application query queues behind the migration.",
+    help="A fixed longest wait of a migration statement for a table lock, every attempt: the "
+    "longest an application query queues behind the migration (default: escalating per "
+    "attempt, PPP_MIGRATION_LOCK_TIMEOUT_START 0.02 doubling to PPP_MIGRATION_LOCK_TIMEOUT 2).",
 )
 @click.option(
     "--retries",
     type=click.IntRange(0, 100),
-    help="Further attempts for a tenant that hit the lock timeout (PPP_LOCK_RETRIES, default 5).",
+    help="Further attempts for a tenant that hit its lock wait (PPP_LOCK_RETRIES, default 5; "
+    "never fewer than it takes to reach the full timeout once).",
 )
 @click.option(
     "--statement-timeout",
