@@ -246,7 +246,10 @@ def test_rollout_halts_names_the_stage_and_resumes_after_a_fix(tenants, settings
         assert _revision(settings, t, tenants[t]) is None
     status = json.loads(run("rollout", "status", "--json").stdout)["rollout"]
     assert (status["state"], status["stage"]) == ("halted", "canary")
-    assert list(status["stages"][0]["failed"]) == [bad]
+    failed = status["stages"][0]["failed"]
+    assert failed[bad].startswith("failed: ")
+    # The other canary tenant ran, or was not started once the stage halted (timing).
+    assert all(why.startswith("not run") for t, why in failed.items() if t != bad)
     # A second rollout is refused while this one is open; a plain run goes on, and says so.
     again = run("migrate", "-c", INI, "--rollout", str(path))
     assert again.exit_code == 1 and "is halted at stage 'canary'" in again.output
