@@ -112,12 +112,18 @@ class Settings:
     veneer: Instance
     shards: dict[str, Instance]
     jobs: int = 4
+    #: Tenants of one shard migrated at once, each on its own connection and worker.
+    jobs_per_shard: int = 1
     #: Seconds a run waits for a tenant that another PPP run is migrating.
     lock_timeout: float = 10.0
     #: Seconds any statement of a tenant's migration may wait for a table lock: the longest an
     #: application query can queue behind the migration.
     migration_lock_timeout: float = 2.0
-    #: Further attempts for a tenant whose migration hit that timeout (rolled back, retried).
+    #: The first attempt's lock wait; each retry of a tenant doubles it, up to the timeout
+    #: above (fleet.retry.LockSteps), so a young blocker stalls the application only briefly.
+    migration_lock_timeout_start: float = 0.02
+    #: Further attempts for a tenant whose migration hit its lock wait (rolled back, retried);
+    #: never fewer than it takes to reach the full timeout once.
     lock_retries: int = 5
     #: Seconds any statement of a tenant's migration may run (0: no limit).
     statement_timeout: float = 0.0
@@ -291,13 +297,13 @@ class _Reader:
             return False
         raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
 
-    def number(self, var: str, expects: str, default: float) -> float:
+    def number(self, var: str, expects: str, default: float, lo: float = 0.0) -> float:
         raw = self.get(var, expects, str(default))
         try:
             value = float(raw)
         except ValueError:
             raise PPPError(f"{var}={raw!r} is not valid: expected {expects}") from None
-        if value < 0 or not math.isfinite(value):
+        if not value >= lo or math.isinf(value):  # also NaN
             raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
         return value
 
@@ -433,9 +439,18 @@ def load_settings(
         veneer=veneer,
         shards=shards,
         jobs=r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
+        jobs_per_shard=r.integer(
+            "PPP_JOBS_PER_SHARD", "a number of tenants migrated at once per shard (1-64)", 1, 1, 64
+        ),
         lock_timeout=r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
         migration_lock_timeout=r.number(
             "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0
+        ),
+        migration_lock_timeout_start=r.number(
+            "PPP_MIGRATION_LOCK_TIMEOUT_START",
+            "seconds, at least 0.001, the first attempt's lock wait",
+            0.02,
+            lo=0.001,
         ),
         lock_retries=r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
         statement_timeout=r.number(

@@ -356,8 +356,9 @@ def test_lifecycle_revision_downgrade_refused_with_runtime_tenants(
     tenants.append(schema)
     create_tenant(settings, schema, "bluth_co", INI)
     before = veneer_env.current_versions(settings)
+    # Two steps down that line: the release revision (tags, rollouts), then the lifecycle's.
     with pytest.raises(PPPError, match="1 tenant\\(s\\) created at runtime"):
-        veneer_env.downgrade(settings, f"{catalog.LIFECYCLE_REVISION}@-1")
+        veneer_env.downgrade(settings, f"{catalog.LIFECYCLE_REVISION}@-2")
     assert veneer_env.current_versions(settings) == before
     assert catalog_row(settings, schema).origin == "runtime"
 

@@ -41,6 +41,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "migrate": ("ppp_env.cli.migrate", "migrate"),
     "status": ("ppp_env.cli.migrate", "status"),
     "demo": ("ppp_env.cli.migrate", "demo"),
+    "rollout": ("ppp_env.cli.rollout", "rollout_group"),
     "new": ("ppp_env.cli.new", "new"),
 }
 

@@ -17,11 +17,20 @@ from ppp_env.cli.veneer import print_wiring, revs, show_alembic_progress
 from ppp_env.errors import PPPError
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import onboarding as tenant_revision
+from ppp_env.veneer.catalog import parse_tags
+
+TAG_OPTION = click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A tag of the tenant (repeat for more); rollouts select tenants by tags.",
+)
 
 
 @click.group("tenant")
 def tenant_group() -> None:
-    """Tenants: add (a revision), create and remove (at runtime), list."""
+    """Tenants: add (a revision), create and remove (at runtime), list, tag."""
 
 
 @tenant_group.command("add")
@@ -33,6 +42,7 @@ def tenant_group() -> None:
     help="Do not look the tenant up in the veneer's catalog (no connection needed).",
 )
 @click.option("--upgrade", is_flag=True, help="Then apply it (`ppp veneer upgrade`).")
+@TAG_OPTION
 @CONFIG_OPTION
 @pass_state
 def tenant_add(
@@ -41,6 +51,7 @@ def tenant_add(
     shard: str,
     no_catalog_check: bool,
     upgrade: bool,
+    tags: tuple[str, ...],
     config_path: Path | None,
 ) -> None:
     """Write the onboarding revision of tenant SCHEMA on shard NAME.
@@ -51,7 +62,12 @@ def tenant_add(
     settings = state.settings
     cfg = veneer_env.veneer_config(settings, config_path)
     path = tenant_revision.add_tenant_revision(
-        settings, schema, shard, config=cfg, check_catalog=not no_catalog_check
+        settings,
+        schema,
+        shard,
+        config=cfg,
+        check_catalog=not no_catalog_check,
+        tags=parse_tags(tags),
     )
     out = console()
     out.print(f"wrote {path}")
@@ -74,9 +90,12 @@ def tenant_add(
     default=None,
     help="The shard to create it on (default: PPP_PLACEMENT chooses, fewest tenants).",
 )
+@TAG_OPTION
 @CONFIG_OPTION
 @pass_state
-def tenant_create(state: State, schema: str, shard: str | None, config_path: Path | None) -> None:
+def tenant_create(
+    state: State, schema: str, shard: str | None, tags: tuple[str, ...], config_path: Path | None
+) -> None:
     """Create tenant SCHEMA now: catalog, schema and migrations on its shard, veneer wiring.
 
     No revision file. A create that failed half-way leaves the tenant 'provisioning': run
@@ -84,7 +103,7 @@ def tenant_create(state: State, schema: str, shard: str | None, config_path: Pat
     """
     from ppp_env.lifecycle import create_tenant
 
-    result = create_tenant(state.settings, schema, shard, config_path)
+    result = create_tenant(state.settings, schema, shard, config_path, tags=parse_tags(tags))
     console().print(
         f"tenant {result.schema} {'finished' if result.resumed else 'created'} on shard "
         f"{result.shard} at {result.revision or 'base'} in {result.seconds * 1000:.0f} ms"
@@ -121,6 +140,31 @@ def tenant_remove(
         out.print(f"tenant {schema} removed; its data stays on shard {result.shard}")
 
 
+@tenant_group.command("tag")
+@click.argument("schema")
+@click.argument("pairs", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--remove", "remove", multiple=True, metavar="KEY", help="Remove this tag (repeat).")
+@pass_state
+def tenant_tag(state: State, schema: str, pairs: tuple[str, ...], remove: tuple[str, ...]) -> None:
+    """Set (add or replace) tags of tenant SCHEMA, or --remove them; prints its tags after.
+
+    Tags are kept in the veneer's catalog, shown by `ppp tenant list`, and select tenants
+    for the stages of a rollout (`ppp migrate --rollout FILE`).
+    """
+    from ppp_env.lifecycle.listing import format_tags
+    from ppp_env.veneer import catalog
+
+    if not pairs and not remove:
+        raise PPPError("nothing to do: give KEY=VALUE pairs and/or --remove KEY")
+    add = parse_tags(pairs)
+    both = sorted(set(add) & set(remove))
+    if both:
+        raise PPPError(f"tag {both[0]!r} is both set and removed: choose one")
+    with catalog.admin_connection(state.settings) as conn:
+        tags = catalog.set_tags(conn, schema, add, remove)
+    console().print(f"tenant {schema}: {format_tags(tags)}", markup=False)
+
+
 @tenant_group.command("list")
 @click.argument("tenants", nargs=-1, metavar="[TENANT]...")
 @click.option("--shard", "shards", multiple=True, metavar="NAME", help="Only these shards.")
@@ -129,8 +173,9 @@ def tenant_remove(
 def tenant_list(
     state: State, tenants: tuple[str, ...], shards: tuple[str, ...], as_json: bool
 ) -> None:
-    """The catalog's tenants: schema, shard, state, origin, revision and size on its shard."""
-    from ppp_env.lifecycle.listing import human_size, tenant_rows
+    """The catalog's tenants: schema, shard, state, origin, revision and size on its shard,
+    and their tags (a column when any tenant has tags; always in --json)."""
+    from ppp_env.lifecycle.listing import format_tags, human_size, tenant_rows
 
     found = tenant_rows(state.settings, shards=list(shards) or None, tenants=list(tenants) or None)
     if as_json:
@@ -140,7 +185,9 @@ def tenant_list(
         console().print("no tenants")
         return
     table = Table()
-    for col in ("schema", "shard", "state", "origin", "revision", "size", "wired revision"):
+    columns = ["schema", "shard", "state", "origin", "revision", "size", "wired revision"]
+    tagged = any(r.tags for r in found)
+    for col in columns + (["tags"] if tagged else []):
         table.add_column(col)
     for r in found:
         revision = (
@@ -154,6 +201,7 @@ def tenant_list(
             revision,
             human_size(r.size),
             r.wired_revision or "-",
+            *([format_tags(r.tags)] if tagged else []),
         )
     console().print(table)
     for err in dict.fromkeys(r.error for r in found if r.error):

@@ -66,8 +66,19 @@ def death(exitcode: int | None) -> str:
     return f"its worker process exited with code {exitcode} before finishing: rerun to finish"
 
 
+def lanes(shard: str, tenants: Sequence[str], width: int) -> list[ShardJob]:
+    """A shard's tenants dealt round-robin to ``width`` workers (fewer for fewer tenants)."""
+    n = max(1, min(width, len(tenants)))
+    return [ShardJob(shard, list(tenants[i::n]), i) for i in range(n)]
+
+
 class _Pool:
-    """Forked workers, their event queue, and the result their events build."""
+    """Forked workers, their event queue, and the result their events build.
+
+    ``jobs`` shards run at once; each with ``jobs_per_shard`` workers (lanes), each lane on
+    its own connection with its share of the shard's tenants. A shard's lanes start
+    together, and the display hears of the shard once all of them have read their states.
+    """
 
     def __init__(
         self,
@@ -84,10 +95,20 @@ class _Pool:
         self.events: Any = self.mp.Queue()
         self.stop = self.mp.Event()
         self.jobs = options.jobs or settings.jobs
-        self.pending = [ShardJob(s, list(t)) for s, t in by_shard.items() if t]
-        self.running: dict[str, Any] = {}
+        width = options.jobs_per_shard or settings.jobs_per_shard
+        self.pending = [lanes(s, list(t), width) for s, t in by_shard.items() if t]
+        self.since = time.monotonic()  # tenants' and shards' times count from here
+        self.result.started_at = time.time()
+        for job in (job for group in self.pending for job in group):
+            job.since = self.since
+        self.lanes = {group[0].shard: len(group) for group in self.pending}
+        self.started: dict[str, list[int]] = {}  # shard -> [lanes started, total, to do]
+        #: Results of shards whose lanes have not all started yet (shown once they have).
+        self.waiting: dict[str, list[TenantResult]] = {}
+        self.running: dict[str, tuple[ShardJob, Any]] = {}  # lane key -> (job, process)
         self.done: set[str] = set()
         self.parent = os.getpid()
+        self.failures = 0
 
     def run(self) -> None:
         while self.pending or self.running:
@@ -96,16 +117,22 @@ class _Pool:
                 self.handle(self.events.get(timeout=0.05))
             self.reap()
         self.drain()
+        for results in self.waiting.values():  # a shard some of whose lanes never started
+            for r in results:
+                self.display.tenant_done(r)
+        self.waiting.clear()
 
     def start_workers(self) -> None:
-        while self.pending and len(self.running) < self.jobs:
-            job = self.pending.pop(0)
-            if self.stop.is_set():
-                self.handle(("results", job.shard, self.untried(job.shard)))
-                continue
-            proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.shard}")
-            proc.start()
-            self.running[job.shard] = proc
+        while self.pending and len({j.shard for j, _ in self.running.values()}) < self.jobs:
+            group = self.pending.pop(0)
+            for job in group:
+                if self.stop.is_set():
+                    self.handle(("results", job.shard, self.untried(job)))
+                    continue
+                proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.key}")
+                self.result.shard_spans.setdefault(job.shard, [self.clock()])
+                proc.start()
+                self.running[job.key] = (job, proc)
 
     def worker(self, job: ShardJob) -> None:  # runs in the forked child
         watch_parent(self.parent)
@@ -114,39 +141,56 @@ class _Pool:
         except BaseException as exc:
             self.events.put(("shard_error", job.shard, f"{type(exc).__name__}: {exc}"))
         finally:
-            self.events.put(("shard_done", job.shard))
+            self.events.put(("shard_done", job.key))
             self.events.close()
             self.events.join_thread()
 
     def reap(self) -> None:
         """Join finished workers; a worker that died is reported with its untried tenants."""
-        for shard, proc in list(self.running.items()):
-            if shard in self.done:
+        for key, (job, proc) in list(self.running.items()):
+            if key in self.done:
                 proc.join()
-                del self.running[shard]
+                del self.running[key]
             elif not proc.is_alive():
                 self.drain()  # what it sent before it died
-                if shard not in self.done:
-                    if untried := self.untried(shard):
-                        self.handle(("results", shard, untried))
-                    self.handle(("shard_error", shard, death(proc.exitcode)))
-                    self.done.add(shard)
-                del self.running[shard]
+                if key not in self.done:
+                    if untried := self.untried(job):
+                        self.handle(("results", job.shard, untried))
+                    self.handle(("shard_error", job.shard, death(proc.exitcode)))
+                    self.done.add(key)
+                del self.running[key]
 
-    def untried(self, shard: str) -> list[TenantResult]:
-        seen = {t.tenant for t in self.result.tenants if t.shard == shard}
-        return [TenantResult(shard, t, "not_run") for t in self.by_shard[shard] if t not in seen]
+    def untried(self, job: ShardJob) -> list[TenantResult]:
+        seen = {t.tenant for t in self.result.tenants if t.shard == job.shard}
+        return [TenantResult(job.shard, t, "not_run") for t in job.tenants if t not in seen]
+
+    def shard_started(self, shard: str, total: int, todo: int) -> None:
+        """A lane read its states: the display hears of the shard when all its lanes did."""
+        seen = self.started.setdefault(shard, [0, 0, 0])
+        seen[0], seen[1], seen[2] = seen[0] + 1, seen[1] + total, seen[2] + todo
+        if seen[0] < self.lanes.get(shard, 1):
+            self.waiting.setdefault(shard, [])
+            return
+        self.display.shard_started(shard, seen[1], seen[2])
+        for r in self.waiting.pop(shard, []):
+            self.display.tenant_done(r)
 
     def handle(self, event: tuple[Any, ...]) -> None:
         kind, shard = event[0], event[1]
         if kind == "shard_start":
-            self.display.shard_started(shard, event[2], event[3])
+            self.shard_started(shard, event[2], event[3])
         elif kind == "results":
             for r in event[2]:
                 self.result.tenants.append(r)
-                self.display.tenant_done(r)
-                if r.status in ("failed", "locked") and self.options.fail_fast:
-                    self.stop.set()
+                if shard in self.waiting:  # before all its lanes started: shown then
+                    self.waiting[shard].append(r)
+                else:
+                    self.display.tenant_done(r)
+                if r.status in ("failed", "locked"):
+                    self.failures += 1
+                    limit = 1 if self.options.fail_fast else self.options.max_failures
+                    if limit is not None and self.failures >= limit:
+                        self.stop.set()
         elif kind == "online":
             self.result.online.update(event[2])
         elif kind == "retry":
@@ -158,8 +202,19 @@ class _Pool:
                 self.stop.set()
         elif kind in ("pausing", "paused", "warning"):
             self.replica_event(kind, event[2])
-        elif kind == "shard_done":
+        elif kind == "shard_done":  # of one lane (``shard`` is its key)
             self.done.add(shard)
+            self.span_end(shard)
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self.since, 4)
+
+    def span_end(self, key: str) -> None:
+        """A lane finished: its shard's span ends now (its last lane's end stays)."""
+        running = self.running.get(key)
+        span = self.result.shard_spans.get(running[0].shard if running else key.split("#")[0])
+        if span:
+            span[1:] = [self.clock()]
 
     def replica_event(self, kind: str, detail: Any) -> None:
         """A shard waiting for its replicas (``fleet.pacing``): shown, and kept in the result."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -9,6 +10,19 @@ from typing import Any
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
 from ppp_env.veneer import refresh
+
+
+@dataclass
+class LockWait:
+    """An attempt of a tenant that hit the lock timeout and rolled back (for the timeline)."""
+
+    attempt: int
+    #: Seconds since the run started, when the attempt began.
+    at: float
+    #: Seconds the attempt lasted until it gave up (mostly its wait for the lock).
+    waited: float
+    #: Who held the lock it waited for.
+    blocker: str
 
 
 @dataclass
@@ -22,6 +36,12 @@ class TenantResult:
     seconds: float = 0.0
     #: How many times PPP tried it (more than 1: it hit the lock timeout and was retried).
     attempts: int = 1
+    #: Seconds since the run started when its last attempt began (None: never tried).
+    start: float | None = None
+    #: Which of its shard's workers took it (PPP_JOBS_PER_SHARD; 0: the first).
+    lane: int = 0
+    #: Its attempts that hit the lock timeout, in order (the last one too when it ended locked).
+    waits: list[LockWait] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,12 @@ class FleetResult:
     pauses: list[Pause] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Wall clock (epoch seconds) when the run started; the tenants' ``start`` counts from it.
+    started_at: float = 0.0
+    #: Per shard: seconds since the run started when its worker began and ended.
+    shard_spans: dict[str, list[float]] = field(default_factory=dict)
+    #: The revision the run went to (as given, and resolved when it could be).
+    revision: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tenants if t.status == status)
@@ -124,7 +150,9 @@ class FleetResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "command": self.command,
+            "revision": self.revision,
             "ok": self.ok,
+            "started": _iso(self.started_at),
             "seconds": round(self.seconds, 3),
             "counts": {
                 s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
@@ -135,12 +163,21 @@ class FleetResult:
             "pauses": [asdict(p) for p in self.pauses],
             "warnings": self.warnings,
             "tenants": [asdict(t) for t in self.tenants],
+            "shard_spans": self.shard_spans,
             "veneer": {
                 "refreshed": self.refreshed,
                 "pending": self.refresh_pending,
                 "error": self.refresh_error,
             },
         }
+
+
+def _iso(epoch: float) -> str | None:
+    """``2026-12-06T10:31:02.125Z`` (UTC, milliseconds), None before the run started."""
+    if not epoch:
+        return None
+    millis = round(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch))) + f".{millis:03d}Z"
 
 
 def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[str]) -> None:

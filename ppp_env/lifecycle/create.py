@@ -22,10 +22,11 @@ between threads of one process; the replay and everything else run in parallel.
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,15 +264,17 @@ def _check_shard(cur: object, shard: str, schema: str, ini: Path) -> bool:
     return bool(cur.fetchone()[0])  # type: ignore[attr-defined]
 
 
-def _insert(conn: Connection, schema: str, shard: str) -> None:
+def _insert(conn: Connection, schema: str, shard: str, tags: dict[str, str]) -> None:
+    # The tags column only when there are tags: a catalog from before it still creates.
+    column, value = (", tags", ", CAST(:tags AS jsonb)") if tags else ("", "")
     with conn.begin():
         row = conn.execute(
             text(
-                "INSERT INTO ppp.tenants (schema, shard, state, origin) "
-                "VALUES (:schema, :shard, 'provisioning', 'runtime') "
+                f"INSERT INTO ppp.tenants (schema, shard, state, origin{column}) "
+                f"VALUES (:schema, :shard, 'provisioning', 'runtime'{value}) "
                 "ON CONFLICT (schema) DO NOTHING RETURNING schema"
             ),
-            {"schema": schema, "shard": shard},
+            {"schema": schema, "shard": shard, "tags": json.dumps(tags)},
         ).first()
     if row is None:
         raise PPPError(f"tenant {schema!r} already exists (created concurrently)")
@@ -345,21 +348,28 @@ def create_tenant(
     schema: str,
     shard: str | None = None,
     config: str | Path | None = None,
+    *,
+    tags: Mapping[str, str] | None = None,
 ) -> CreateResult:
-    """Create tenant ``schema`` now (on ``shard``, or where ``PPP_PLACEMENT`` says), usable
-    through the veneer when this returns; PPPError with nothing changed for bad input.
+    """Create tenant ``schema`` now (on ``shard``, or where ``PPP_PLACEMENT`` says), with
+    ``tags``, usable through the veneer when this returns; PPPError with nothing changed for
+    bad input.
 
     ``config``: the project's alembic.ini (default: found as ``ppp`` finds it). A call that
     failed half-way leaves the tenant ``provisioning``; the same call completes it.
     """
     started = time.perf_counter()
     validate_tenant(schema)
+    wanted = catalog.validate_tags(tags or {})
     if shard is not None:
         settings.shard(shard)
     ini = _ini(config)
     _no_onboarding_revision(settings, schema, ini)
     result = CreateResult(schema, "", None)
     with _veneer(settings) as conn:
+        if wanted:
+            with conn.begin():
+                catalog.require_release(conn)
         result.shard, result.resumed = _lookup(conn, settings, schema, shard)
         inst = settings.shard(result.shard)
         with db.connection(
@@ -376,7 +386,10 @@ def create_tenant(
             t = time.perf_counter()
             result.steps["check"] = t - started
             if not result.resumed:
-                _insert(conn, schema, result.shard)
+                _insert(conn, schema, result.shard, wanted)
+            elif wanted:
+                with conn.begin():
+                    catalog.merge_tags(conn, {schema: wanted})
             result.steps["register"] = time.perf_counter() - t
             t = time.perf_counter()
             result.revision, result.replayed = _migrate_on(

@@ -8,7 +8,7 @@ version index, :func:`ppp_env.tenant_state.read_states`) and their sizes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ppp_env import db
@@ -40,6 +40,8 @@ class TenantRow:
     size: int | None = None
     #: Why the shard could not be read.
     error: str | None = None
+    #: Its tags (``ppp tenant tag``).
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +58,14 @@ def tenant_rows(
         found = catalog.find_tenants(conn, shards=shards, tenants=tenants)
         origins = catalog.origins(conn, [t.schema for t in found])
     rows = [
-        TenantRow(t.schema, t.shard, t.state, origins.get(t.schema, "revision"), t.wired_revision)
+        TenantRow(
+            t.schema,
+            t.shard,
+            t.state,
+            origins.get(t.schema, "revision"),
+            t.wired_revision,
+            tags=dict(t.tags),
+        )
         for t in found
     ]
     by_schema = {r.schema: r for r in rows}
@@ -92,3 +101,8 @@ def human_size(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def format_tags(tags: dict[str, str]) -> str:
+    """Tags as ``key=value`` pairs, by key (``-`` when none)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"

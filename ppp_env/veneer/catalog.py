@@ -28,9 +28,11 @@ schema whenever its row is added, deleted, or changes shard or state.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import text
@@ -48,6 +50,8 @@ TENANT_STATES = ("provisioning", "pending", "active", "moving", "removing", "rem
 ORIGINS = ("revision", "runtime")
 #: The veneer revision that adds origins, moves and ``ppp.placement()``.
 LIFECYCLE_REVISION = "8ddbcb8a92cf"
+#: The veneer revision that adds tenant tags and ``ppp.rollouts``.
+RELEASE_REVISION = "b41e7d2a9c53"
 PLACEMENT_CHANNEL = "ppp_placement"
 MISSING = "the catalog does not exist yet: run `alembic -n veneer upgrade head`"
 
@@ -63,6 +67,9 @@ class Tenant:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     wired_at: datetime | None = None
+    #: Its tags (``ppp tenant tag``): string keys and values; empty before the release
+    #: revision (``b41e7d2a9c53``).
+    tags: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,8 @@ def find_tenants(
     rows = conn.execute(
         text(
             "SELECT s.name AS shard_name, t.schema, t.state, t.wired_revision, t.created_at, "
-            "t.updated_at, t.wired_at "
+            # to_jsonb: the tags column, or NULL before the release revision added it
+            "t.updated_at, t.wired_at, to_jsonb(t) -> 'tags' AS tags "
             "FROM ppp.shards s LEFT JOIN ppp.tenants t ON t.shard = s.name "
             "AND (CAST(:tenants AS text[]) IS NULL OR t.schema = ANY(CAST(:tenants AS text[]))) "
             'ORDER BY s.name COLLATE "C", t.schema COLLATE "C"'
@@ -165,6 +173,7 @@ def find_tenants(
             created_at=r.created_at,
             updated_at=r.updated_at,
             wired_at=r.wired_at,
+            tags=r.tags or {},
         )
         for r in rows
         if r.schema is not None
@@ -204,8 +213,8 @@ def lookup_tenant(conn: Connection, schema: str) -> Tenant | None:
     require_catalog(conn)
     r = conn.execute(
         text(
-            "SELECT schema, shard, state, wired_revision, created_at, updated_at, wired_at "
-            "FROM ppp.tenants WHERE schema = :s"
+            "SELECT schema, shard, state, wired_revision, created_at, updated_at, wired_at, "
+            "coalesce(to_jsonb(t) -> 'tags', '{}') FROM ppp.tenants t WHERE schema = :s"
         ),
         {"s": schema},
     ).first()
@@ -423,3 +432,96 @@ def list_moves(conn: Connection) -> list[Move]:
         )
     ).all()
     return [Move(*r) for r in rows]
+
+
+# -- tags -----------------------------------------------------------------------------------------
+TAG_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}\Z")
+TAG_VALUE_MAX = 200
+
+
+def validate_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` checked: keys are lower-case names (letters, digits, ``_ . -``, at most 63),
+    values non-empty printable strings of at most 200 characters; a PPPError names the first
+    bad one."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not TAG_KEY.match(key):
+            raise PPPError(
+                f"bad tag key {key!r}: a lower-case name (a-z first, then a-z, 0-9, _ . -; "
+                "at most 63 characters)"
+            )
+        if not isinstance(value, str) or not value or len(value) > TAG_VALUE_MAX:
+            raise PPPError(
+                f"bad value for tag {key!r}: a non-empty string of at most {TAG_VALUE_MAX} "
+                "characters"
+            )
+        if not value.isprintable():
+            raise PPPError(f"bad value for tag {key!r}: control characters are not allowed")
+        out[key] = value
+    return out
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """``key=value`` arguments (``ppp tenant tag``, ``--tag``) as validated tags."""
+    tags: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise PPPError(f"bad tag {pair!r}: expected key=value")
+        tags[key.strip()] = value.strip()
+    return validate_tags(tags)
+
+
+def has_release(conn: Connection) -> bool:
+    """Whether the catalog has the release revision's pieces (tags, ``ppp.rollouts``)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
+                "to_regclass('ppp.tenants') AND attname = 'tags' AND NOT attisdropped)"
+            )
+        ).scalar()
+    )
+
+
+def require_release(conn: Connection) -> None:
+    require_lifecycle(conn)
+    if not has_release(conn):
+        raise PPPError(
+            "the catalog predates tenant tags and rollouts (revision "
+            f"{RELEASE_REVISION}): run `alembic -n veneer upgrade head`"
+        )
+
+
+def merge_tags(conn: Connection, tags: Mapping[str, Mapping[str, str]]) -> None:
+    """Add these tags to these tenants (schema -> tags) in one statement. The caller
+    commits."""
+    tags = {schema: validate_tags(t) for schema, t in tags.items() if t}
+    if not tags:
+        return
+    require_release(conn)
+    conn.execute(
+        text(
+            "UPDATE ppp.tenants t SET tags = t.tags || n.value, updated_at = now() "
+            "FROM jsonb_each(CAST(:tags AS jsonb)) AS n WHERE t.schema = n.key"
+        ),
+        {"tags": json.dumps(tags)},
+    )
+
+
+def set_tags(
+    conn: Connection, schema: str, add: Mapping[str, str], remove: Sequence[str] = ()
+) -> dict[str, str]:
+    """Add (or replace) and remove tags of one tenant in one statement; its tags after.
+    The caller commits."""
+    require_release(conn)
+    row = conn.execute(
+        text(
+            "UPDATE ppp.tenants SET tags = (tags - CAST(:remove AS text[])) || "
+            "CAST(:add AS jsonb), updated_at = now() WHERE schema = :s RETURNING tags"
+        ),
+        {"s": schema, "add": json.dumps(validate_tags(add)), "remove": list(remove)},
+    ).first()
+    if row is None:
+        raise PPPError(f"unknown tenant {schema!r}: not in the catalog (see `ppp tenant list`)")
+    return dict(row.tags)

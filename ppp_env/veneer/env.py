@@ -182,12 +182,16 @@ class Onboarding:
 
     pending: list[tuple[str, str]] = field(default_factory=list)
     registered: list[str] = field(default_factory=list)
+    #: Tags the pending tenants' revisions give them, by schema.
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def flush(self, conn: Connection) -> None:
         if self.pending:
             register_tenants(conn, self.pending)
+            catalog.merge_tags(conn, self.tags)
             self.registered += [schema for schema, _shard in self.pending]
             self.pending.clear()
+            self.tags.clear()
 
 
 def register_tenants(conn: Connection, tenants: Sequence[tuple[str, str]]) -> None:

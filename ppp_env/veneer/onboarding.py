@@ -32,7 +32,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,8 +154,10 @@ def add_tenant_revision(
     *,
     config: Config | None = None,
     check_catalog: bool = True,
+    tags: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the onboarding revision of tenant ``schema`` on ``shard``; return its path.
+    """Write the onboarding revision of tenant ``schema`` on ``shard`` (registering it with
+    ``tags``, if given); return its path.
 
     PPPError, and no file written, for an invalid schema name, a shard not in the settings,
     or a tenant that already has a revision (or, with ``check_catalog``, is already in the
@@ -163,6 +165,7 @@ def add_tenant_revision(
     """
     validate_tenant(schema)
     settings.shard(shard)
+    tags = catalog.validate_tags(tags or {})
     cfg = config or veneer_config(settings)
     try:
         script = ScriptDirectory.from_config(cfg)  # loads no revision
@@ -186,7 +189,9 @@ def add_tenant_revision(
                 f"tenant {schema!r} is already in the catalog (on shard {placed.shard!r}) "
                 "without an onboarding revision"
             )
-    return write_tenant_revision(script, schema, shard, structural_head(script), config=cfg)
+    return write_tenant_revision(
+        script, schema, shard, structural_head(script), config=cfg, tags=tags
+    )
 
 
 def _load(path: Path) -> Any:
@@ -222,6 +227,7 @@ def write_tenant_revision(
     down_revision: str,
     *,
     config: Config | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Path:
     """Render the tenant branch of ``script.py.mako`` into ``<rev>_<schema>.py`` (a new
     file: an existing one is never overwritten). No check beyond the names: see
@@ -241,6 +247,7 @@ def write_tenant_revision(
             message=f"Tenant {schema} on shard {shard}.",
             tenant=schema,
             shard=shard,
+            tags=dict(tags or {}),
             config=config,
             comma=_comma,
         )
@@ -248,6 +255,11 @@ def write_tenant_revision(
         raise PPPError(f"cannot render {template} for tenant {schema!r}: {exc}") from None
     if f"TENANT = {schema!r}" not in body or f"revision = {rev!r}" not in body:
         raise PPPError(f"{template} has no tenant branch (TENANT, revision): cannot use it")
+    if tags and "TAGS = " not in body:
+        raise PPPError(
+            f"{template} predates tenant tags (no TAGS in its tenant branch): take the tenant "
+            "branch of the template `ppp new` writes, or add the tags with `ppp tenant tag`"
+        )
     path = folder / f"{rev}_{schema}.py"
     try:
         with open(path, "x", encoding="utf-8") as f:
@@ -258,17 +270,22 @@ def write_tenant_revision(
 
 
 # -- what the revisions call ---------------------------------------------------------------------
-def onboard(schema: str, shard: str) -> None:
-    """Upgrade of an onboarding revision: register the tenant in the catalog.
+def onboard(schema: str, shard: str, tags: Mapping[str, str] | None = None) -> None:
+    """Upgrade of an onboarding revision: register the tenant in the catalog (with ``tags``
+    added to its tags, if given).
 
     Under PPP's veneer environment the registration joins the run's bulk registration and
     the tenant is wired after the commit (pending until its schema exists on its shard).
     """
+    wanted = catalog.validate_tags(tags or {})
     onboarding = context.config.attributes.get(ONBOARDING_KEY)
     if isinstance(onboarding, Onboarding):
         onboarding.pending.append((schema, shard))
+        if wanted:
+            onboarding.tags[schema] = wanted
         return
     register_tenants(op.get_bind(), [(schema, shard)])  # another environment: right away
+    catalog.merge_tags(op.get_bind(), {schema: wanted})
 
 
 def offboard(schema: str) -> None:

@@ -1,6 +1,7 @@
 <%
     tenant = context.get("tenant")
     shard = context.get("shard")
+    tags = context.get("tags") or {}
 %>\
 % if tenant:
 """${message}
@@ -28,10 +29,17 @@ depends_on = ${repr(depends_on)}
 
 TENANT = ${repr(tenant)}
 SHARD = ${repr(shard)}
+% if tags:
+TAGS = ${repr(tags)}
+% endif
 
 
 def upgrade() -> None:
+% if tags:
+    onboard(TENANT, SHARD, tags=TAGS)
+% else:
     onboard(TENANT, SHARD)
+% endif
 
 
 def downgrade() -> None:

@@ -1,0 +1,1 @@
+"""Staged rollouts: ``ppp migrate --rollout FILE``, ``ppp rollout status|resume|abort``."""
