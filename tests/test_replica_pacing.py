@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import threading
 import time
@@ -17,9 +18,11 @@ from collections.abc import Iterator
 import pytest
 from alembic import command
 from alembic.util import CommandError
+from click.testing import CliRunner
 from rich.console import Console
 
 from ppp_env import db
+from ppp_env.cli.main import cli
 from ppp_env.fleet.options import OPTIONS_KEY, RunOptions
 from ppp_env.fleet.pacing import LagClock, pacer_for
 from ppp_env.fleet.progress import PlainDisplay, RichDisplay
@@ -27,6 +30,8 @@ from ppp_env.fleet.results import FleetResult, Pause
 from ppp_env.servers.local import free_port
 from ppp_env.settings import load_settings
 from tests.conftest import (
+    FLEET_SCRIPTS,
+    ROOT,
     Topology,
     drop_schemas,
     fleet_config,
@@ -369,3 +374,26 @@ def test_the_rich_display_notes_a_waiting_shard() -> None:
         display.shard_paused(pause)
         assert display.progress.tasks[0].fields["note"] == ""
     assert pause.line() in console.file.getvalue()
+
+
+def test_ppp_migrate_json_carries_the_pauses_and_warnings(tenants, settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("PPP_MAX_REPLICA_LAG", "0.3")
+    monkeypatch.setenv("PPP_REPLICA_UNREACHABLE", "proceed")
+    monkeypatch.setenv(f"{P}REPLICA_URLS", closed_url())
+    ini = tmp_path / "fleet.ini"
+    ini.write_text(
+        f"[alembic]\nscript_location = {FLEET_SCRIPTS}\nprepend_sys_path = {ROOT}\n"
+        f"path_separator = os\n\n[veneer]\nscript_location = {ROOT / 'veneer_migrations'}\n"
+        f"prepend_sys_path = {ROOT}\npath_separator = os\n"
+    )
+    args = ["migrate", "-c", str(ini), "--tenant", ",".join(tenants), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (pause,) = report["pauses"]
+    assert pause["shard"] == SHARD and pause["lag"] is None and pause["seconds"] >= 0.3
+    assert pause["replica"].startswith("postgresql://bluth_co_admin:***@127.0.0.1:")
+    (warning,) = report["warnings"]
+    assert pause["replica"] in warning and "going on without it" in warning
+    assert settings.shard(SHARD).admin_password not in result.stdout
+    assert revisions(settings, tenants) == ["f003"] * 4
