@@ -397,3 +397,15 @@ def test_ppp_migrate_json_carries_the_pauses_and_warnings(tenants, settings, mon
     assert pause["replica"] in warning and "going on without it" in warning
     assert settings.shard(SHARD).admin_password not in result.stdout
     assert revisions(settings, tenants) == ["f003"] * 4
+
+
+def test_ppp_settings_lists_a_shards_replicas_masked(settings, monkeypatch):
+    urls = "postgresql://reader:s3cret@10.0.0.7/bluth_co,postgresql://10.0.0.8:5433"
+    monkeypatch.setenv(f"{P}REPLICA_URLS", urls)
+    result = CliRunner().invoke(cli, ["settings"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "replicas of bluth_co: postgresql://reader:***@10.0.0.7:5432/bluth_co, "
+        "postgresql://bluth_co_admin:***@10.0.0.8:5433/bluth_co"
+    ) in result.output
+    assert "s3cret" not in result.output
