@@ -10,6 +10,9 @@ over 3,333 tables took 1.0-1.4 s), so each shard keeps an index of them: the tab
 ``alembic_version`` (whatever changes that table, the index follows in the same
 transaction). The state query reads the index for tenants whose trigger exists and falls
 back to reading the version tables themselves for the others.
+
+The same schema holds ``ppp.tenant_outside``: a row per tenant that is inside a revision
+running outside a transaction (``autocommit_block``), see :mod:`ppp_env.outside_record`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ CREATE TABLE IF NOT EXISTS ppp.tenant_versions (
     heads text[] NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS ppp.tenant_outside (
+    schema_name text PRIMARY KEY,
+    revision text NOT NULL,
+    label text NOT NULL,
+    heads text[] NOT NULL,
+    heads_after text[] NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    pid integer NOT NULL,
+    backend_start timestamptz,
+    application_name text NOT NULL DEFAULT '',
+    indexes text[] NOT NULL DEFAULT '{{}}'
+);
 CREATE OR REPLACE FUNCTION ppp.track_version() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog AS $ppp$
 BEGIN
@@ -50,12 +65,16 @@ $ppp$;
 
 
 def ensure_index(cursor: Any, app_role: str) -> None:
-    """Create the shard's version index (schema ppp) once; cheap when it exists.
+    """Create the shard's version index and outside-transaction record (schema ppp) once;
+    one cheap query when they exist.
 
     The app role gets nothing in schema ppp: default privileges would otherwise let it
     edit the index that decides which tenants are already migrated.
     """
-    cursor.execute("SELECT to_regprocedure('ppp.track_version()') IS NOT NULL")
+    cursor.execute(
+        "SELECT to_regprocedure('ppp.track_version()') IS NOT NULL "
+        "AND to_regclass('ppp.tenant_outside') IS NOT NULL"
+    )
     if cursor.fetchone()[0]:
         return
     app = quote_ident(app_role)
@@ -64,6 +83,7 @@ def ensure_index(cursor: Any, app_role: str) -> None:
         + SETUP_SQL
         + f"REVOKE ALL ON SCHEMA ppp FROM {app};\n"
         + f"REVOKE ALL ON ppp.tenant_versions FROM {app};\n"
+        + f"REVOKE ALL ON ppp.tenant_outside FROM {app};\n"
         + "COMMIT;"
     )
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from ppp_env import db, operations
 from ppp_env.cli.common import State, console, pass_state
 from ppp_env.errors import PPPError
-from ppp_env.fleet.status import fleet_status
+from ppp_env.fleet.status import fleet_status, outside_line
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
 from ppp_env.report import check_target, write_run_report, write_status_report
@@ -262,7 +262,9 @@ def status(
     as_json: bool,
     html: str | None,
 ) -> None:
-    """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
+    """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared.
+    Tenants found inside a revision that runs outside a transaction (interrupted, or running
+    now) get a line below the table (``outside`` in JSON)."""
     settings = state.settings
     if html is not None:
         check_target(html)  # before anything runs
@@ -311,6 +313,8 @@ def _print_status(data: dict[str, Any]) -> None:
     for r in data["tenants"]:
         table.add_row(r["shard"], r["tenant"], r["revision"] or "-", r["migrations"], r["veneer"])
     out.print(table)
+    for line in filter(None, (outside_line(r) for r in data["tenants"])):
+        out.print(line, markup=False)
 
 
 @click.command("demo")

@@ -1,4 +1,4 @@
-"""``ppp tenant ...`` (add, create, remove, list) and ``ppp doctor``.
+"""``ppp tenant ...`` (add, create, remove, list, repair) and ``ppp doctor``.
 
 Thin: parse, call the veneer room (onboarding revisions) or the lifecycle room, print.
 Other commands of the group (move, cleanup) register themselves on :data:`tenant_group`.
@@ -30,7 +30,7 @@ TAG_OPTION = click.option(
 
 @click.group("tenant")
 def tenant_group() -> None:
-    """Tenants: add (a revision), create and remove (at runtime), list, tag."""
+    """Tenants: add (a revision), create and remove (at runtime), list, tag, repair."""
 
 
 @tenant_group.command("add")
@@ -237,3 +237,58 @@ def doctor_command(
         )
     if not report.ok:
         ctx.exit(1)
+
+
+@tenant_group.command("repair")
+@click.argument("schema", metavar="TENANT")
+@click.option(
+    "--stamp",
+    is_flag=True,
+    help="Mark the interrupted revision as done (you checked its work is complete and valid).",
+)
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="Drop the INVALID indexes it left and clear the record: the next run retries it.",
+)
+@pass_state
+def tenant_repair(state: State, schema: str, stamp: bool, retry: bool) -> None:
+    """Show, and with --stamp or --retry repair, a tenant that a killed run left inside a
+    revision that runs outside a transaction (autocommit_block, e.g. CREATE INDEX
+    CONCURRENTLY): the revision, since when, and the indexes it built (valid or INVALID).
+
+    --stamp writes the revision as the tenant's version (refused while an index it built is
+    INVALID); --retry drops the INVALID indexes it left (never a valid one: refused then) and
+    clears the record, so the next `alembic upgrade` runs the revision again. Without either
+    nothing changes.
+
+    Exit codes: 0 repaired; 1 nothing changed: unknown tenant, nothing to repair, the revision
+    running now, neither or both options, or the repair refused (the line says why).
+    """
+    from ppp_env.lifecycle.repair import find_interrupted, retry_interrupted, stamp_interrupted
+
+    if stamp and retry:
+        raise PPPError("choose one of --stamp and --retry, not both: nothing changed")
+    record = find_interrupted(state.settings, schema)
+    out = console()
+    out.print(f"{record.shard}/{schema}: {record.describe()}", markup=False)
+    if not (stamp or retry):
+        raise PPPError(
+            "nothing changed: choose --stamp (the revision's work is complete and valid: mark "
+            f"it done, {' '.join(record.heads_after)}) or --retry (drop its INVALID indexes, "
+            "the next run retries it)"
+        )
+    if stamp:
+        stamp_interrupted(state.settings, record)
+        out.print(
+            f"stamped {schema} at {' '.join(record.heads_after)}; its record is cleared "
+            f"(`ppp veneer refresh {schema}` brings its foreign tables in step)",
+            markup=False,
+        )
+        return
+    result = retry_interrupted(state.settings, record)
+    dropped = f"dropped INVALID index {', '.join(result.dropped)}; " if result.dropped else ""
+    out.print(
+        f"{dropped}record cleared: the next `alembic upgrade` runs {record.label} again",
+        markup=False,
+    )

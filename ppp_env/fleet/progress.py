@@ -37,6 +37,10 @@ def shard_line(counts: Counter[str]) -> str:
     return f"{'done' if clean else 'stopped'} ({_tenants(total)}: {', '.join(parts)})"
 
 
+def interrupted_line(result: TenantResult) -> str:
+    return f"interrupted {result.shard}/{result.tenant}: {result.interrupted}; ran it again"
+
+
 class QuietDisplay:
     def __enter__(self) -> QuietDisplay:
         return self
@@ -93,6 +97,8 @@ class PlainDisplay(QuietDisplay):
 
     def tenant_done(self, result: TenantResult) -> None:
         last = self._count(result)
+        if result.interrupted:
+            self._print(interrupted_line(result))
         if result.status in ("failed", "locked"):
             self._print(f"{result.status.upper()} {result.shard}/{result.tenant}: {result.error}")
         elif self.verbose and result.status == "migrated":
@@ -163,6 +169,8 @@ class RichDisplay(PlainDisplay):
         task = self.tasks.get(result.shard)
         if task is not None:
             self.progress.advance(task)
+        if result.interrupted:
+            self._print(interrupted_line(result))
         if result.status in ("failed", "locked"):
             self._print(f"{result.status.upper()} {result.shard}/{result.tenant}: {result.error}")
             if task is not None:

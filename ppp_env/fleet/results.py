@@ -42,6 +42,9 @@ class TenantResult:
     lane: int = 0
     #: Its attempts that hit the lock timeout, in order (the last one too when it ended locked).
     waits: list[LockWait] = field(default_factory=list)
+    #: Found interrupted inside a revision that runs outside a transaction (a killed run):
+    #: which, since when, what it left. PPP ran that revision again.
+    interrupted: str | None = None
 
 
 @dataclass(frozen=True)

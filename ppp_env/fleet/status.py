@@ -3,10 +3,11 @@ heads and the veneer (``alembic current``, ``ppp status``, the refresh)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ppp_env.outside_record import OutsideRecord, read_records
 from ppp_env.tenant_state import TenantState, group_by_shard, read_states
 
 
@@ -19,15 +20,33 @@ class TenantStatus:
     revision: str | None
     migrations: str  # head | behind | no schema | unreachable
     veneer: str  # in step | stale | unknown
+    #: Inside a revision that runs outside a transaction: interrupted (a killed run) or
+    #: running now (``OutsideRecord.to_json``, with its one-line ``description``).
+    outside: dict[str, Any] | None = None
+
+
+def outside_line(row: Mapping[str, Any]) -> str | None:
+    """``interrupted shard/tenant: ...`` (with the repair command) for a row of ``ppp status``
+    (a :class:`TenantStatus` as a dict), or None."""
+    outside = row.get("outside")
+    if not outside:
+        return None
+    where = f"{row['shard']}/{row['tenant']}"
+    if outside["running"]:
+        return f"outside {where}: {outside['description']}"
+    return f"interrupted {where}: {outside['description']}: `ppp tenant repair {row['tenant']}`"
 
 
 def shard_states(
-    settings: Any, tenants: Sequence[Any]
+    settings: Any,
+    tenants: Sequence[Any],
+    outside: dict[str, OutsideRecord] | None = None,
 ) -> tuple[dict[str, TenantState], dict[str, str]]:
     """Every tenant's state, one connection and query per shard; errors by shard name.
 
     An unreachable shard does not stop the others: its tenants are missing from the
-    states and its error (URL masked) is in the second mapping.
+    states and its error (URL masked) is in the second mapping. With ``outside``, the
+    tenants found inside a revision outside a transaction go there (two small queries more).
     """
     from ppp_env import db
     from ppp_env.errors import PPPError
@@ -37,7 +56,11 @@ def shard_states(
     for shard, schemas in group_by_shard(tenants).items():
         try:
             with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
-                states.update(read_states(conn.cursor(), schemas))
+                cur = conn.cursor()
+                found = read_states(cur, schemas)
+                states.update(found)
+                if outside is not None:
+                    outside.update(read_records(cur, shard, found))
         except PPPError as exc:
             errors[shard] = str(exc)
     return states, errors
@@ -47,7 +70,8 @@ def fleet_status(
     settings: Any, tenants: Sequence[Any], heads: Sequence[str]
 ) -> tuple[list[TenantStatus], dict[str, str]]:
     """Where each catalog tenant stands on its shard and in the veneer; errors by shard."""
-    states, errors = shard_states(settings, tenants)
+    records: dict[str, OutsideRecord] = {}
+    states, errors = shard_states(settings, tenants, records)
     head_set = set(heads)
     out: list[TenantStatus] = []
     for t in tenants:
@@ -62,5 +86,10 @@ def fleet_status(
         else:
             where = "behind"
         veneer = "in step" if t.wired_revision == st.revision else "stale"
-        out.append(TenantStatus(t.shard, t.schema, st.revision, where, veneer))
+        rec = records.get(t.schema)
+        out.append(
+            TenantStatus(
+                t.shard, t.schema, st.revision, where, veneer, rec.to_json() if rec else None
+            )
+        )
     return out, errors

@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from ppp_env import db
 from ppp_env.errors import PPPError
+from ppp_env.fleet import outside
 from ppp_env.fleet import tenant_sql as sql
 from ppp_env.fleet.hooks import AlembicHooks, OutsideTransaction, StepFailed, migrating
 from ppp_env.fleet.options import RENDERABLE, RunOptions
@@ -124,6 +125,8 @@ class _ShardRun:
         #: Per tenant, its attempts that hit the lock timeout so far (for the timeline).
         self.waits: dict[str, list[LockWait]] = {}
         self.pacer = pacer_for(st, self.job.shard, self.cur)
+        #: Tenants found interrupted inside a revision outside a transaction, and how.
+        self.interrupted: dict[str, str] = {}
 
     @property
     def online(self) -> dict[str, str]:
@@ -255,7 +258,7 @@ class _ShardRun:
         rest (the tenant's heads re-read after its lock)."""
         self.cur.execute(f"{walk.track if walk.has_table else ''}COMMIT")
         walk.track = "" if walk.has_table else walk.track
-        self.run_autocommit(walk.tenant, seg.online)
+        self.run_autocommit(walk.tenant, seg.online, walk.heads)
         walk.heads, walk.has_table = self.begin(
             walk.tenant, replace(walk.state, exists=True, heads=())
         )
@@ -292,27 +295,43 @@ class _ShardRun:
             self.migrating = False
         return seg.heads_after
 
-    def run_autocommit(self, tenant: str, steps: Sequence[Any]) -> None:
+    def run_autocommit(self, tenant: str, steps: Sequence[Any], heads: tuple[str, ...]) -> None:
         """Steps that commit mid-way (``autocommit_block``, e.g. CREATE INDEX CONCURRENTLY):
-        through Alembic, outside PPP's transaction, under a session advisory lock."""
+        through Alembic, outside PPP's transaction, under a session advisory lock, with the
+        tenant recorded in ``ppp.tenant_outside`` meanwhile (:mod:`ppp_env.fleet.outside`):
+        written in the lock's round trip, cleared with the new version. A record another
+        session left (a killed run) is reported, and the step runs again."""
         key = sql.lock_key(tenant)
+        label = self.hooks.label(steps[0])
         self.cur.execute(
             f"SET lock_timeout = {sql.ms(self.settings.lock_timeout)};\n"
             f"SELECT pg_advisory_lock({key});\n"
-            f"SET search_path TO {quote_ident(tenant)};\n" + self.timeouts_sql("SESSION")
+            f"SET search_path TO {quote_ident(tenant)};\n"
+            + self.timeouts_sql("SESSION")
+            + outside.WRITE_SQL,
+            outside.start_params(tenant, steps[0], label, heads),
         )
+        own = self.raw.get_backend_pid()
+        before = outside.found_before(self.job.shard, self.cur.fetchone(), own)
+        if before is not None:
+            self.interrupted[tenant] = before.describe()
+        done = False
         try:
             self.conn.rollback()  # SQLAlchemy's view: no transaction (the server has none)
             self.raw.autocommit = False
-            with migrating(tenant):
+            with migrating(tenant), outside.watching(self.conn, self.cur, tenant):
                 self.hooks.run_online(self.conn, tenant, steps, True)
+            done = True
+        except StepFailed as failed:
+            raise outside.LeftBehind(failed, tenant, self.job.shard, before) from failed.error
         finally:
             with suppress(Exception):
                 self.conn.rollback()
             if not self.raw.closed:
                 self.raw.autocommit = True
                 self.cur.execute(
-                    f"SELECT pg_advisory_unlock({key});\n"
+                    (outside.clear_sql(tenant) + ";\n" if done else "")
+                    + f"SELECT pg_advisory_unlock({key});\n"
                     "RESET search_path; RESET lock_timeout; RESET statement_timeout"
                 )
 
@@ -368,6 +387,7 @@ class _ShardRun:
             result.status, result.error = "locked", db.first_line(exc)
         except Exception as exc:
             result.status, result.error = "failed", self.explain(tenant, exc)
+        result.interrupted = self.interrupted.pop(tenant, None)
         result.seconds = time.perf_counter() - started
         result.waits = self.waits.pop(tenant, [])
         return result

@@ -13,6 +13,10 @@ fingerprint per tenant); the veneer's foreign tables in one query. Kinds of find
 ``veneer_stale``       a foreign table whose columns differ from the shard's table
 ``veneer_extra``       a foreign table whose shard table is gone
 ``behind_head``        a tenant not at the tenant chain's head
+``interrupted_outside_transaction``
+                       a tenant left inside a revision that runs outside a transaction
+                       (``autocommit_block``) by a killed run: which revision, since when,
+                       the indexes it built (valid or INVALID); ``ppp tenant repair``
 ``move``               a move left in ``ppp.moves``
 ``removed_wired``      a removed tenant whose veneer schema exists again (a refresh of
                        every tenant wires removed ones too)
@@ -35,6 +39,7 @@ from sqlalchemy import text
 
 from ppp_env import db
 from ppp_env.errors import PPPError
+from ppp_env.outside_record import OutsideRecord, read_records
 from ppp_env.settings import Settings
 from ppp_env.tenant_state import read_states
 from ppp_env.veneer import catalog
@@ -153,6 +158,7 @@ class _ShardView:
     states: dict[str, Any]
     columns: Columns
     prints: dict[str, str]
+    outside: dict[str, OutsideRecord] = field(default_factory=dict)
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> Columns:
@@ -195,6 +201,7 @@ def doctor(
         except PPPError as exc:
             add([Finding("unreachable", shard, None, str(exc))])
     add(_schema_findings(chosen, views, heads))
+    add(_outside_findings(views))
     add(_orphan_findings(views, {t.schema for t in every}, len(shard_names), wanted))
     add(_removed_wired_findings(settings, chosen))
     add(_veneer_findings(settings, [t for t in chosen if t.state == "active"], views))
@@ -250,7 +257,8 @@ def _read_shard(settings: Settings, shard: str, mine: Sequence[Any]) -> _ShardVi
         columns = _columns(cur.fetchall())
         cur.execute(FINGERPRINT_SQL, (names,))
         prints = dict(cur.fetchall())
-    return _ShardView(schemas, states, columns, prints)
+        outside = read_records(cur, shard, states)
+    return _ShardView(schemas, states, columns, prints, outside)
 
 
 def _schema_findings(
@@ -270,6 +278,21 @@ def _schema_findings(
             detail = f"at {st.revision or 'base'}, the tenant head is {' '.join(heads)}"
             found.append(Finding("behind_head", t.shard, t.schema, detail))
     return found
+
+
+def _outside_findings(views: dict[str, _ShardView]) -> list[Finding]:
+    """Tenants a killed run left inside a revision outside a transaction (not one running)."""
+    return [
+        Finding(
+            "interrupted_outside_transaction",
+            shard,
+            schema,
+            f"{rec.describe()}: run `ppp tenant repair {schema}`",
+        )
+        for shard, view in views.items()
+        for schema, rec in sorted(view.outside.items())
+        if not rec.running
+    ]
 
 
 def _orphan_findings(
