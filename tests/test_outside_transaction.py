@@ -1,0 +1,424 @@
+"""Revisions outside a transaction (``autocommit_block``, CREATE INDEX CONCURRENTLY) survive a
+``kill -9`` of ``alembic upgrade head``: the shard records the tenant inside one, ``ppp status``
+and ``ppp doctor`` name it with what exists, a rerun retries it (enough with
+``ppp_env.revision_ops``), and ``ppp tenant repair`` fixes what a plain revision left.
+
+The kills are real: ``alembic`` runs in its own process group and gets SIGKILL, at random
+moments (a fixed seed, printed) and at two moments made certain: while CREATE INDEX
+CONCURRENTLY waits for an old snapshot (its index exists, INVALID) and while the tenant's new
+version is being written (the index is built, VALID; a trigger on the version table sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ppp_env import db
+from ppp_env.cli.main import cli
+from ppp_env.lifecycle import doctor
+from ppp_env.settings import Settings
+from tests.conftest import (
+    ROOT,
+    Topology,
+    drop_schemas,
+    register,
+    shard_sql,
+    states,
+    unregister,
+)
+
+SEED = 20261206
+INDEX = "ix_authors_last"
+PER_SHARD = 16
+
+FIRST = '''"""authors, with enough rows that an index takes a moment"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "o001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "authors",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("last_name", sa.Text, nullable=False),
+    )
+    op.execute(
+        "INSERT INTO authors (id, last_name) SELECT g, 'name ' || g FROM generate_series(1, 3000) g"
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("authors")
+'''
+
+SECOND = '''"""an index built concurrently"""
+
+from alembic import op
+
+from ppp_env import revision_ops
+
+revision = "o002"
+down_revision = "o001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+{body}
+
+
+def downgrade() -> None:
+    revision_ops.drop_index_concurrently("{index}", "authors")
+'''
+
+PLAIN = f"""    with op.get_context().autocommit_block():
+        op.create_index("{INDEX}", "authors", ["last_name"], postgresql_concurrently=True)"""
+SAFE = f"""    revision_ops.create_index_concurrently("{INDEX}", "authors", ["last_name"])"""
+
+ENV = "from ppp_env.fleet.env import run_migrations\n\nrun_migrations()\n"
+
+
+def project(tmp_path: Path, body: str) -> Path:
+    """A tenant chain o001 (a table) -> o002 (its index, concurrently); its alembic.ini."""
+    scripts = tmp_path / "scripts"
+    (scripts / "versions").mkdir(parents=True)
+    (scripts / "env.py").write_text(ENV)
+    (scripts / "script.py.mako").write_text((ROOT / "migrations" / "script.py.mako").read_text())
+    (scripts / "versions" / "o001_authors.py").write_text(FIRST)
+    (scripts / "versions" / "o002_index.py").write_text(SECOND.format(body=body, index=INDEX))
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(
+        f"[alembic]\nscript_location = {scripts}\nprepend_sys_path = {ROOT}\npath_separator = os\n"
+    )
+    return ini
+
+
+@pytest.fixture
+def tenants(veneer_head: Topology) -> Iterator[dict[str, str]]:
+    """48 tenants, 16 per shard, registered for the test and removed afterwards."""
+    settings = veneer_head.settings
+    tag = uuid.uuid4().hex[:6]
+    found = {
+        f"ot_{tag}_{shard[:3]}{i:02d}": shard for shard in settings.shards for i in range(PER_SHARD)
+    }
+    register(settings, found)
+    yield found
+    unregister(settings, found)
+    drop_schemas(settings, found)
+
+
+# -- running and killing alembic ---------------------------------------------------------------
+def alembic(
+    ini: Path, tenants: dict[str, str], *x: str, command: str = "upgrade", target: str = "head"
+) -> subprocess.Popen:
+    """``alembic upgrade head`` of ``tenants`` in its own process group (so a kill takes its
+    workers too), output captured."""
+    args = [str(Path(sys.executable).parent / "alembic"), "-c", str(ini)]
+    for option in ("refresh=false", "output=plain", f"tenant={','.join(sorted(tenants))}", *x):
+        args += ["-x", option]
+    return subprocess.Popen(
+        [*args, command, target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=ini.parent,
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=180)
+    return proc.returncode, out
+
+
+def kill(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 60, why: str = "") -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {why}")
+
+
+def busy(settings: Settings, shard: str, wait_event: str) -> list[int]:
+    """Backends of the shard's admin role waiting on ``wait_event``."""
+    rows = shard_sql(
+        settings,
+        shard,
+        "SELECT pid FROM pg_stat_activity WHERE wait_event = %s AND usename = current_user "
+        "AND pid <> pg_backend_pid()",
+        (wait_event,),
+    )
+    return [r[0] for r in rows or []]
+
+
+def gone(settings: Settings, shard: str, pids: list[int]) -> None:
+    """Wait until the killed run's backends have ended (the server noticed its client)."""
+    wait_for(
+        lambda: (
+            not shard_sql(
+                settings, shard, "SELECT 1 FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            )
+        ),
+        why=f"backends {pids} to end",
+    )
+
+
+# -- what the shards hold -------------------------------------------------------------------------
+def revision(settings: Settings, shard: str, tenant: str) -> str | None:
+    return states(settings, shard, [tenant])[tenant].revision
+
+
+def indexes(settings: Settings, shard: str, tenant: str) -> list[tuple[str, bool]]:
+    """Every index of the tenant's authors table but its primary key: (name, valid)."""
+    return shard_sql(
+        settings,
+        shard,
+        "SELECT c.relname::text, i.indisvalid FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = to_regclass(%s) AND NOT i.indisprimary",
+        (f'"{tenant}".authors',),
+    )
+
+
+def records(settings: Settings, tenants: dict[str, str]) -> dict[str, tuple[Any, ...]]:
+    found: dict[str, tuple[Any, ...]] = {}
+    for shard in set(tenants.values()):
+        rows = shard_sql(
+            settings,
+            shard,
+            "SELECT schema_name, revision, heads, indexes FROM ppp.tenant_outside "
+            "WHERE schema_name = ANY(%s)",
+            ([t for t, s in tenants.items() if s == shard],),
+        )
+        found.update({r[0]: r[1:] for r in rows or []})
+    return found
+
+
+def ppp(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def named(ini: Path, settings: Settings, tenants: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The tenants ``ppp status --json`` and ``ppp doctor`` name as interrupted (they agree)."""
+    out = ppp("status", "-c", str(ini), "--tenant", ",".join(sorted(tenants)), "--json")
+    status = {
+        r["tenant"]: r["outside"]
+        for r in json.loads(out.output)["tenants"]
+        if r["outside"] and not r["outside"]["running"]
+    }
+    report = doctor(settings, ini, tenants=sorted(tenants))
+    found = {
+        f.schema: f.detail for f in report.findings if f.kind == "interrupted_outside_transaction"
+    }
+    assert set(found) == set(status), (found, status)
+    for tenant, detail in found.items():
+        assert "revision o002 (an index built concurrently)" in detail
+        assert f"`ppp tenant repair {tenant}`" in detail
+    return status
+
+
+# -- the two kills made certain ------------------------------------------------------------------
+def kill_in_index_build(settings: Settings, ini: Path, tenants: dict[str, str]) -> str:
+    """Kill the run while CREATE INDEX CONCURRENTLY waits for an old snapshot on the first
+    shard: its index exists, INVALID. Returns that tenant."""
+    shard = next(iter(settings.shards))
+    mine = {t: s for t, s in tenants.items() if s == shard}
+    holder = db.connect(settings.shard(shard), "admin", autocommit=True)
+    try:
+        cur = holder.cursor()
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")  # holds a snapshot
+        proc = alembic(ini, mine, "lock_timeout=120")
+        try:
+            pids = wait_for(lambda: busy(settings, shard, "virtualxid"), why="CIC to wait")
+        finally:
+            kill(proc)
+        gone(settings, shard, pids)
+    finally:
+        holder.close()
+    invalid = [t for t, s in mine.items() if (INDEX, False) in indexes(settings, s, t)]
+    assert len(invalid) == 1, invalid
+    return invalid[0]
+
+
+def kill_in_version_write(settings: Settings, ini: Path, tenants: dict[str, str]) -> str:
+    """Kill the run while the new version of a tenant of the second shard is being written
+    (a trigger sleeps): its index is built, VALID, its version still o001. Returns it."""
+    shard = list(settings.shards)[1]
+    tenant = next(t for t, s in tenants.items() if s == shard)
+    code, out = finish(alembic(ini, {tenant: shard}, target="o001"))
+    assert code == 0, out
+    shard_sql(
+        settings,
+        shard,
+        f'CREATE FUNCTION "{tenant}".slow() RETURNS trigger LANGUAGE plpgsql AS '
+        "$$BEGIN PERFORM pg_sleep(120); RETURN NEW; END$$;"
+        f'CREATE TRIGGER slow BEFORE UPDATE ON "{tenant}".alembic_version '
+        f'FOR EACH ROW EXECUTE FUNCTION "{tenant}".slow()',
+    )
+    try:
+        proc = alembic(ini, {tenant: shard})
+        try:
+            pids = wait_for(lambda: busy(settings, shard, "PgSleep"), why="the version write")
+        finally:
+            kill(proc)
+        gone(settings, shard, pids)
+    finally:
+        shard_sql(settings, shard, f'DROP FUNCTION "{tenant}".slow() CASCADE')
+    assert revision(settings, shard, tenant) == "o001"
+    assert indexes(settings, shard, tenant) == [(INDEX, True)]
+    return tenant
+
+
+def kill_at_random(settings: Settings, ini: Path, tenants: dict[str, str], kills: int = 3) -> None:
+    """Start ``alembic upgrade head`` and SIGKILL it at a random moment, ``kills`` times (a
+    fleet all at head goes back to o001 first, so every run has work)."""
+    rng = random.Random(SEED)
+    print(f"random kills: seed {SEED}")
+    for _ in range(kills):
+        if all(revision(settings, s, t) == "o002" for t, s in tenants.items()):
+            code, out = finish(alembic(ini, tenants, command="downgrade", target="o001"))
+            assert code == 0, out
+        proc = alembic(ini, tenants)
+        after = rng.uniform(1.0, 4.0)
+        time.sleep(after)
+        kill(proc)
+        at = [revision(settings, s, t) for t, s in tenants.items()]
+        print(f"killed after {after:.2f} s: {at.count('o002')} at o002, {at.count('o001')} at o001")
+        for shard in set(tenants.values()):  # the killed run's backends end
+            wait_for(lambda shard=shard: not running(settings, shard), why="the killed run to end")
+
+
+def running(settings: Settings, shard: str) -> list[int]:
+    """Backends of PPP's admin role that are not idle (a killed run's, until they notice)."""
+    rows = shard_sql(
+        settings,
+        shard,
+        "SELECT pid FROM pg_stat_activity WHERE usename = current_user "
+        "AND pid <> pg_backend_pid() AND state <> 'idle'",
+    )
+    return [r[0] for r in rows or []]
+
+
+def no_dead_end(settings: Settings, tenants: dict[str, str], shown: dict[str, Any]) -> None:
+    """Every tenant left behind head with an index of o002 is named, with that index."""
+    for tenant, shard in tenants.items():
+        built = indexes(settings, shard, tenant)
+        if revision(settings, shard, tenant) == "o001" and built:
+            assert tenant in shown, (tenant, built)
+            states = {i["name"]: i["state"] for i in shown[tenant]["indexes"]}
+            assert states[INDEX] == ("valid" if built[0][1] else "INVALID")
+
+
+def all_at_head(settings: Settings, tenants: dict[str, str]) -> None:
+    for tenant, shard in tenants.items():
+        assert revision(settings, shard, tenant) == "o002", tenant
+        assert indexes(settings, shard, tenant) == [(INDEX, True)], tenant
+    assert records(settings, tenants) == {}
+
+
+# -- the tests -------------------------------------------------------------------------------------
+def test_safe_index_survives_kills(veneer_head: Topology, tenants, tmp_path: Path) -> None:
+    settings = veneer_head.settings
+    ini = project(tmp_path, SAFE)
+    invalid = kill_in_index_build(settings, ini, tenants)
+    valid = kill_in_version_write(settings, ini, tenants)
+    shown = named(ini, settings, tenants)
+    assert {invalid, valid} <= set(shown)
+    assert shown[invalid]["indexes"] == [{"name": INDEX, "state": "INVALID"}]
+    assert shown[valid]["indexes"] == [{"name": INDEX, "state": "valid"}]
+    kill_at_random(settings, ini, tenants)
+    shown = named(ini, settings, tenants)
+    no_dead_end(settings, tenants, shown)
+
+    code, out = finish(alembic(ini, tenants))
+    assert code == 0, out
+    for tenant in shown:
+        assert f"interrupted {tenants[tenant]}/{tenant}: interrupted inside revision o002" in out
+    all_at_head(settings, tenants)
+    assert named(ini, settings, tenants) == {}
+
+
+def test_plain_index_needs_repair(veneer_head: Topology, tenants, tmp_path: Path) -> None:
+    settings = veneer_head.settings
+    ini = project(tmp_path, PLAIN)
+    invalid = kill_in_index_build(settings, ini, tenants)
+    valid = kill_in_version_write(settings, ini, tenants)
+    kill_at_random(settings, ini, tenants)
+    shown = named(ini, settings, tenants)
+    assert {invalid, valid} <= set(shown)
+    no_dead_end(settings, tenants, shown)
+
+    code, out = finish(alembic(ini, tenants))
+    assert code != 0
+    for tenant in (invalid, valid):
+        assert f"{tenants[tenant]}/{tenant}: revision o002 (an index built concurrently): " in out
+        assert "DuplicateTable" in out
+        assert f"ppp.tenant_outside on shard {tenants[tenant]}" in out
+        assert f"`ppp tenant repair {tenant}`" in out
+
+    refused_changes_nothing(settings, tenants, invalid, valid)
+    for tenant, outside in named(ini, settings, tenants).items():
+        states = {i["name"]: i["state"] for i in outside["indexes"]}
+        choice = "--stamp" if states.get(INDEX) == "valid" else "--retry"
+        out = ppp("tenant", "repair", tenant, choice)
+        assert out.exit_code == 0, out.output
+        if choice == "--retry" and states.get(INDEX) == "INVALID":
+            assert f"dropped INVALID index {INDEX}; record cleared" in out.output
+    assert revision(settings, tenants[valid], valid) == "o002"
+    assert indexes(settings, tenants[invalid], invalid) == []
+
+    code, out = finish(alembic(ini, tenants))
+    assert code == 0, out
+    all_at_head(settings, tenants)
+    assert named(ini, settings, tenants) == {}
+
+
+def refused_changes_nothing(
+    settings: Settings, tenants: dict[str, str], invalid: str, valid: str
+) -> None:
+    """Bad input to repair: one clear line, exit code 1, nothing changed."""
+    before = (records(settings, tenants), [indexes(settings, s, t) for t, s in tenants.items()])
+    at_head = next(t for t, s in tenants.items() if revision(settings, s, t) == "o002")
+    cases = [
+        (["nobody_here"], "Error: unknown tenant 'nobody_here': not in the catalog"),
+        ([at_head, "--retry"], f"Error: nothing to repair for tenant '{at_head}'"),
+        ([invalid, "--stamp", "--retry"], "Error: choose one of --stamp and --retry"),
+        ([invalid], "Error: nothing changed: choose --stamp"),
+        ([invalid, "--stamp"], f"Error: cannot stamp {invalid}: index {INDEX} is INVALID"),
+        ([valid, "--retry"], f"Error: cannot retry {valid}: index {INDEX} is VALID"),
+    ]
+    for args, line in cases:
+        out = ppp("tenant", "repair", *args)
+        assert out.exit_code == 1, out.output
+        assert line in out.output, out.output
+    out = ppp("tenant", "repair", invalid)
+    assert "interrupted inside revision o002 (an index built concurrently)" in out.output
+    assert f"index {INDEX} (INVALID)" in out.output
+    after = (records(settings, tenants), [indexes(settings, s, t) for t, s in tenants.items()])
+    assert after == before
