@@ -326,10 +326,13 @@ def guard_offline_bind(ctx: MigrationContext) -> None:
     ctx.connection = ctx.impl.connection = _OfflineBind(ctx.connection)  # type: ignore[assignment]
 
 
-def watch_autocommit(ctx: MigrationContext, entered: Callable[[], None]) -> None:
+def watch_autocommit(
+    ctx: MigrationContext, entered: Callable[[], None], left: Callable[[], None] | None = None
+) -> None:
     """T10: call ``entered()`` whenever a revision run by ``ctx`` enters
     ``op.get_context().autocommit_block()``, before the block runs; ``entered`` may raise
-    to stop the revision there (inside a transaction the block cannot do its job)."""
+    to stop the revision there (inside a transaction the block cannot do its job).
+    ``left()``, if given, runs when the block's body is done (not after an error)."""
     original = ctx.autocommit_block
 
     @contextmanager
@@ -337,6 +340,8 @@ def watch_autocommit(ctx: MigrationContext, entered: Callable[[], None]) -> None
         entered()
         with original():
             yield
+            if left is not None:
+                left()
 
     ctx.autocommit_block = watched  # type: ignore[method-assign]
 

@@ -20,9 +20,11 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from click.testing import CliRunner
 
@@ -93,6 +95,9 @@ def downgrade() -> None:
 PLAIN = f"""    with op.get_context().autocommit_block():
         op.create_index("{INDEX}", "authors", ["last_name"], postgresql_concurrently=True)"""
 SAFE = f"""    revision_ops.create_index_concurrently("{INDEX}", "authors", ["last_name"])"""
+NESTED = f"""    with op.get_context().autocommit_block():
+        op.execute("SELECT 1")
+        revision_ops.create_index_concurrently("{INDEX}", "authors", ["last_name"])"""
 
 ENV = "from ppp_env.fleet.env import run_migrations\n\nrun_migrations()\n"
 
@@ -112,18 +117,31 @@ def project(tmp_path: Path, body: str) -> Path:
     return ini
 
 
+@contextmanager
+def registered(settings: Settings, per_shard: int) -> Iterator[dict[str, str]]:
+    """``per_shard`` tenants on every shard, registered, and removed afterwards."""
+    tag = uuid.uuid4().hex[:6]
+    found = {f"ot_{tag}_{s[:3]}{i:02d}": s for s in settings.shards for i in range(per_shard)}
+    register(settings, found)
+    try:
+        yield found
+    finally:
+        unregister(settings, found)
+        drop_schemas(settings, found)
+
+
 @pytest.fixture
 def tenants(veneer_head: Topology) -> Iterator[dict[str, str]]:
-    """48 tenants, 16 per shard, registered for the test and removed afterwards."""
-    settings = veneer_head.settings
-    tag = uuid.uuid4().hex[:6]
-    found = {
-        f"ot_{tag}_{shard[:3]}{i:02d}": shard for shard in settings.shards for i in range(PER_SHARD)
-    }
-    register(settings, found)
-    yield found
-    unregister(settings, found)
-    drop_schemas(settings, found)
+    """48 tenants, 16 per shard."""
+    with registered(veneer_head.settings, PER_SHARD) as found:
+        yield found
+
+
+@pytest.fixture
+def few(veneer_head: Topology) -> Iterator[dict[str, str]]:
+    """One tenant per shard."""
+    with registered(veneer_head.settings, 1) as found:
+        yield found
 
 
 # -- running and killing alembic ---------------------------------------------------------------
@@ -422,3 +440,108 @@ def refused_changes_nothing(
     assert f"index {INDEX} (INVALID)" in out.output
     after = (records(settings, tenants), [indexes(settings, s, t) for t, s in tenants.items()])
     assert after == before
+
+
+# -- the safe operations on their own ------------------------------------------------------------
+def upgrade(ini: Path, tenants: dict[str, str], target: str = "head") -> tuple[int, str]:
+    return finish(alembic(ini, tenants, target=target))
+
+
+def oid(settings: Settings, shard: str, tenant: str) -> int:
+    rows = shard_sql(settings, shard, "SELECT to_regclass(%s)::oid", (f'"{tenant}".{INDEX}',))
+    return rows[0][0]
+
+
+@pytest.mark.parametrize("body", [SAFE, NESTED], ids=["alone", "inside_a_block"])
+def test_safe_create_keeps_a_valid_index_and_rebuilds_an_invalid_one(
+    veneer_head: Topology, few: dict[str, str], tmp_path: Path, body: str
+) -> None:
+    settings = veneer_head.settings
+    ini = project(tmp_path, body)
+    code, out = upgrade(ini, few, "o001")
+    assert code == 0, out
+    (keep, keep_shard), (rebuild, rebuild_shard), (fresh, _) = few.items()
+    shard_sql(settings, keep_shard, f'CREATE INDEX {INDEX} ON "{keep}".authors (last_name)')
+    kept = oid(settings, keep_shard, keep)
+    # A unique build over a duplicate fails and leaves its index INVALID (as a kill does).
+    shard_sql(settings, rebuild_shard, f"INSERT INTO \"{rebuild}\".authors VALUES (0, 'name 1')")
+    with pytest.raises(Exception, match="could not create unique index"):
+        shard_sql(
+            settings,
+            rebuild_shard,
+            f'CREATE UNIQUE INDEX CONCURRENTLY {INDEX} ON "{rebuild}".authors (last_name)',
+        )
+    assert indexes(settings, rebuild_shard, rebuild) == [(INDEX, False)]
+    invalid = oid(settings, rebuild_shard, rebuild)
+
+    code, out = upgrade(ini, few)
+    assert code == 0, out
+    all_at_head(settings, few)
+    assert oid(settings, keep_shard, keep) == kept
+    assert oid(settings, rebuild_shard, rebuild) != invalid
+    assert fresh not in out  # nothing was interrupted
+
+
+def test_safe_create_refuses_a_name_taken_by_another_table(
+    veneer_head: Topology, few: dict[str, str], tmp_path: Path
+) -> None:
+    settings = veneer_head.settings
+    ini = project(tmp_path, SAFE)
+    tenant, shard = next(iter(few.items()))
+    code, out = upgrade(ini, {tenant: shard}, "o001")
+    assert code == 0, out
+    shard_sql(
+        settings,
+        shard,
+        f'CREATE TABLE "{tenant}".other (n int); CREATE INDEX {INDEX} ON "{tenant}".other (n)',
+    )
+    code, out = upgrade(ini, {tenant: shard})
+    assert code != 0
+    assert (
+        f"cannot create index {INDEX} on authors: an index of that name exists on table other"
+    ) in out
+    assert revision(settings, shard, tenant) == "o001"
+    assert indexes(settings, shard, tenant) == []
+
+
+def test_sql_output_runs_outside_the_transaction(
+    veneer_head: Topology, few: dict[str, str], tmp_path: Path
+) -> None:
+    """``--sql`` leaves the tenant's transaction around the block (its search_path kept) and
+    renders the plain statements; run statement by statement, as psql does, it migrates."""
+    settings = veneer_head.settings
+    ini = project(tmp_path, SAFE)
+    tenant, shard = next(iter(few.items()))
+    binary = str(Path(sys.executable).parent / "alembic")
+    args = [binary, "-c", str(ini), "-x", f"tenant={tenant}"]
+    done = subprocess.run(
+        [*args, "upgrade", "base:head", "--sql"], capture_output=True, text=True, check=True
+    )
+    sql = done.stdout
+    assert (
+        "SELECT set_config('search_path', current_setting('search_path'), false);\n\n"
+        f"COMMIT;\n\nCREATE INDEX CONCURRENTLY {INDEX} ON authors (last_name);\n\nBEGIN;"
+    ) in sql
+    with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
+        cur = conn.cursor()
+        for chunk in sql.split(";\n"):
+            statement = "\n".join(x for x in chunk.splitlines() if not x.startswith("--"))
+            if statement.strip():
+                cur.execute(statement)
+    all_at_head(settings, {tenant: shard})
+    down = subprocess.run(
+        [*args, "downgrade", "head:o001", "--sql"], capture_output=True, text=True, check=True
+    )
+    assert f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX};" in down.stdout
+
+
+def test_the_app_role_cannot_read_or_write_the_record(
+    veneer_head: Topology, few: dict[str, str], tmp_path: Path
+) -> None:
+    settings = veneer_head.settings
+    tenant, shard = next(iter(few.items()))
+    code, out = upgrade(project(tmp_path, SAFE), {tenant: shard})
+    assert code == 0, out
+    for sql in ("SELECT * FROM ppp.tenant_outside", "DELETE FROM ppp.tenant_outside"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            shard_sql(settings, shard, sql, role="app")

@@ -50,6 +50,15 @@ OFFLINE_OPTIONS: Mapping[str, Any] = {
 }
 
 
+#: Around an ``autocommit_block`` in rendered SQL (``--sql``: PPP wraps each tenant in one
+#: transaction with ``SET LOCAL search_path``): the tenant's search_path made the session's,
+#: so it outlives the COMMIT; the block's statements outside any transaction; then a new one.
+LEAVE_TRANSACTION = (
+    "SELECT set_config('search_path', current_setting('search_path'), false);\n\nCOMMIT;\n\n"
+)
+ENTER_TRANSACTION = "BEGIN;\n\n"
+
+
 @dataclass(frozen=True)
 class Setup:
     """How the project's env.py configures Alembic: its target metadata and the keyword
@@ -140,11 +149,15 @@ def _render(
 
     def entered_autocommit() -> None:
         outside.setdefault(len(marks) - 1, _where_now(steps[len(marks) - 1]))
+        buf.write(LEAVE_TRANSACTION)
+
+    def left_autocommit() -> None:
+        buf.write(ENTER_TRANSACTION)
 
     options = setup.options(**OFFLINE_OPTIONS, output_buffer=buf, starting_rev=list(heads) or None)
     ctx = adapter.migration_context(env, steps, options, on_applied=applied)
     adapter.guard_offline_bind(ctx)
-    adapter.watch_autocommit(ctx, entered_autocommit)
+    adapter.watch_autocommit(ctx, entered_autocommit, left_autocommit)
     failure: BaseException | None = None
     who = rendering() if tenant is None else migrating(tenant)
     with adapter.default_schema(ctx.dialect, tenant or UNKNOWN_SCHEMA), who:
