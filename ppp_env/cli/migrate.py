@@ -264,7 +264,7 @@ def status(
 ) -> None:
     """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared.
     Tenants found inside a revision that runs outside a transaction (interrupted, or running
-    now) get a line below the table (``outside`` in JSON)."""
+    now) get a line below the table (`outside` in JSON)."""
     settings = state.settings
     if html is not None:
         check_target(html)  # before anything runs

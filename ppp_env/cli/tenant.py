@@ -218,7 +218,8 @@ def doctor_command(
 ) -> None:
     """Compare the catalog, the shards and the veneer; report every difference (exit code
     1 when there is any): missing or orphan schemas, stale or missing foreign tables,
-    tenants behind head, moves left half done, schema drift between tenants."""
+    tenants behind head, tenants a killed run left inside a revision outside a transaction,
+    moves left half done, schema drift between tenants."""
     from ppp_env.lifecycle import doctor
 
     state = ctx.find_object(State)
