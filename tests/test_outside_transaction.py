@@ -250,6 +250,10 @@ def named(ini: Path, settings: Settings, tenants: dict[str, str]) -> dict[str, d
         for r in json.loads(out.output)["tenants"]
         if r["outside"] and not r["outside"]["running"]
     }
+    plain = ppp("status", "-c", str(ini), "--tenant", ",".join(sorted(tenants))).output
+    for tenant in status:
+        assert f"interrupted {tenants[tenant]}/{tenant}: interrupted inside revision o002" in plain
+        assert f"`ppp tenant repair {tenant}`" in plain
     report = doctor(settings, ini, tenants=sorted(tenants))
     found = {
         f.schema: f.detail for f in report.findings if f.kind == "interrupted_outside_transaction"
