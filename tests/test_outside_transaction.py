@@ -318,21 +318,25 @@ def kill_in_version_write(settings: Settings, ini: Path, tenants: dict[str, str]
 
 
 def kill_at_random(settings: Settings, ini: Path, tenants: dict[str, str], kills: int = 3) -> None:
-    """Start ``alembic upgrade head`` and SIGKILL it at a random moment, ``kills`` times (a
-    fleet all at head goes back to o001 first, so every run has work)."""
+    """Start ``alembic upgrade head`` and SIGKILL it at a random moment after its work began,
+    ``kills`` times, with one worker per shard and with two. Before a round, when most
+    tenants are at head, those go back to o001 so that every run has work."""
     rng = random.Random(SEED)
     print(f"random kills: seed {SEED}")
-    for _ in range(kills):
-        if all(revision(settings, s, t) == "o002" for t, s in tenants.items()):
-            code, out = finish(alembic(ini, tenants, command="downgrade", target="o001"))
+    shards = set(tenants.values())
+    for i in range(kills):
+        done = {t: s for t, s in tenants.items() if revision(settings, s, t) == "o002"}
+        if len(done) > len(tenants) // 2:
+            code, out = finish(alembic(ini, done, command="downgrade", target="o001"))
             assert code == 0, out
-        proc = alembic(ini, tenants)
-        after = rng.uniform(1.0, 4.0)
+        proc = alembic(ini, tenants, f"jobs_per_shard={1 + i % 2}")  # one worker, then two
+        wait_for(lambda: any(running(settings, s) for s in shards), why="the run to begin")
+        after = rng.uniform(0.0, 2.0)
         time.sleep(after)
         kill(proc)
         at = [revision(settings, s, t) for t, s in tenants.items()]
-        print(f"killed after {after:.2f} s: {at.count('o002')} at o002, {at.count('o001')} at o001")
-        for shard in set(tenants.values()):  # the killed run's backends end
+        print(f"killed {after:.2f} s in: {at.count('o002')} at o002, {at.count('o001')} at o001")
+        for shard in shards:  # the killed run's backends end
             wait_for(lambda shard=shard: not running(settings, shard), why="the killed run to end")
 
 
@@ -376,6 +380,7 @@ def test_safe_index_survives_kills(veneer_head: Topology, tenants, tmp_path: Pat
     assert shown[valid]["indexes"] == [{"name": INDEX, "state": "valid"}]
     kill_at_random(settings, ini, tenants)
     shown = named(ini, settings, tenants)
+    print(f"interrupted after the random kills: {sorted(shown)}")
     no_dead_end(settings, tenants, shown)
 
     code, out = finish(alembic(ini, tenants))
@@ -393,6 +398,7 @@ def test_plain_index_needs_repair(veneer_head: Topology, tenants, tmp_path: Path
     valid = kill_in_version_write(settings, ini, tenants)
     kill_at_random(settings, ini, tenants)
     shown = named(ini, settings, tenants)
+    print(f"interrupted after the random kills: {sorted(shown)}")
     assert {invalid, valid} <= set(shown)
     no_dead_end(settings, tenants, shown)
 
