@@ -555,3 +555,46 @@ def test_the_app_role_cannot_read_or_write_the_record(
     for sql in ("SELECT * FROM ppp.tenant_outside", "DELETE FROM ppp.tenant_outside"):
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             shard_sql(settings, shard, sql, role="app")
+
+
+def test_a_revision_running_now_is_not_interrupted(
+    veneer_head: Topology, few: dict[str, str], tmp_path: Path
+) -> None:
+    """A record whose session is alive is a revision running now: status says so, doctor has
+    no finding, repair refuses; once the session is gone it is interrupted. A record whose
+    tenant left the heads it started from is over: nobody names it."""
+    settings = veneer_head.settings
+    ini = project(tmp_path, SAFE)
+    tenant, shard = next(iter(few.items()))
+    code, out = upgrade(ini, {tenant: shard}, "o001")
+    assert code == 0, out
+    session = db.connect(settings.shard(shard), "admin", autocommit=True)
+    try:
+        session.cursor().execute(
+            "INSERT INTO ppp.tenant_outside (schema_name, revision, label, heads, heads_after, "
+            "pid, backend_start, application_name) SELECT %s, 'o002', "
+            "'revision o002 (an index built concurrently)', '{o001}', '{o002}', pid, "
+            "backend_start, 'by hand' FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            (tenant,),
+        )
+        out = ppp("status", "-c", str(ini), "--tenant", tenant, "--json")
+        outside = json.loads(out.output)["tenants"][0]["outside"]
+        assert outside["running"] is True and outside["application_name"] == "by hand"
+        plain = ppp("status", "-c", str(ini), "--tenant", tenant).output
+        assert f"outside {shard}/{tenant}: running revision o002" in plain
+        report = doctor(settings, ini, tenants=[tenant])
+        assert "interrupted_outside_transaction" not in {f.kind for f in report.findings}
+        out = ppp("tenant", "repair", tenant, "--retry")
+        assert out.exit_code == 1
+        assert "wait for it to finish" in out.output
+    finally:
+        session.close()
+    wait_for(lambda: named(ini, settings, {tenant: shard}), why="the session to end")
+    moved = "UPDATE ppp.tenant_outside SET heads = %s WHERE schema_name = %s"
+    shard_sql(settings, shard, moved, (["other"], tenant))
+    assert named(ini, settings, {tenant: shard}) == {}
+    shard_sql(settings, shard, moved, (["o001"], tenant))
+    out = ppp("tenant", "repair", tenant, "--retry")
+    assert out.exit_code == 0, out.output
+    assert "record cleared: the next `alembic upgrade` runs revision o002" in out.output
+    assert records(settings, {tenant: shard}) == {}
