@@ -11,8 +11,9 @@ the same transaction as the tenant's new version (else right after).
 A row whose tenant is no longer at the heads it started from is over (the version was written
 and the row not yet cleared, or the tenant was moved by hand): :func:`read_records` leaves it
 out. A row whose session is still alive is a step running now, not an interrupted one.
-Reading costs one query per shard, and only status, doctor, repair and a rerun of such a step
-read it: runs without such steps never touch the table.
+Reading costs two small queries per shard (none on a shard without the table), and only
+status, doctor and repair read it (a rerun gets the old row back from its write): runs
+without such steps never touch the table.
 """
 
 from __future__ import annotations
