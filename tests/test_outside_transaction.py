@@ -227,6 +227,8 @@ def indexes(settings: Settings, shard: str, tenant: str) -> list[tuple[str, bool
 def records(settings: Settings, tenants: dict[str, str]) -> dict[str, tuple[Any, ...]]:
     found: dict[str, tuple[Any, ...]] = {}
     for shard in set(tenants.values()):
+        if shard_sql(settings, shard, "SELECT to_regclass('ppp.tenant_outside')") == [(None,)]:
+            continue  # no run has made it on this shard yet (--sql makes nothing)
         rows = shard_sql(
             settings,
             shard,
