@@ -11,7 +11,8 @@ T1 :func:`running_environment`: the running ``EnvironmentContext`` object (``ale
    only proxies it), through ``MigrationContext.environment_context``.
 T2 :func:`command_name`: which command runs: ``config.cmd_opts.cmd`` (Alembic's command line)
    and the names of the step functions ``alembic.command`` passes.
-T3 :func:`step_function`: that step function, from ``EnvironmentContext.context_opts``.
+T3 :func:`step_function`: that step function, and :func:`destination_argument`: the
+   destination as the command gave it, both from ``EnvironmentContext.context_opts``.
 T4 :func:`targets_every_head`: ``head`` among several heads, told by the ``MultipleHeads``
    error behind ``get_revision_argument()``.
 T5 :func:`describe`: what a step is (its ``Script``, direction, log line).
@@ -102,6 +103,13 @@ def step_function(env: EnvironmentContext) -> StepFunction | None:
     Alembic offers no getter. Read it before any ``configure(fn=...)`` replaces it."""
     fn = env.context_opts.get("fn")
     return fn if callable(fn) else None
+
+
+def destination_argument(env: EnvironmentContext) -> str | None:
+    """T3: the destination revision as the running command gave it (``head``, ``-1``,
+    ``b1:a1``...), before Alembic resolves it; None for commands without one."""
+    given = env.context_opts.get("destination_rev")
+    return None if given is None else str(given)
 
 
 def targets_every_head(env: EnvironmentContext) -> bool:

@@ -185,6 +185,21 @@ def test_t3_downgrade_and_stamp_steps(scripts: Path) -> None:
     assert stamp and all(i.script is None and i.label for i in stamp)
 
 
+@pytest.mark.parametrize(
+    ("run", "given"),
+    [
+        (lambda cfg: command.upgrade(cfg, "head", sql=True), "head"),
+        (lambda cfg: command.downgrade(cfg, "b1:a1", sql=True), "a1"),
+        (lambda cfg: command.current(cfg), None),
+    ],
+)
+def test_t3_the_destination_as_given(scripts: Path, run: Any, given: str | None) -> None:
+    seen = probe(
+        scripts, run, lambda context: adapter.destination_argument(adapter.running_environment())
+    )
+    assert seen == given
+
+
 # -- T4 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("run", "every"),
