@@ -83,20 +83,7 @@ def _attention(rows: Sequence[Mapping[str, Any]]) -> str:
             "Tenants needing attention",
             "<p>None: every tenant is at head and its veneer in step.</p>",
         )
-    content = table(
-        ["shard", "tenant", "revision", "migrations", "veneer"],
-        [
-            [
-                r["shard"],
-                r["tenant"],
-                revision(_revision(r)),
-                badge(r["migrations"]),
-                badge(r["veneer"]),
-            ]
-            for r in todo
-        ],
-        cls="sortable filterable",
-    )
+    content = _tenant_table(todo)
     note = "ppp migrate brings tenants to head and refreshes stale veneer tables."
     return section("attention", f"Tenants needing attention ({len(todo)})", content, note)
 
@@ -127,8 +114,9 @@ def _shared(shared: Mapping[str, Any] | None) -> str:
     return section("shared", f"Shared migrations (head: {heads})", content)
 
 
-def _every(rows: Sequence[Mapping[str, Any]]) -> str:
-    content = table(
+def _tenant_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A sortable, filterable table of status rows: shard, tenant, revision, states."""
+    return table(
         ["shard", "tenant", "revision", "migrations", "veneer"],
         [
             [
@@ -142,4 +130,8 @@ def _every(rows: Sequence[Mapping[str, Any]]) -> str:
         ],
         cls="sortable filterable",
     )
+
+
+def _every(rows: Sequence[Mapping[str, Any]]) -> str:
+    content = _tenant_table(rows)
     return section("tenants", f"Every tenant ({len(rows)})", content)

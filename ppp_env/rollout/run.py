@@ -108,11 +108,7 @@ def start_rollout(
     heads = list(tenant_heads(ini))
     with store.rollout_connection(settings) as conn:
         with conn.begin():
-            if (existing := store.open_rollout(conn)) is not None:
-                raise PPPError(
-                    f"{store.describe_open(existing)}: resume it (`ppp rollout resume`) or "
-                    "forget it (`ppp rollout abort`) before starting another"
-                )
+            store.refuse_open(conn)
             resolve(specs, in_service(find_tenants(conn)))  # bad input fails before any change
         veneer_step()
         with conn.begin():

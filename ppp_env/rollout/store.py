@@ -121,18 +121,23 @@ def describe_open(r: Rollout) -> str:
     )
 
 
+def refuse_open(conn: Connection) -> None:
+    """PPPError when a rollout is open (running or halted): one at a time."""
+    existing = open_rollout(conn)
+    if existing is not None:
+        raise PPPError(
+            f"{describe_open(existing)}: resume it (`ppp rollout resume`) or forget it "
+            "(`ppp rollout abort`) before starting another"
+        )
+
+
 def insert(
     conn: Connection, file: str, revision: str, heads: list[str], stages: list[StageState]
 ) -> Rollout:
     """Record a new rollout (state running); PPPError when one is open already."""
     try:
         with conn.begin():
-            existing = open_rollout(conn)
-            if existing is not None:
-                raise PPPError(
-                    f"{describe_open(existing)}: resume it (`ppp rollout resume`) or forget it "
-                    "(`ppp rollout abort`) before starting another"
-                )
+            refuse_open(conn)
             row = conn.execute(
                 text(
                     "INSERT INTO ppp.rollouts (file, revision, heads, state, stages) "
