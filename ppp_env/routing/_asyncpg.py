@@ -27,14 +27,18 @@ class RoutedConnection(asyncpg.Connection):  # type: ignore[misc]
     ppp_prefix: str | None = None
     ppp_guard = False
 
+    def transaction(self, **kw: Any) -> Any:
+        """Refused on an unrouted connection (before asyncpg records a transaction)."""
+        if self.ppp_prefix is None and self.ppp_guard and not self.is_in_transaction():
+            raise RoutingError(UNROUTED)
+        return super().transaction(**kw)
+
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        if not args and query.startswith("BEGIN") and not self.is_in_transaction():
-            prefix = self.ppp_prefix
-            if prefix is None:
-                if self.ppp_guard:
-                    raise RoutingError(UNROUTED)
-            elif prefix:
-                query = f"{query.rstrip(';')}; {prefix}"
+        """The transaction's ``BEGIN`` (simple protocol, no arguments) carries the tenant's
+        ``set_config``."""
+        prefix = self.ppp_prefix
+        if prefix and not args and query.startswith("BEGIN") and not self.is_in_transaction():
+            query = f"{query.rstrip(';')}; {prefix}"
         result: str = await super().execute(query, *args, timeout=timeout)
         return result
 
