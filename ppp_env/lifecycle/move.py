@@ -73,9 +73,11 @@ from ppp_env.lifecycle.mover import (
     Mover,
     MoveReport,
     MoveStopped,
+    check_superusers,
     replication_name,
     steps_of,
 )
+from ppp_env.routing import isolation
 from ppp_env.servers.clients import Client, client_for, major, server_version, show
 from ppp_env.settings import Instance, Settings
 from ppp_env.veneer.catalog import Move
@@ -156,6 +158,8 @@ def _check_new(
     ):
         scur, dcur = a.cursor(), b.cursor()
         _check_source(scur, schema, source, mode)
+        if isolation.existing_role(scur, src, schema):
+            check_superusers(schema, src, dst)
         if shard.schema_exists(dcur, schema):
             raise PPPError(
                 f"shard {target!r} already has a schema {schema!r} (not this tenant's: the "
