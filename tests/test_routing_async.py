@@ -5,8 +5,10 @@ hygiene, placement changes, moves, isolation, and the faults)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sys
 import time
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import Integer, String, text
@@ -324,3 +326,34 @@ def test_the_sync_router_on_psycopg3(settings, tenants):
     assert shard_sql(settings, "bluth_co", f'SELECT note FROM "{a}".items WHERE id = 9') == [
         ("psycopg3",)
     ]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_parameters_of_a_transactions_first_statement_keep_their_values(settings, tenants, driver):
+    """The first statement of a transaction carries the tenant's selection (psycopg 3: bound
+    client-side in the same query string): quotes, percent signs, NULLs and typed values
+    arrive as they were sent, on either driver."""
+    a = next(iter(tenants))
+    tricky = "O'Reilly; 100% %s %(x)s -- \\ done"
+    day = datetime.date(2026, 12, 6)
+
+    async def main() -> None:
+        async with AsyncTenantRouter(settings, driver, listen=False) as router:
+            async with router.begin(a) as conn:
+                await conn.execute(
+                    text("INSERT INTO items VALUES (:i, :n)"), {"i": 11, "n": tricky}
+                )
+            async with router.connect(a) as conn:
+                row = await conn.execute(
+                    text(
+                        "SELECT note, CAST(:d AS date), CAST(:x AS numeric), "
+                        "CAST(:z AS text) IS NULL FROM items WHERE id = :i"
+                    ),
+                    {"i": 11, "d": day, "x": Decimal("12.50"), "z": None},
+                )
+                assert row.one() == (tricky, day, Decimal("12.50"), True)
+
+    run(main())
+    with TenantRouter(settings, driver="psycopg", listen=False) as r, r.connect(a) as conn:
+        row = conn.execute(text("SELECT note FROM items WHERE note = :n"), {"n": tricky})
+        assert row.scalar() == tricky

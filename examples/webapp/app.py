@@ -11,7 +11,7 @@ The tenant comes from the ``X-Tenant`` header, else from the host name's first l
     curl -H 'X-Tenant: initech' -d '{"first_name": "Ada", "last_name": "Lovelace"}' \\
          http://127.0.0.1:8000/authors
 
-``PPP_ASYNC_DRIVER`` picks the driver (``asyncpg``, the default, or ``psycopg``). Errors
+``WEBAPP_DRIVER`` picks the driver (``asyncpg``, the default, or ``psycopg``). Errors
 map to HTTP: an unknown tenant is a 404; a tenant being moved, a shard down, a full pool
 or a move that finished mid-request (after two retries) is a 503 with ``Retry-After``,
 whose body names nothing about the servers (the full reason goes to the log).
@@ -150,7 +150,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         router = AsyncTenantRouter(
             settings or load_settings(),
-            driver or os.environ.get("PPP_ASYNC_DRIVER", "asyncpg"),  # type: ignore[arg-type]
+            driver or os.environ.get("WEBAPP_DRIVER", "asyncpg"),  # type: ignore[arg-type]
             move_wait=move_wait,  # a write to a moving tenant waits for the move's end
         )
         async with router:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+from sqlalchemy.engine import URL
 
 from ppp_env.routing.errors import UNROUTED, RoutingError
 from ppp_env.settings import Instance
@@ -43,11 +44,15 @@ class RoutedConnection(asyncpg.Connection):  # type: ignore[misc]
         return result
 
 
-def connect_args(connect_timeout: int, application_name: str) -> dict[str, Any]:
+def async_engine_args(url: URL, connect_timeout: int, application_name: str) -> dict[str, Any]:
+    """``create_async_engine`` arguments: SQLAlchemy hands ``connect_args`` to
+    ``asyncpg.connect``; no ``search_path`` (not even ``public``) until a tenant is selected."""
     return {
-        "connection_class": RoutedConnection,
-        "timeout": connect_timeout,
-        "server_settings": {"search_path": "", "application_name": application_name},
+        "connect_args": {
+            "connection_class": RoutedConnection,
+            "timeout": connect_timeout,
+            "server_settings": {"search_path": "", "application_name": application_name},
+        }
     }
 
 

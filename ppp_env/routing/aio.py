@@ -239,27 +239,21 @@ class AsyncTenantRouter(RoutingCore):
         if eng is None:
             from sqlalchemy.ext.asyncio import create_async_engine
 
+            url = self._url(p, DRIVERS[self.driver])
             eng = create_async_engine(
-                self._url(p, DRIVERS[self.driver]),
+                url,
                 pool_size=self.pool_size,
                 max_overflow=self.max_overflow,
                 pool_timeout=self.pool_timeout,
                 pool_recycle=self.pool_recycle,
-                connect_args=self._connect_args(),
+                **self._driver.async_engine_args(
+                    url, self.settings.connect_timeout, APPLICATION_NAME
+                ),
             )
             # After SQLAlchemy's own connect handlers: from here on, a tenant is required.
             event.listen(eng.sync_engine.pool, "connect", _guard)
             self._engines[key] = eng
         return eng
-
-    def _connect_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = self._driver.connect_args(
-            self.settings.connect_timeout, APPLICATION_NAME
-        )
-        if self.driver == "psycopg":
-            args["async_creator_fn"] = self._driver.RoutedAsyncConnection.connect
-            args["cursor_factory"] = self._driver.RoutedAsyncCursor
-        return args
 
     async def _checkout(
         self, tenant: str, read_only: bool
@@ -279,7 +273,8 @@ class AsyncTenantRouter(RoutingCore):
             *self._driver.CONNECT_ERRORS,
         ) as exc:
             raise self._connect_error(p, exc) from None
-        raw: Any = (await conn.get_raw_connection()).driver_connection
+        # checked out already: the driver's connection, without another trip through greenlet
+        raw: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
         raw.ppp_prefix = self._select(tenant, read_only)
         return conn, raw, p
 

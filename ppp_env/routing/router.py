@@ -184,23 +184,9 @@ class TenantRouter(RoutingCore):
                 **pool,
             )
         url = self._url(p, "postgresql+psycopg")
-        conn_class, args = (
-            self._psycopg.RoutedConnection,
-            self._psycopg.connect_args(timeout, APPLICATION_NAME),
+        return create_engine(
+            url, **self._psycopg.engine_args(url, timeout, APPLICATION_NAME), **pool
         )
-
-        def creator() -> Any:
-            return conn_class.connect(
-                host=url.host,
-                port=url.port,
-                dbname=url.database,
-                user=url.username,
-                password=url.password,
-                cursor_factory=self._psycopg.RoutedCursor,
-                **args,
-            )
-
-        return create_engine(url, creator=creator, **pool)
 
     def _prefix(self, tenant: str, read_only: bool) -> str:
         """What selects the tenant: psycopg2 puts it in front of the first statement."""
