@@ -33,7 +33,10 @@ Rerunning the same move (same tenant and target) after a crash or a kill resumes
 done starts over: the target's copy is dropped and made again); from ``switched`` on it only
 finishes. Until the switch the tenant is wholly on its source (the veneer reads it there; the
 target is closed to the app role); from the block on the source refuses writes, so the tenant
-is never writable in two places. ``move_tenant(..., abort=True)`` takes an unfinished move back
+is never writable in two places. A tenant in strict isolation (its own login role, see
+:mod:`ppp_env.routing.isolation`) keeps it: its role's writes are blocked with the app
+role's, the role is created on the target with the same grants just before the switch and
+dropped on the source at ``retired`` (each shard's superuser does it). ``move_tenant(..., abort=True)`` takes an unfinished move back
 before the switch: target copy dropped, source writable again. A failed verification does that
 by itself. After the switch, moving back is another move (``--to <old shard>``).
 
