@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
 import sys
+import textwrap
 import time
 from decimal import Decimal
 
@@ -290,11 +292,42 @@ def test_the_async_listener_survives_a_lost_connection(settings, tenants, driver
     run(main())
 
 
-def test_a_missing_extra_names_the_install_command(settings, monkeypatch):
-    monkeypatch.setitem(sys.modules, "asyncpg", None)
-    monkeypatch.delitem(sys.modules, "ppp_env.routing._asyncpg", raising=False)
-    with pytest.raises(RoutingError, match=r"pip install 'ppp-env\[async\]'"):
-        AsyncTenantRouter(settings, "asyncpg")
+def test_without_the_async_extra_the_base_package_works_and_says_what_to_install(settings):
+    """asyncpg, psycopg 3 and greenlet hidden: PPP imports (its CLI too), the sync router on
+    psycopg2 is there, and the routers that need the extra say how to get it."""
+    program = textwrap.dedent(
+        """
+        import sys
+        for name in ("asyncpg", "psycopg", "greenlet"):
+            sys.modules[name] = None  # import fails as if not installed
+        import ppp_env.cli.main
+        from ppp_env.routing import AsyncTenantRouter, RoutingError, TenantRouter
+        from ppp_env.settings import load_settings
+        settings = load_settings()
+        for make in (
+            lambda: AsyncTenantRouter(settings, "asyncpg"),
+            lambda: AsyncTenantRouter(settings, "psycopg"),
+            lambda: TenantRouter(settings, driver="psycopg", listen=False),
+        ):
+            try:
+                make()
+            except RoutingError as exc:
+                print(exc)
+        with TenantRouter(settings, listen=False) as router:
+            print("psycopg2 router:", router.driver)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4, res.stdout
+    for line in lines[:3]:
+        assert line.endswith("pip install 'ppp-env[async]'"), line
+    assert "AsyncTenantRouter(driver='asyncpg')" in lines[0]
+    assert "TenantRouter(driver='psycopg')" in lines[2]
+    assert lines[3] == "psycopg2 router: psycopg2"
     with pytest.raises(RoutingError, match="unknown driver 'mysql'"):
         AsyncTenantRouter(settings, "mysql")  # type: ignore[arg-type]
 
