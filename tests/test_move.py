@@ -859,7 +859,8 @@ def test_abort_gives_the_strict_role_back_its_writes(strict_tenant, settings, mo
 
 def test_a_strict_tenant_needs_the_superusers_to_move(strict_tenant, settings, topology):
     plain = without_superusers(topology)
-    with pytest.raises(PPPError, match=r"strict isolation: .*set PPP_SHARD_BLUTH_CO_SUPERUSER_PASSWORD") as info:
+    needs = r"strict isolation: .*set PPP_SHARD_BLUTH_CO_SUPERUSER_PASSWORD"
+    with pytest.raises(PPPError, match=needs) as info:
         mv.move_tenant(plain, strict_tenant, "initech", mode="block")
     assert_one_sentence(str(info.value))
     assert catalog(settings, strict_tenant) == (("bluth_co", "active"), None)

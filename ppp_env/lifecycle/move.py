@@ -36,9 +36,10 @@ target is closed to the app role); from the block on the source refuses writes, 
 is never writable in two places. A tenant in strict isolation (its own login role, see
 :mod:`ppp_env.routing.isolation`) keeps it: its role's writes are blocked with the app
 role's, the role is created on the target with the same grants just before the switch and
-dropped on the source at ``retired`` (each shard's superuser does it). ``move_tenant(..., abort=True)`` takes an unfinished move back
-before the switch: target copy dropped, source writable again. A failed verification does that
-by itself. After the switch, moving back is another move (``--to <old shard>``).
+dropped on the source at ``retired`` (each shard's superuser does it).
+``move_tenant(..., abort=True)`` takes an unfinished move back before the switch: target copy
+dropped, source writable again. A failed verification does that by itself. After the switch,
+moving back is another move (``--to <old shard>``).
 
 Who runs what: pg_dump (source) and psql (target) run where :mod:`ppp_env.servers.clients`
 says, in the server's container or as local programs at least as new as the server, checked

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import event
@@ -31,7 +31,7 @@ from sqlalchemy import exc as sa_exc
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import validate_tenant
-from ppp_env.routing.core import APPLICATION_NAME, ROUTABLE, RoutingCore
+from ppp_env.routing.core import APPLICATION_NAME, ROUTABLE, RoutingCore, guard
 from ppp_env.routing.errors import (
     RoutingError,
     connection_lost,
@@ -40,7 +40,6 @@ from ppp_env.routing.errors import (
     pool_exhausted,
 )
 from ppp_env.routing.placement import CHANNEL, Placement, PlacementSource
-from ppp_env.routing.router import _guard
 from ppp_env.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,7 +72,7 @@ class AsyncPlacementListener:
     def __init__(
         self,
         settings: Settings,
-        on_change: Any,
+        on_change: Callable[[str | None], None],
         driver: str = "asyncpg",
         *,
         channel: str = CHANNEL,
@@ -251,7 +250,7 @@ class AsyncTenantRouter(RoutingCore):
                 ),
             )
             # After SQLAlchemy's own connect handlers: from here on, a tenant is required.
-            event.listen(eng.sync_engine.pool, "connect", _guard)
+            event.listen(eng.sync_engine.pool, "connect", guard)
             self._engines[key] = eng
         return eng
 

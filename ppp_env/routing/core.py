@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy.engine import URL
 
+from ppp_env.db import first_line
 from ppp_env.identifiers import quote_ident, quote_literal, validate_identifier, validate_tenant
 from ppp_env.routing.errors import (
     RoutingError,
@@ -165,8 +167,6 @@ class RoutingCore:
         """A connection to the tenant's shard failed: strict isolation not enabled, or the
         shard unavailable (its URL shown with the password masked)."""
         inst = self._shard(p)
-        from ppp_env.db import first_line
-
         text = first_line(exc)
         if self.strict and (
             sqlstate(exc) in _LOGIN_REFUSED or "authentication failed" in text.lower()
@@ -219,3 +219,9 @@ class RoutingCore:
     @classmethod
     def _schema_here_sql(cls, p: Placement) -> str:
         return cls.SCHEMA_HERE.format(quote_literal(quote_ident(p.schema)))
+
+
+def guard(dbapi_connection: Any, record: Any) -> None:
+    """Pool ``connect`` event: from now on the new connection refuses statements without a
+    tenant (on the driver's connection: SQLAlchemy's asyncio adapters wrap it)."""
+    record.driver_connection.ppp_guard = True

@@ -39,7 +39,7 @@ from sqlalchemy.pool import QueuePool
 
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
-from ppp_env.routing.core import APPLICATION_NAME, RoutingCore
+from ppp_env.routing.core import APPLICATION_NAME, RoutingCore, guard
 from ppp_env.routing.errors import (
     UNROUTED,
     PoolExhausted,
@@ -158,7 +158,7 @@ class TenantRouter(RoutingCore):
             if eng is None:
                 eng = self._create_engine(p)
                 # After SQLAlchemy's own connect handlers: from here on, a tenant is required.
-                event.listen(eng.pool, "connect", _guard)
+                event.listen(eng.pool, "connect", guard)
                 self._engines[key] = eng
         return eng
 
@@ -344,9 +344,3 @@ class _RoutedConnection(psycopg2.extensions.connection):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cursor_factory = _RoutedCursor
-
-
-def _guard(dbapi_connection: Any, record: Any) -> None:
-    """From now on the new connection refuses statements without a tenant (the driver's
-    connection: SQLAlchemy's asyncio adapters wrap it)."""
-    record.driver_connection.ppp_guard = True
