@@ -212,9 +212,8 @@ class AsyncTenantRouter(RoutingCore):
             return await asyncio.to_thread(self._lookup, tenant)
 
     async def _routable(self, tenant: str, read_only: bool) -> Placement:
-        p = self._cache.get(tenant)
-        if p is not None and p.state in ROUTABLE:
-            return p  # the hot path: no clock, no validation again
+        """The tenant's placement once it may be used (a write to a moving tenant waits up
+        to ``move_wait``)."""
         await self.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.move_wait
@@ -257,7 +256,9 @@ class AsyncTenantRouter(RoutingCore):
     async def _checkout(
         self, tenant: str, read_only: bool
     ) -> tuple[AsyncConnection, Any, Placement]:
-        p = await self._routable(tenant, read_only)
+        p = self._cache.get(tenant)
+        if p is None or p.state not in ROUTABLE:  # the hot path awaits nothing here
+            p = await self._routable(tenant, read_only)
         eng = self.engine(p)
         try:
             conn = await eng.connect()

@@ -69,7 +69,7 @@ class RoutingCore:
         self._loaded_all = False
         self._generation = 0
         self._changed = threading.Condition()
-        self._selects: dict[str, str] = {}
+        self._selects: dict[tuple[str, bool], str] = {}
 
     # -- the cache ---------------------------------------------------------------------------
     def _on_change(self, schema: str | None) -> None:
@@ -152,7 +152,7 @@ class RoutingCore:
     def _select(self, tenant: str, read_only: bool) -> str:
         """``SELECT set_config('search_path', <tenant, shared>, true)`` (transaction-local),
         with the read-only setting when asked: the statement that selects the tenant."""
-        key = f"{tenant}/{int(read_only)}"
+        key = (tenant, read_only)
         sql = self._selects.get(key)
         if sql is None:
             path = ", ".join(quote_ident(s) for s in (tenant, *self.shared_schemas))
