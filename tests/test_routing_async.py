@@ -390,3 +390,58 @@ def test_parameters_of_a_transactions_first_statement_keep_their_values(settings
     with TenantRouter(settings, driver="psycopg", listen=False) as r, r.connect(a) as conn:
         row = conn.execute(text("SELECT note FROM items WHERE note = :n"), {"n": tricky})
         assert row.scalar() == tricky
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_prepared_statement_never_answers_for_another_tenant(settings, tenants, driver):
+    """asyncpg prepares every statement and psycopg 3 prepares repeated ones, per connection:
+    the same query text on the same pooled connection, tenant after tenant, still reads each
+    tenant's own table (PostgreSQL parses a prepared statement again when search_path
+    changed)."""
+    a, b, _ = tenants
+
+    async def main() -> None:
+        async with AsyncTenantRouter(
+            settings, driver, pool_size=1, max_overflow=0, listen=False
+        ) as router:
+            pids = set()
+            for i in range(8):
+                tenant = (a, b)[i % 2]
+                async with router.connect(tenant) as conn:
+                    row = await conn.execute(
+                        text("SELECT note, pg_backend_pid() FROM items WHERE id = :i"), {"i": 1}
+                    )
+                    note, pid = row.one()
+                    assert note == tenant, i
+                    pids.add(pid)
+            assert len(pids) == 1
+
+    run(main())
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_tenants_whose_tables_differ_on_one_pooled_connection(settings, tenants, driver):
+    """Tenant b's table has one more column (a rollout half done): psycopg 3 answers both
+    shapes; asyncpg's cached statement fails with a clear error at each change of shape, and
+    the retry on the same connection works."""
+    a, b, _ = tenants
+    shard_sql(settings, "bluth_co", f'ALTER TABLE "{b}".items ADD COLUMN extra int DEFAULT 7')
+    want = {a: (1, a), b: (1, b, 7)}
+
+    async def main() -> None:
+        async with AsyncTenantRouter(
+            settings, driver, pool_size=1, max_overflow=0, listen=False
+        ) as router:
+            for i in range(6):
+                tenant = (a, b)[i % 2]
+                for attempt in (1, 2):
+                    try:
+                        async with router.connect(tenant) as conn:
+                            rows = await conn.execute(text("SELECT * FROM items WHERE id = 1"))
+                            assert tuple(rows.one()) == want[tenant]
+                        break
+                    except Exception as exc:
+                        assert driver == "asyncpg" and i > 0 and attempt == 1, exc
+                        assert "cached statement plan is invalid" in str(exc)
+
+    run(main())
