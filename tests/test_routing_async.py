@@ -108,7 +108,9 @@ def test_search_path_is_exactly_the_tenant_and_never_leaks(settings, tenants, dr
             settings, driver, pool_size=1, max_overflow=0, listen=False
         ) as router:
             async with router.connect(a) as conn:
-                assert (await conn.execute(text("SHOW search_path"))).scalar() == f'"{a}"'
+                path = (await conn.execute(text("SHOW search_path"))).scalar()
+                assert path in (a, f'"{a}"')  # SET LOCAL shows it unquoted, set_config quoted
+                assert (await conn.execute(text("SELECT current_schemas(false)"))).scalar() == [a]
                 pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
             async with router.connect(b) as conn:  # the same pooled connection, tenant b
                 assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar() == pid
@@ -445,3 +447,25 @@ def test_tenants_whose_tables_differ_on_one_pooled_connection(settings, tenants,
                         assert "cached statement plan is invalid" in str(exc)
 
     run(main())
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_shared_schemas_follow_the_tenant_and_read_only_holds(settings, tenants, driver):
+    a = next(iter(tenants))
+
+    async def main() -> None:
+        async with AsyncTenantRouter(
+            settings, driver, shared_schemas=["public"], listen=False
+        ) as router:
+            async with router.connect(a, read_only=True) as conn:
+                schemas = (await conn.execute(text("SELECT current_schemas(false)"))).scalar()
+                assert schemas == [a, "public"]
+                with pytest.raises(Exception, match="read-only transaction"):
+                    await conn.execute(text("INSERT INTO items VALUES (12, 'no')"))
+            async with router.begin(a) as conn:  # the same connection, writable again
+                await conn.execute(text("INSERT INTO items VALUES (12, 'yes')"))
+
+    run(main())
+    assert shard_sql(settings, "bluth_co", f'SELECT note FROM "{a}".items WHERE id = 12') == [
+        ("yes",)
+    ]

@@ -2,9 +2,9 @@
 
 SQLAlchemy's asyncpg dialect starts each transaction with asyncpg's ``Transaction.start()``,
 one simple-protocol ``BEGIN`` round trip of its own; asyncpg prepares every other statement
-(one statement per query). The tenant's ``set_config`` is appended to that ``BEGIN``: the
-same round trip, nothing on later statements. Imported only when a router uses asyncpg
-(``pip install 'ppp-env[async]'``).
+(one statement per query). The tenant's ``SET LOCAL search_path`` is appended to that
+``BEGIN``: the same round trip, nothing on later statements. Imported only when a router
+uses asyncpg (``pip install 'ppp-env[async]'``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RoutedConnection(asyncpg.Connection):  # type: ignore[misc]
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """The transaction's ``BEGIN`` (simple protocol, no arguments) carries the tenant's
-        ``set_config``."""
+        ``SET LOCAL`` commands."""
         prefix = self.ppp_prefix
         if prefix and not args and query.startswith("BEGIN") and not self.is_in_transaction():
             query = f"{query.rstrip(';')}; {prefix}"

@@ -173,6 +173,8 @@ class AsyncTenantRouter(RoutingCore):
             placement=placement,
         )
         self.driver = driver
+        # asyncpg appends it to its BEGIN; psycopg 3 puts it in front of one statement.
+        self._selecting = self._set_local if driver == "asyncpg" else self._select
         self.pool_size, self.max_overflow = pool_size, max_overflow
         self.pool_timeout, self.pool_recycle = pool_timeout, pool_recycle
         self._engines: dict[tuple[str, str], AsyncEngine] = {}
@@ -275,7 +277,7 @@ class AsyncTenantRouter(RoutingCore):
             raise self._connect_error(p, exc) from None
         # checked out already: the driver's connection, without another trip through greenlet
         raw: Any = conn.sync_connection.connection.driver_connection  # type: ignore[union-attr]
-        raw.ppp_prefix = self._select(tenant, read_only)
+        raw.ppp_prefix = self._selecting(tenant, read_only)
         return conn, raw, p
 
     async def _schema_here(self, p: Placement) -> bool | None:

@@ -69,7 +69,7 @@ class RoutingCore:
         self._loaded_all = False
         self._generation = 0
         self._changed = threading.Condition()
-        self._selects: dict[tuple[str, bool], str] = {}
+        self._selects: dict[tuple[str, bool, str], str] = {}
 
     # -- the cache ---------------------------------------------------------------------------
     def _on_change(self, schema: str | None) -> None:
@@ -149,15 +149,32 @@ class RoutingCore:
             url = url.set(username=role, password=role_password(inst, role))
         return url
 
+    def _path(self, tenant: str) -> str:
+        """The tenant's ``search_path``: the tenant, then the shared schemas (quoted)."""
+        return ", ".join(quote_ident(s) for s in (tenant, *self.shared_schemas))
+
     def _select(self, tenant: str, read_only: bool) -> str:
         """``SELECT set_config('search_path', <tenant, shared>, true)`` (transaction-local),
-        with the read-only setting when asked: the statement that selects the tenant."""
-        key = (tenant, read_only)
+        with the read-only setting when asked: one statement that selects the tenant, to put
+        in front of the transaction's first statement."""
+        key = (tenant, read_only, "select")
         sql = self._selects.get(key)
         if sql is None:
-            path = ", ".join(quote_ident(s) for s in (tenant, *self.shared_schemas))
-            sql = f"SELECT pg_catalog.set_config('search_path', {quote_literal(path)}, true)" + (
+            path = quote_literal(self._path(tenant))
+            sql = f"SELECT pg_catalog.set_config('search_path', {path}, true)" + (
                 ", pg_catalog.set_config('transaction_read_only', 'on', true)" if read_only else ""
+            )
+            self._selects[key] = sql
+        return sql
+
+    def _set_local(self, tenant: str, read_only: bool) -> str:
+        """The same as ``SET LOCAL`` commands, for a batch that already begins the
+        transaction (no statement to plan, no row to send back)."""
+        key = (tenant, read_only, "set")
+        sql = self._selects.get(key)
+        if sql is None:
+            sql = f"SET LOCAL search_path = {self._path(tenant)}" + (
+                "; SET LOCAL transaction_read_only = on" if read_only else ""
             )
             self._selects[key] = sql
         return sql
