@@ -50,18 +50,20 @@ help: ## Show this list of targets (the default)
 		/^[a-zA-Z0-9_-]+:.*## / {printf "   make %-24s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(STAMP) ## Create the virtual environment (VENV, default .venv) with PPP installed
-install: $(STAMP) ## Same as venv: PPP (editable) with its test and dev extras, pinned by constraints.txt
+install: $(STAMP) ## Same as venv: PPP (editable) with its test, dev and async extras, pinned by constraints.txt
 
 # Every pip that make runs installs the pinned versions (PIP_CONSTRAINT is pip's `-c`);
 # test-lowest clears it for the lowest versions.
 export PIP_CONSTRAINT := $(abspath $(CONSTRAINTS))
 
-# The test extra runs the suite; the dev extra (ruff, mypy, stubs) comes in the same venv.
+# The test extra runs the suite; the dev extra (ruff, mypy, stubs) and the async extra (the
+# asyncio router's drivers and the example web application, which the suite tests) come in
+# the same venv.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,async]'
 	touch $@
 
 demo: $(STAMP) ## The example end to end: servers up, init, migrate, then `ppp demo`

@@ -27,13 +27,25 @@ Targets: router <= 1.10 x direct in throughput and p50 latency, veneer no slower
 handfdw. Strict isolation's connection setup (a new connection and one query,
 as the tenant's role against as the app role, medians of 20) is printed too.
 
+With --async the same topology and queries run on SQLAlchemy's asyncio engine instead, from
+one event loop with --threads concurrent tasks (--driver asyncpg or psycopg, the same for
+both paths):
+
+  async direct  an AsyncEngine (AsyncAdaptedQueuePool) per shard as the shard's app role,
+                the tenant's table named with its schema: the floor
+  async router  ppp_env.routing.AsyncTenantRouter.connect(tenant), unqualified table names
+
+their lines' "x direct" is against async direct; target async router <= 1.10 x async direct.
+
 Usage: python benchmarks/query_paths.py [--tenants 6] [--rows 10000] [--threads 4]
                                         [--seconds 1] [--rounds 9] [--workdir DIR]
+                                        [--async [--driver asyncpg|psycopg]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import threading
 import time
@@ -61,11 +73,12 @@ from sqlalchemy.pool import QueuePool
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.routing import TenantRouter, isolation
+from ppp_env.routing import AsyncTenantRouter, TenantRouter, isolation
 from ppp_env.settings import Settings
 from ppp_env.veneer.tables import refresh
 
 PATHS = ("direct", "router", "strict", "veneer", "handfdw")
+ASYNC_PATHS = ("async direct", "async router")
 PK = "SELECT id, balance, note FROM {t}accounts WHERE id = :id"
 RANGE = "SELECT id, balance, note FROM {t}accounts WHERE id BETWEEN :id AND :id + 19"
 RANGE_EVERY = 5
@@ -251,6 +264,115 @@ def connection_setup(settings: Settings, tenant: str, shard: str, n: int = 20) -
     return out
 
 
+# -- the asyncio paths (--async) ---------------------------------------------------------------
+AsyncOp = Callable[[str, int, bool], Any]
+
+
+def async_operations(
+    settings: Settings, tenants: dict[str, str], clients: int, driver: str
+) -> tuple[dict[str, AsyncOp], Callable[[], Any]]:
+    """One coroutine function per asyncio path, same driver and pool sizes for both."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    drivername = {"asyncpg": "postgresql+asyncpg", "psycopg": "postgresql+psycopg"}[driver]
+    shard_pools = {
+        s: create_async_engine(
+            inst.url("app").set(drivername=drivername), pool_size=clients, max_overflow=0
+        )
+        for s, inst in settings.shards.items()
+    }
+    router = AsyncTenantRouter(settings, driver, pool_size=clients, max_overflow=0)  # type: ignore[arg-type]
+    qualified = {
+        t: (text(PK.format(t=f"{quote_ident(t)}.")), text(RANGE.format(t=f"{quote_ident(t)}.")))
+        for t in tenants
+    }
+    plain = (text(PK.format(t="")), text(RANGE.format(t="")))
+
+    async def direct(t: str, key: int, scan: bool) -> None:
+        async with shard_pools[tenants[t]].connect() as conn:
+            (await conn.execute(qualified[t][scan], {"id": key})).all()
+
+    async def routed(t: str, key: int, scan: bool) -> None:
+        async with router.connect(t) as conn:
+            (await conn.execute(plain[scan], {"id": key})).all()
+
+    async def close() -> None:
+        await router.close()
+        for p in shard_pools.values():
+            await p.dispose()
+
+    return {"async direct": direct, "async router": routed}, close
+
+
+async def async_measure(
+    op: AsyncOp, names: list[str], rows: int, clients: int, secs: float
+) -> tuple[float, float]:
+    """(operations per second, p50 latency in ms) of ``clients`` tasks for ``secs``."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    deadline = time.perf_counter() + secs
+
+    async def client(i: int) -> None:
+        rng, mine, n = random.Random(i), latencies[i], 0
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                return
+            await op(rng.choice(names), rng.randint(1, rows - 20), n % RANGE_EVERY == 0)
+            mine.append(time.perf_counter() - t0)
+            n += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    took = time.perf_counter() - began
+    every = [x for lat in latencies for x in lat]
+    return len(every) / took, median(every) * 1000
+
+
+async def async_rounds(
+    settings: Settings, tenants: dict[str, str], args: argparse.Namespace
+) -> dict[str, list[tuple[float, float]]]:
+    ops, close = async_operations(settings, tenants, args.threads, args.driver)
+    names = list(tenants)
+    try:
+        for path in ASYNC_PATHS:  # warm-up
+            await async_measure(ops[path], names, args.rows, args.threads, min(1.0, args.seconds))
+        results: dict[str, list[tuple[float, float]]] = {p: [] for p in ASYNC_PATHS}
+        for run in range(args.rounds):
+            order = ASYNC_PATHS if run % 2 == 0 else ASYNC_PATHS[::-1]
+            for path in order:
+                results[path].append(
+                    await async_measure(ops[path], names, args.rows, args.threads, args.seconds)
+                )
+            print(
+                f"round {run + 1}: "
+                + ", ".join(
+                    f"{p} {results[p][-1][0]:.0f} tps {results[p][-1][1]:.3f} ms"
+                    for p in ASYNC_PATHS
+                ),
+                flush=True,
+            )
+        return results
+    finally:
+        await close()
+
+
+def report_async(results: dict[str, list[tuple[float, float]]], driver: str) -> None:
+    base, path = results["async direct"], results["async router"]
+    r_tps = median_ratio([b[0] for b in base], [p[0] for p in path])
+    r_lat = median_ratio([p[1] for p in path], [b[1] for b in base])
+    print()
+    print(
+        f"target async router <= 1.10 x async direct ({driver}): throughput {times(r_tps)}, "
+        f"p50 {times(r_lat)}: " + met(r_tps <= 1.10 and r_lat <= 1.10)
+    )
+    print()
+    for p in ASYNC_PATHS:
+        tps = median(t for t, _ in results[p])
+        p50 = median(m for _, m in results[p])
+        ratio = median_ratio([b[0] for b in base], [x[0] for x in results[p]])
+        print(figure(p, f"{tps:.0f} tps, {p50:.3f} ms p50", times(ratio, "direct")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=6)
@@ -259,6 +381,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--workdir", type=Path, default=None, help="default: tmpfs")
+    parser.add_argument(
+        "--async", dest="use_async", action="store_true", help="the asyncio paths instead"
+    )
+    parser.add_argument("--driver", choices=("asyncpg", "psycopg"), default="asyncpg")
     args = parser.parse_args()
     if args.tenants < 1 or args.rows < 100 or args.threads < 1 or args.rounds < 1:
         parser.error("--tenants, --threads, --rounds >= 1 and --rows >= 100")
@@ -272,6 +398,16 @@ def main() -> None:
         tenants = round_robin((f"qp_{i:03d}" for i in range(args.tenants)), shards)
         top.replace_tenants(tenants)  # only the benchmark's tenants take part
         build(settings, tenants, args.rows)
+        if args.use_async:
+            print(
+                f"{args.tenants} tenants on {len(shards)} shards, {args.rows} rows each, "
+                f"{args.threads} asyncio tasks in one event loop ({args.driver}), "
+                f"{args.seconds:g} s per path and run, 1 in {RANGE_EVERY} queries a 20-row "
+                "range scan; x direct = against async direct",
+                flush=True,
+            )
+            report_async(asyncio.run(async_rounds(settings, tenants, args)), args.driver)
+            return
         ops, close = operations(settings, tenants, args.threads)
         top.on_stop(close)  # the pools, before the servers stop
         names = list(tenants)

@@ -40,7 +40,7 @@ from ppp_env.veneer.catalog import admin_connection, register_tenant, unregister
 ROOT = Path(__file__).resolve().parent.parent
 
 # Fixtures shared by several modules live in plugins, never in a test module.
-pytest_plugins = ["tests.plugins.veneer"]
+pytest_plugins = ["tests.plugins.veneer", "tests.plugins.routing"]
 INSTANCES = ["veneer", *EXAMPLE_SHARDS]
 
 

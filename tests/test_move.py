@@ -9,11 +9,13 @@ import uuid
 
 import psycopg2
 import pytest
+from sqlalchemy import text
 
 from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.lifecycle import move as mv
 from ppp_env.lifecycle import move_shard
+from ppp_env.routing import TenantRouter, isolation
 from ppp_env.servers.provision import provision_instance
 from ppp_env.veneer import refresh
 from tests.client_programs import (
@@ -752,3 +754,115 @@ def test_online_move_needs_the_grants_or_a_superuser(tenant, settings, topology)
             provision_instance(inst, settings)
     mv.move_tenant(plain, tenant, "initech", mode="online")
     assert catalog(settings, tenant) == (("initech", "active"), None)
+
+
+# -- strict isolation keeps through a move --------------------------------------------------------
+def strict_role(settings, shard, schema):
+    return isolation.role_name(settings.shard(shard), schema)
+
+
+def strict_grants(settings, shard, schema):
+    """What the tenant's own role may do on that shard: None when it does not exist, else
+    (privileges on the tenant's tables, shared schemas granted)."""
+    inst, role = settings.shard(shard), strict_role(settings, shard, schema)
+    with db.connection(inst, "superuser", dbname=inst.dbname, autocommit=True) as conn:
+        cur = conn.cursor()
+        if isolation.existing_role(cur, inst, schema) is None:
+            return None
+        cur.execute(
+            "SELECT c.relname, p FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, "
+            "unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) p WHERE n.nspname = %s "
+            "AND c.relkind = 'r' AND has_table_privilege(%s, c.oid, p) ORDER BY 1, 2",
+            (schema, role),
+        )
+        return cur.fetchall(), isolation.shared_schemas_of(cur, role, schema)
+
+
+def strict_can_write(settings, shard, schema) -> bool:
+    """Whether the tenant's own role may log in to that shard and insert (rolled back)."""
+    inst, role = settings.shard(shard), strict_role(settings, shard, schema)
+    try:
+        conn = psycopg2.connect(
+            host=inst.host, port=inst.port, dbname=inst.dbname, user=role,
+            password=isolation.role_password(inst, role), connect_timeout=5,
+        )  # fmt: skip
+    except psycopg2.Error:
+        return False
+    try:
+        conn.cursor().execute(f"INSERT INTO {schema}.authors (first_name) VALUES ('probe')")
+        return True
+    except psycopg2.Error:
+        return False
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def strict_tenant(tenant, settings):
+    """The tenant in strict isolation on its shard (public as a shared schema)."""
+    isolation.enable(settings, tenant, shared_schemas=["public"])
+    yield tenant
+    for shard in settings.shards:
+        isolation.disable(settings, tenant, shard=shard)
+
+
+@pytest.mark.parametrize("mode", ["block", "online"])
+def test_strict_isolation_keeps_through_a_move_stopped_after_each_step(
+    strict_tenant, settings, mode
+):
+    """Stopped after every step and resumed: the tenant's role writes on one shard at most,
+    never on the source once writes are blocked; from the switch on it exists on the target
+    with the grants it had on the source; the source's goes with the source copy."""
+    tenant = strict_tenant
+    before = strict_grants(settings, "bluth_co", tenant)
+    assert before is not None and before[1] == ["public"]
+    assert ("authors", "INSERT") in before[0]
+    steps = mv.steps_of(mode)
+    for step in steps:
+        with pytest.raises(mv.MoveStopped, match=step):
+            mv.move_tenant(settings, tenant, "initech", mode=mode, after_step=stop_after(step))
+        writable = [s for s in ("bluth_co", "initech") if strict_can_write(settings, s, tenant)]
+        assert len(writable) <= 1, (step, writable)
+        at = steps.index(step)
+        if at >= steps.index("blocked"):
+            assert "bluth_co" not in writable, step
+        if at >= steps.index("switched"):
+            assert strict_grants(settings, "initech", tenant) == before, step
+            assert writable == ["initech"], step
+        else:
+            assert strict_grants(settings, "initech", tenant) is None, step
+        gone = at >= steps.index("retired")
+        assert (strict_grants(settings, "bluth_co", tenant) is None) == gone, step
+    mv.move_tenant(settings, tenant, "initech")
+    assert catalog(settings, tenant) == (("initech", "active"), None)
+    with TenantRouter(settings, strict=True, listen=False) as router, router.begin(tenant) as c:
+        assert c.execute(text("SELECT current_database(), current_user")).one() == (
+            "initech",
+            strict_role(settings, "initech", tenant),
+        )
+        c.execute(text("INSERT INTO authors (first_name) VALUES ('strict after the move')"))
+
+
+@pytest.mark.parametrize(("mode", "step"), [("block", "copied"), ("online", "verified")])
+def test_abort_gives_the_strict_role_back_its_writes(strict_tenant, settings, mode, step):
+    tenant = strict_tenant
+    before = strict_grants(settings, "bluth_co", tenant)
+    with pytest.raises(mv.MoveStopped):
+        mv.move_tenant(settings, tenant, "cyberdyne", mode=mode, after_step=stop_after(step))
+    assert not strict_can_write(settings, "bluth_co", tenant)
+    mv.move_tenant(settings, tenant, abort=True)
+    assert strict_grants(settings, "bluth_co", tenant) == before
+    assert strict_can_write(settings, "bluth_co", tenant)
+    assert strict_grants(settings, "cyberdyne", tenant) is None
+
+
+def test_a_strict_tenant_needs_the_superusers_to_move(strict_tenant, settings, topology):
+    plain = without_superusers(topology)
+    needs = r"strict isolation: .*set PPP_SHARD_BLUTH_CO_SUPERUSER_PASSWORD"
+    with pytest.raises(PPPError, match=needs) as info:
+        mv.move_tenant(plain, strict_tenant, "initech", mode="block")
+    assert_one_sentence(str(info.value))
+    assert catalog(settings, strict_tenant) == (("bluth_co", "active"), None)
+    assert strict_can_write(settings, "bluth_co", strict_tenant)
+    assert strict_grants(settings, "initech", strict_tenant) is None

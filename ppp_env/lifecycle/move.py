@@ -33,9 +33,13 @@ Rerunning the same move (same tenant and target) after a crash or a kill resumes
 done starts over: the target's copy is dropped and made again); from ``switched`` on it only
 finishes. Until the switch the tenant is wholly on its source (the veneer reads it there; the
 target is closed to the app role); from the block on the source refuses writes, so the tenant
-is never writable in two places. ``move_tenant(..., abort=True)`` takes an unfinished move back
-before the switch: target copy dropped, source writable again. A failed verification does that
-by itself. After the switch, moving back is another move (``--to <old shard>``).
+is never writable in two places. A tenant in strict isolation (its own login role, see
+:mod:`ppp_env.routing.isolation`) keeps it: its role's writes are blocked with the app
+role's, the role is created on the target with the same grants just before the switch and
+dropped on the source at ``retired`` (each shard's superuser does it).
+``move_tenant(..., abort=True)`` takes an unfinished move back before the switch: target copy
+dropped, source writable again. A failed verification does that by itself. After the switch,
+moving back is another move (``--to <old shard>``).
 
 Who runs what: pg_dump (source) and psql (target) run where :mod:`ppp_env.servers.clients`
 says, in the server's container or as local programs at least as new as the server, checked
@@ -73,9 +77,11 @@ from ppp_env.lifecycle.mover import (
     Mover,
     MoveReport,
     MoveStopped,
+    check_superusers,
     replication_name,
     steps_of,
 )
+from ppp_env.routing import isolation
 from ppp_env.servers.clients import Client, client_for, major, server_version, show
 from ppp_env.settings import Instance, Settings
 from ppp_env.veneer.catalog import Move
@@ -156,6 +162,8 @@ def _check_new(
     ):
         scur, dcur = a.cursor(), b.cursor()
         _check_source(scur, schema, source, mode)
+        if isolation.existing_role(scur, src, schema):
+            check_superusers(schema, src, dst)
         if shard.schema_exists(dcur, schema):
             raise PPPError(
                 f"shard {target!r} already has a schema {schema!r} (not this tenant's: the "

@@ -117,15 +117,22 @@ def _qualified(schema: str, name: str) -> str:
 
 
 # -- writes: blocked on the source during the copy, closed on the target until the switch -------
-def block_writes(cur: Any, schema: str, app_role: str, lock_timeout: float) -> None:
-    """Take INSERT/UPDATE/DELETE/TRUNCATE from the app role on every table of the schema, then
-    wait for the transactions that may still write (they hold their table locks until they
-    end): afterwards nothing writes there. The revoke is persistent, so a killed mover leaves
-    the tenant read-only, never writable in two places."""
+def _roles(app_role: str, also: Sequence[str]) -> str:
+    return ", ".join(quote_ident(r) for r in (app_role, *also))
+
+
+def block_writes(
+    cur: Any, schema: str, app_role: str, lock_timeout: float, *, also: Sequence[str] = ()
+) -> None:
+    """Take INSERT/UPDATE/DELETE/TRUNCATE from the app role (and the roles ``also``: the
+    tenant's own role in strict isolation) on every table of the schema, then wait for the
+    transactions that may still write (they hold their table locks until they end):
+    afterwards nothing writes there. The revoke is persistent, so a killed mover leaves the
+    tenant read-only, never writable in two places."""
     q = quote_ident(schema)
     cur.execute(
         f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {q} "
-        f"FROM {quote_ident(app_role)}"
+        f"FROM {_roles(app_role, also)}"
     )
     names = tables(cur, schema)
     if not names:
@@ -144,15 +151,15 @@ def block_writes(cur: Any, schema: str, app_role: str, lock_timeout: float) -> N
         ) from None
 
 
-def open_writes(cur: Any, schema: str, app_role: str) -> None:
-    """Give the app role back DML on every table of the schema (what ``ppp init``'s default
-    privileges give), except the Alembic version table; sync the shard's version index."""
-    q = quote_ident(schema)
+def open_writes(cur: Any, schema: str, app_role: str, *, also: Sequence[str] = ()) -> None:
+    """Give the app role (and the roles ``also``) back DML on every table of the schema (what
+    ``ppp init``'s default privileges and strict isolation give), except the Alembic version
+    table; sync the shard's version index."""
+    q, who = quote_ident(schema), _roles(app_role, also)
     cur.execute(
-        f"GRANT USAGE ON SCHEMA {q} TO {quote_ident(app_role)}; "
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} "
-        f"TO {quote_ident(app_role)}; "
-        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {q} TO {quote_ident(app_role)}"
+        f"GRANT USAGE ON SCHEMA {q} TO {who}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {q} TO {who}; "
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {q} TO {who}"
     )
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{q}.{VERSION_TABLE}",))
     if cur.fetchone()[0]:

@@ -24,6 +24,7 @@ from sqlalchemy import text
 from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.lifecycle import move_shard as shard
+from ppp_env.routing import isolation
 from ppp_env.servers.clients import Client, client_for, server_version
 from ppp_env.settings import Instance, Role, Settings
 from ppp_env.veneer.catalog import Move, admin_connection
@@ -89,6 +90,18 @@ def replication_name(schema: str) -> str:
     return f"ppp_move_{schema[:45]}_{digest}"
 
 
+def check_superusers(schema: str, source: Instance, target: Instance) -> None:
+    """A tenant in strict isolation keeps it through a move: its role is created on the
+    target and dropped on the source, as each shard's superuser."""
+    for inst in (source, target):
+        if not inst.superuser_password:
+            raise PPPError(
+                f"tenant {schema!r} is in strict isolation: moving it creates its role on the "
+                f"target and drops it on the source as each shard's superuser; set "
+                f"{inst.env_prefix}SUPERUSER_PASSWORD ({inst.label})"
+            )
+
+
 def _never(_step: str) -> None:
     """The default after-step hook: nothing."""
 
@@ -120,6 +133,7 @@ class Mover:
         self._roles: dict[str, Role] = {}
         self._clients = clients
         self._blocked_at: float | None = None
+        self._strict: tuple[str, list[str]] | bool | None = False  # False: not read yet
 
     # -- connections ------------------------------------------------------------------------
     def conn(self, which: str, role: Role = "admin") -> Any:
@@ -165,6 +179,33 @@ class Mover:
 
     def close(self) -> None:
         self.stack.close()
+
+    # -- strict isolation -------------------------------------------------------------------
+    def strict(self) -> tuple[str, list[str]] | None:
+        """The tenant's own login role on the source and the shared schemas granted to it,
+        when the tenant is in strict isolation (None: it is not, or its role is gone with
+        the source copy)."""
+        if self._strict is False:
+            cur = self.cur("source")
+            role = isolation.existing_role(cur, self.source, self.schema)
+            self._strict = (
+                None
+                if role is None
+                else (role, isolation.shared_schemas_of(cur, role, self.schema))
+            )
+        assert self._strict is not True
+        return self._strict
+
+    def source_roles(self) -> tuple[str, ...]:
+        """Who writes the tenant on the source besides the app role: its own role if strict."""
+        strict = self.strict()
+        return () if strict is None else (strict[0],)
+
+    def check_strict(self) -> None:
+        """A tenant in strict isolation keeps it: its role is created on the target and
+        dropped on the source, as each shard's superuser."""
+        if self.strict() is not None:
+            check_superusers(self.schema, self.source, self.target)
 
     # -- the record -------------------------------------------------------------------------
     def record(self, step: str) -> None:
@@ -265,6 +306,8 @@ class Mover:
         if self.move.mode == "online" and "subscribed" in todo:
             self.role("source")
             self.role("target")
+        if "switched" in todo:
+            self.check_strict()
 
     def run(self) -> None:
         """The steps left, each recorded once done (the switch records itself, in the
@@ -296,7 +339,11 @@ class Mover:
     def _blocked(self) -> None:
         self._blocked_at = time.monotonic()
         shard.block_writes(
-            self.cur("source"), self.schema, self.source.app_role, self.settings.lock_timeout
+            self.cur("source"),
+            self.schema,
+            self.source.app_role,
+            self.settings.lock_timeout,
+            also=self.source_roles(),
         )
 
     def _copied(self) -> None:
@@ -316,6 +363,11 @@ class Mover:
 
     def _switched(self) -> None:
         shard.open_writes(self.cur("target"), self.schema, self.target.app_role)
+        strict = self.strict()
+        if strict is not None:  # the same role and grants on the target, before the switch
+            isolation.enable(
+                self.settings, self.schema, shared_schemas=strict[1], shard=self.move.target
+            )
         self.switch()
         if self._blocked_at is not None:
             self.report.blocked_seconds = time.monotonic() - self._blocked_at
@@ -329,6 +381,9 @@ class Mover:
             self.move.target,
             self.source.app_role,
         )
+        # Strict isolation: the tenant's role goes with the source copy (its sessions too).
+        if isolation.existing_role(self.cur("source"), self.source, self.schema):
+            isolation.disable(self.settings, self.schema, shard=self.move.source)
 
     def verify(self, *, counts_only: bool, begun: bool = False, pair: Any = None) -> None:
         a, b = pair or (self.conn("source"), self.conn("target"))
@@ -357,13 +412,19 @@ class Mover:
         self.stack.callback(b.close)
         src = self.cur("source")
         try:
-            shard.block_writes(src, self.schema, self.source.app_role, self.settings.lock_timeout)
+            shard.block_writes(
+                src,
+                self.schema,
+                self.source.app_role,
+                self.settings.lock_timeout,
+                also=self.source_roles(),
+            )
             token = shard.mark(src, self.name)
             shard.snapshot(a)
             shard.wait_mark(self.cur("target"), self.name, token, CATCH_UP_TIMEOUT)
             shard.snapshot(b)
         finally:
-            shard.open_writes(src, self.schema, self.source.app_role)
+            shard.open_writes(src, self.schema, self.source.app_role, also=self.source_roles())
         self.verify(counts_only=False, begun=True, pair=(a, b))
 
     def subscribed(self) -> bool:
@@ -413,6 +474,8 @@ class Mover:
             )
         try:
             self.reset_target()
+            if isolation.existing_role(self.cur("target"), self.target, self.schema):
+                isolation.disable(self.settings, self.schema, shard=self.move.target)
         except (PPPError, psycopg2.Error) as exc:
             # The target is gone: the tenant still goes back to its source. What is left
             # there (the copy, a subscription) is named for the operator.
@@ -426,7 +489,9 @@ class Mover:
                 + (f" and subscription {self.name}" if self.move.mode == "online" else "")
                 + " there"
             )
-        shard.open_writes(self.cur("source"), self.schema, self.source.app_role)
+        shard.open_writes(
+            self.cur("source"), self.schema, self.source.app_role, also=self.source_roles()
+        )
         cur = self.vconn.cursor()
         cur.execute(
             "BEGIN; UPDATE ppp.tenants SET state = 'active', updated_at = now() "

@@ -18,9 +18,11 @@ What this enforces: a session of tenant A cannot read, write or ``SET ROLE`` int
 B's objects, whatever SQL it sends. What it does not: anyone holding the application's
 settings can derive every tenant's password (the application serves all tenants); catalog
 metadata (other schemas' and tables' names) stays visible, as to every PostgreSQL role;
-roles are per server, not per database (hence the database name in the role's name), and
-a tenant moved to another shard needs :func:`enable` there again. Each tenant gets its own
-pool: a shard with N tenants in use may hold N x pool_size connections (max_connections).
+roles are per server, not per database (hence the database name in the role's name). A
+move keeps it: ``ppp tenant move`` creates the role on the target with the same grants
+(:func:`existing_role`, :func:`shared_schemas_of`) before the switch, and drops it on the
+source with the source copy. Each tenant gets its own pool: a shard with N tenants in use
+may hold N x pool_size connections (max_connections).
 """
 
 from __future__ import annotations
@@ -50,6 +52,25 @@ def role_password(inst: Instance, role: str) -> str:
     """The tenant role's password, derived from the shard's app password."""
     key = inst.app_password.encode()
     return hmac.new(key, f"ppp-tenant-role:{role}".encode(), hashlib.sha256).hexdigest()
+
+
+def existing_role(cur: Any, inst: Instance, tenant: str) -> str | None:
+    """The tenant's login role on ``inst``'s server if it exists (strict isolation is on)."""
+    role = role_name(inst, tenant)
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    return role if cur.fetchone() is not None else None
+
+
+def shared_schemas_of(cur: Any, role: str, tenant: str) -> list[str]:
+    """The schemas besides the tenant's that :func:`enable` granted ``role`` (USAGE), in the
+    database of ``cur``: what to grant it again elsewhere."""
+    cur.execute(
+        "SELECT n.nspname FROM pg_namespace n, aclexplode(n.nspacl) a "
+        "WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s) "
+        "AND a.privilege_type = 'USAGE' AND n.nspname <> %s ORDER BY 1",
+        (role, tenant),
+    )
+    return [r[0] for r in cur.fetchall()]
 
 
 def _shard_of(settings: Settings, tenant: str, shard: str | None) -> Instance:
