@@ -329,21 +329,47 @@ class Measured:
     direct: dict[str, list[float]]
 
 
-def measure_way(settings: Settings, placed: dict[str, str], args: argparse.Namespace) -> Measured:
-    paths = Paths(settings, placed, args.rows)
+def measure_way(
+    settings: Settings, placed: dict[str, str], args: argparse.Namespace, way: Way, out: Measured
+) -> None:
+    """One run of every shape in this way of the servers (the first also reads the plans
+    and checks the rows), added to ``out``."""
+    set_costs(settings, way.startup, way.per_row)
+    paths = Paths(settings, placed, args.rows, way.session)
     try:
-        out = Measured({}, {}, {})
-        for shape in SHAPES:
-            out.pushed[shape.name] = paths.plan(shape)
-            same_rows(shape, paths)  # also opens the shard connections once
-        for _ in range(args.repeat):
+        if not out.pushed:
             for shape in SHAPES:
-                n = args.points if "%(id)s" in shape.sql else args.loops
-                out.veneer.setdefault(shape.name, []).append(per_query(paths.veneer_path(shape), n))
-                out.direct.setdefault(shape.name, []).append(per_query(paths.direct_path(shape), n))
-        return out
+                out.pushed[shape.name] = paths.plan(shape)
+                same_rows(shape, paths)  # also opens the shard connections once
+        for shape in SHAPES:
+            n = args.points if "%(id)s" in shape.sql else args.loops
+            out.veneer.setdefault(shape.name, []).append(per_query(paths.veneer_path(shape), n))
+            out.direct.setdefault(shape.name, []).append(per_query(paths.direct_path(shape), n))
     finally:
         paths.close()
+
+
+def measure(
+    settings: Settings, placed: dict[str, str], args: argparse.Namespace
+) -> dict[str, Measured]:
+    """Every way, --repeat runs; the ways without statistics first, their runs interleaved
+    (so each run compares them under the same load), then ANALYZE and the others."""
+    results = {name: Measured({}, {}, {}) for name in WAYS}
+    for analyzed in (False, True):
+        if analyzed:
+            tenant = next(iter(placed))
+            seconds = analyze(settings, tenant)
+            print(
+                f"ANALYZE of {tenant}'s {len(TABLES)} foreign tables in the veneer: "
+                f"{seconds:.2f} s ({7 * args.rows + 1000} rows on the shard)"
+            )
+        for run in range(args.repeat):
+            for name, way in WAYS.items():
+                if way.analyzed == analyzed:
+                    measure_way(settings, placed, args, way, results[name])
+                    print(f"run {run + 1}: {name}", file=sys.stderr, flush=True)
+    set_costs(settings, "", "")
+    return results
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -390,6 +416,11 @@ def show_ways(results: dict[str, Measured]) -> None:
 
 
 def show_runs(results: dict[str, Measured]) -> None:
+    ppp, before = results["PPP"].veneer["point lookup"], results["before"].veneer["point lookup"]
+    print(
+        "point lookups through the veneer, PPP's costs / before (same runs, interleaved): "
+        f"{median_ratio(ppp, before):.2f} x"
+    )
     print("every run (veneer ms; ratio to direct):")
     for way, got in results.items():
         for shape in SHAPES:
@@ -425,20 +456,7 @@ def main() -> None:
             f"{2 * args.rows} orders, {4 * args.rows} order items, 1000 products; shapes on "
             f"{tenant}; {os.cpu_count()} cores, shared and noisy: read ratios within a run"
         )
-        results: dict[str, Measured] = {}
-        analyzed = False
-        for name, way in WAYS.items():
-            if way.analyzed and not analyzed:
-                seconds = analyze(settings, tenant)
-                analyzed = True
-                print(
-                    f"ANALYZE of {tenant}'s {len(TABLES)} foreign tables in the veneer: "
-                    f"{seconds:.2f} s ({7 * args.rows + 1000} rows on the shard)"
-                )
-            set_costs(settings, way.startup, way.per_row)
-            results[name] = measure_way(settings, placed, args, way)
-            print(f"measured: {name}", file=sys.stderr, flush=True)
-        set_costs(settings, "", "")
+        results = measure(settings, placed, args)
         ok = show_main(results["PPP"], args.repeat)
         show_ways(results)
         show_runs(results)
