@@ -79,12 +79,12 @@ CANDIDATES: dict[str, dict[str, str | None]] = {
         "use_remote_estimate": "true",
         **NO_COSTS,
     },
-    "PPP: fetch_size 1000, async, costs 10000/0.2": {
+    "PPP: fetch_size 1000, async, costs 50000/10": {
         "fetch_size": "1000",
         "async_capable": "true",
         "use_remote_estimate": None,
-        "fdw_startup_cost": "10000",
-        "fdw_tuple_cost": "0.2",
+        "fdw_startup_cost": "50000",
+        "fdw_tuple_cost": "10",
     },
 }
 #: PPP's veneer database settings (wiring.DATABASE_SETTINGS) undone, for the candidates

@@ -13,7 +13,7 @@ rows are checked equal on both paths; the UPDATE runs in a transaction rolled ba
 
 The foreign servers are measured in four ways, in the same run:
 
-  PPP                 PPP's options (PPP_FDW_STARTUP_COST, PPP_FDW_TUPLE_COST: 10000, 0.2)
+  PPP                 PPP's options (PPP_FDW_STARTUP_COST, PPP_FDW_TUPLE_COST: 50000, 10)
                       and veneer database settings (enable_nestloop and jit off)
   before              postgres_fdw's costs (fdw_startup_cost 100, fdw_tuple_cost 0.01),
                       enable_nestloop and jit on: the veneer before PPP set them

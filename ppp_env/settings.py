@@ -125,8 +125,8 @@ class Settings:
     #: postgres_fdw's fdw_startup_cost and fdw_tuple_cost on the veneer's foreign servers:
     #: what the planner charges per remote query and per row fetched (high enough that one
     #: remote query doing a tenant's join, grouping and sort is the cheaper plan).
-    fdw_startup_cost: float = 10000.0
-    fdw_tuple_cost: float = 0.2
+    fdw_startup_cost: float = 50000.0
+    fdw_tuple_cost: float = 10.0
     connect_timeout: int = 5
     source: str = ""
 
@@ -391,10 +391,10 @@ def load_settings(
             "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
         ),
         fdw_startup_cost=r.number(
-            "PPP_FDW_STARTUP_COST", "a planner cost of 0 or more (fdw_startup_cost)", 10000.0
+            "PPP_FDW_STARTUP_COST", "a planner cost of 0 or more (fdw_startup_cost)", 50000.0
         ),
         fdw_tuple_cost=r.number(
-            "PPP_FDW_TUPLE_COST", "a planner cost of 0 or more (fdw_tuple_cost)", 0.2
+            "PPP_FDW_TUPLE_COST", "a planner cost of 0 or more (fdw_tuple_cost)", 10.0
         ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
         source=(

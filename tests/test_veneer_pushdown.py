@@ -82,6 +82,22 @@ SHIPPED = {
         "ON c.id = o.customer_id WHERE o.status = 'open' ORDER BY o.placed_at DESC LIMIT 20",
         ["JOIN", "ORDER BY", "LIMIT"],
     ),
+    "join of 3 whole tables, GROUP BY, ORDER BY + LIMIT": (
+        "SELECT p.name, sum(i.quantity * p.price) FROM {t}.orders o JOIN {t}.order_items i "
+        "ON i.order_id = o.id JOIN {t}.products p ON p.id = i.product_id "
+        "GROUP BY p.name ORDER BY 2 DESC, 1 LIMIT 10",
+        ["JOIN", "GROUP BY", "ORDER BY", "LIMIT"],
+    ),
+    "left join with HAVING": (
+        "SELECT c.id, count(o.id) FROM {t}.customers c LEFT JOIN {t}.orders o "
+        "ON o.customer_id = c.id WHERE c.country = 'de' GROUP BY c.id HAVING count(o.id) > 2",
+        ["LEFT JOIN", "GROUP BY", "HAVING"],
+    ),
+    "ORDER BY + LIMIT + OFFSET": (
+        "SELECT id, total FROM {t}.orders WHERE status = 'paid' ORDER BY total DESC, id "
+        "LIMIT 5 OFFSET 10",
+        ["ORDER BY", "LIMIT", "OFFSET"],
+    ),
     "aggregate of one table": (
         "SELECT status, count(*), max(total) FROM {t}.orders GROUP BY status",
         ["GROUP BY"],
@@ -162,7 +178,7 @@ def test_a_tenants_query_runs_as_one_remote_query(
         veneer_side.close()
 
 
-def test_an_update_with_a_join_runs_on_the_shard(settings: Settings, tenant: str) -> None:
+def test_an_update_or_delete_with_a_join_runs_on_the_shard(settings: Settings, tenant: str) -> None:
     t = quote_ident(tenant)
     got = plan(
         settings,
@@ -171,6 +187,12 @@ def test_an_update_with_a_join_runs_on_the_shard(settings: Settings, tenant: str
     )
     assert got.fully and got.top == "ModifyTable", got
     assert got.remote_sql[0].startswith(f"UPDATE {tenant}.orders"), got.remote_sql
+    got = plan(
+        settings,
+        f"DELETE FROM {t}.order_items i USING {t}.orders o "
+        "WHERE o.id = i.order_id AND o.customer_id = 3",
+    )
+    assert got.fully and got.remote_sql[0].startswith(f"DELETE FROM {tenant}.order_items")
     # An UPDATE whose condition cannot run remotely fetches rows and updates them one by one:
     # not pushed down (what pushdown.read tells apart).
     got = plan(settings, f"UPDATE {t}.orders SET status = 'x' WHERE id = (random() * 9)::int")
@@ -211,7 +233,7 @@ def test_the_veneer_upgrade_sets_the_costs_on_servers_made_before(
     """A veneer wired before the cost options gets them from `alembic -n veneer upgrade
     head`; without them the grouped join runs in the veneer on every fetched row."""
     sql = SHIPPED["join with GROUP BY and aggregates"][0].format(t=quote_ident(tenant))
-    assert costs(settings) == {("10000", "0.2")}
+    assert costs(settings) == {("50000", "10")}
     try:
         with catalog.admin_connection(settings) as conn:
             for shard in settings.shards:
@@ -222,7 +244,7 @@ def test_the_veneer_upgrade_sets_the_costs_on_servers_made_before(
         before = plan(settings, sql)
         assert not before.fully and len(before.remote_sql) == 2, before
         command.upgrade(alembic_config(settings), "head")
-        assert costs(settings) == {("10000", "0.2")}
+        assert costs(settings) == {("50000", "10")}
         assert plan(settings, sql).fully
     finally:
         with catalog.admin_connection(settings) as conn:
@@ -242,7 +264,7 @@ def test_the_costs_are_settings(topology: Any, settings: Settings) -> None:
     finally:
         with catalog.admin_connection(settings) as conn:
             wiring.reconcile(conn, settings, remove=False)
-    assert costs(settings) == {("10000", "0.2")}
+    assert costs(settings) == {("50000", "10")}
 
 
 @pytest.mark.parametrize(
@@ -258,7 +280,7 @@ def test_a_bad_cost_is_a_clear_error(
     assert str(err.value) == (
         f"{var}={value!r} is not valid: expected a planner cost of 0 or more ({option})"
     )
-    assert costs(settings) == {("10000", "0.2")}  # nothing changed
+    assert costs(settings) == {("50000", "10")}  # nothing changed
 
 
 def test_joins_the_shard_cannot_do_are_hash_joins(settings: Settings, tenant: str) -> None:

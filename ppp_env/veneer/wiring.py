@@ -52,15 +52,15 @@ def lock(conn: Connection) -> None:
 
 # -- foreign servers and user mappings ----------------------------------------------------------
 def _cost(value: float) -> str:
-    """A planner cost as postgres_fdw's option text (10000, 0.2)."""
+    """A planner cost as postgres_fdw's option text (50000, 10, 0.5)."""
     return format(value, "g")
 
 
 def server_options(
     inst: Instance,
     remote_estimate: bool = False,
-    startup_cost: float = 10000.0,
-    tuple_cost: float = 0.2,
+    startup_cost: float = 50000.0,
+    tuple_cost: float = 10.0,
 ) -> dict[str, str]:
     """The postgres_fdw options PPP manages on a shard's foreign server (every veneer upgrade
     restores them). Chosen by measurement: ``fetch_size`` 1000 (``benchmarks/fdw_options.py``:
@@ -72,14 +72,18 @@ def server_options(
     without). ``extensions`` is not set: no extension is shared by the veneer and the shards
     whose functions queries would push down.
 
-    ``fdw_startup_cost`` (``PPP_FDW_STARTUP_COST``, default 10000) and ``fdw_tuple_cost``
-    (``PPP_FDW_TUPLE_COST``, default 0.2, PostgreSQL 17's own default): without remote
-    estimates postgres_fdw prices a remote join as a nested loop over the cross product of
-    its tables' local estimates, so with its defaults (100 and 0.01) fetching every table
-    and joining in the veneer looked cheaper; a remote query that costs more than that
-    cross product makes one remote query doing the join, grouping and sort the cheaper
-    plan (``benchmarks/veneer_queries.py``; local statistics from ANALYZE make it worse: the
-    cross product becomes the tables' true sizes)."""
+    ``fdw_startup_cost`` 50000 and ``fdw_tuple_cost`` 10 (``PPP_FDW_STARTUP_COST``,
+    ``PPP_FDW_TUPLE_COST``): PPP never analyzes foreign tables, and without remote estimates
+    postgres_fdw prices a remote join as a nested loop over the cross product of its
+    tables' guessed sizes, so with its own costs (100 and 0.01) fetching every table and
+    joining, grouping and sorting in the veneer looked cheaper. What a veneer query costs is
+    the rows it fetches: charged 10 each, the remote query that returns fewer rows wins by
+    more than the planner's 1 % tolerance, and 50000 per remote query covers the cross
+    product of three tables. ``benchmarks/veneer_queries.py`` ships every shape postgres_fdw
+    can ship; any startup cost from 20000 to 100000 ships the same with 10 per row (below,
+    a join of three whole tables stays in the veneer; above, small groupings do, their
+    savings within the tolerance), and 0.2 per row (PostgreSQL 17's default) left grouped
+    joins in the veneer."""
     return {
         "host": inst.fdw_host,
         "port": str(inst.fdw_port),
@@ -241,13 +245,12 @@ def _reconcile_servers(
 
 
 #: Settings PPP gives the veneer database (new sessions get them; a role's or a session's own
-#: setting wins). The veneer plans without statistics on foreign tables (PPP never ANALYZEs
-#: them), so its row counts are guesses, and with ``fdw_startup_cost`` 10,000 the costs of
-#: its own joins differ by less than the planner's 1 % tolerance: ``enable_nestloop`` off,
-#: so a join the shard cannot do is a hash join (linear in the rows that arrive) rather than
-#: a nested loop over a guess (an EXISTS took 25x longer); ``jit`` off, as a query over 50
-#: tenants is "costly" enough for JIT compilation that takes longer than the query, while the
-#: veneer evaluates little itself.
+#: setting wins). The veneer plans with guessed row counts (PPP never analyzes foreign
+#: tables): ``enable_nestloop`` off, so a join the shard cannot do is a hash join, linear in
+#: the rows that arrive, rather than a nested loop over a guess (an EXISTS compared 4.5
+#: million pairs, 25x slower); ``jit`` off, as with 10 per row fetched a query fetching 10,000
+#: rows is costly enough for JIT compilation, which takes longer than the little the veneer
+#: evaluates itself.
 DATABASE_SETTINGS = {"enable_nestloop": "off", "jit": "off"}
 
 
