@@ -11,10 +11,11 @@ as ``veneer_app`` and the same SQL's time on the tenant's shard as its app role 
 each tenant's part on its own shard, one after the other), and their ratio. Every SELECT's
 rows are checked equal on both paths; the UPDATE runs in a transaction rolled back.
 
-The foreign servers are measured in four ways, in the same run:
+The foreign servers are measured in five ways, in the same run:
 
   PPP                 PPP's options (PPP_FDW_STARTUP_COST, PPP_FDW_TUPLE_COST: 50000, 10)
                       and veneer database settings (enable_nestloop and jit off)
+  PPP's costs, nestloop + jit on    PPP's costs without its database settings
   before              postgres_fdw's costs (fdw_startup_cost 100, fdw_tuple_cost 0.01),
                       enable_nestloop and jit on: the veneer before PPP set them
   before + ANALYZE    those, with local statistics: ANALYZE of the tenant's foreign tables
@@ -23,8 +24,8 @@ The foreign servers are measured in four ways, in the same run:
 
 Target: every shape postgres_fdw can ship is pushed down fully with PPP's options, and none
 is slower than 2 x direct except those it cannot ship and those under 10 ms on the shard,
-whose time is mostly the veneer's fixed cost per query (its round trips to the shard; the
-point lookup shows it) (docs/veneer.md says why). Medians of
+whose time is mostly the veneer's fixed cost per query: its round trips to the shard, which
+the point lookup shows (docs/veneer.md says why). Medians of
 --repeat runs (each the mean of --loops executions; point lookups: --points of them).
 
 With --grid it only reads plans: which shapes postgres_fdw can ship (these ten and eight
@@ -212,6 +213,7 @@ class Way:
 BEFORE = "SET enable_nestloop = on; SET jit = on"
 WAYS = {
     "PPP": Way("", "", False),
+    "PPP's costs, nestloop + jit on": Way("", "", False, BEFORE),
     "before": Way(None, None, False, BEFORE),
     "before + ANALYZE": Way(None, None, True, BEFORE),
     "PPP + ANALYZE": Way("", "", True),
@@ -444,14 +446,15 @@ def show_main(got: Measured, repeat: int) -> bool:
 
 def show_ways(results: dict[str, Measured]) -> None:
     print("\nthe same shapes, the servers' other ways: pushed down fully / veneer ms (x direct)")
-    print(f"{'shape':30}" + "".join(f"{w:>26}" for w in results))
+    width = 2 + max(26, *(len(w) for w in results))
+    print(f"{'shape':30}" + "".join(f"{w:>{width}}" for w in results))
     for shape in SHAPES:
         cells = []
         for got in results.values():
             ratio = median_ratio(got.veneer[shape.name], got.direct[shape.name])
             fully = "yes" if got.pushed[shape.name].fully else "no"
             cells.append(f"{fully} {median(got.veneer[shape.name]):.1f} ({ratio:.1f}x)")
-        print(f"{shape.name:30}" + "".join(f"{c:>26}" for c in cells))
+        print(f"{shape.name:30}" + "".join(f"{c:>{width}}" for c in cells))
 
 
 def show_runs(results: dict[str, Measured]) -> None:
