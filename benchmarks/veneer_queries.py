@@ -26,13 +26,17 @@ Target: every shape postgres_fdw can ship is pushed down fully with PPP's option
 is slower than 2 x direct except those it cannot ship and those under 10 ms on the shard,
 whose time is mostly the veneer's fixed cost per query: its round trips to the shard, which
 the point lookup shows (docs/veneer.md says why). Medians of
---repeat runs (each the mean of --loops executions; point lookups: --points of them).
+--repeat runs (each the mean of --loops executions; point lookups: --points of them). First,
+--pairs times in turn, --points lookups in PPP's way and in the way before (each on a new
+connection, warmed): the point lookup's cost of PPP's settings, measured pair by pair.
 
-With --grid it only reads plans: which shapes postgres_fdw can ship (these ten and eight
-more) are pushed down fully, for each pair of fdw_startup_cost and fdw_tuple_cost of a grid.
+With --grid it only reads plans: which shapes postgres_fdw can ship (six of these ten and
+eight more) are pushed down fully, for each pair of fdw_startup_cost and fdw_tuple_cost of a
+grid.
 
 Usage: python benchmarks/veneer_queries.py [--rows 100000] [--repeat 3] [--loops 3]
-                                           [--points 300] [--grid] [--workdir DIR]
+                                           [--points 300] [--pairs 15] [--grid]
+                                           [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -402,6 +406,28 @@ def measure(
     return results
 
 
+def point_pairs(
+    settings: Settings, placed: dict[str, str], args: argparse.Namespace
+) -> tuple[list[float], list[float]]:
+    """Point lookups through the veneer, PPP's way and the way before in turn, --pairs
+    times (each a new connection, warmed by one lookup): ms per lookup."""
+    shape = SHAPES[0]
+    out: dict[str, list[float]] = {"PPP": [], "before": []}
+    for _ in range(args.pairs):
+        for name in out:
+            way = WAYS[name]
+            set_costs(settings, way.startup, way.per_row)
+            paths = Paths(settings, placed, args.rows, way.session)
+            try:
+                lookup = paths.veneer_path(shape)
+                lookup()
+                out[name].append(per_query(lookup, args.points))
+            finally:
+                paths.close()
+    set_costs(settings, "", "")
+    return out["PPP"], out["before"]
+
+
 # -- output --------------------------------------------------------------------------------------
 def yes(plan: pushdown.RemotePlan) -> str:
     return "yes" if plan.fully else f"no ({len(plan.remote_sql)} remote)"
@@ -458,11 +484,6 @@ def show_ways(results: dict[str, Measured]) -> None:
 
 
 def show_runs(results: dict[str, Measured]) -> None:
-    ppp, before = results["PPP"].veneer["point lookup"], results["before"].veneer["point lookup"]
-    print(
-        "point lookups through the veneer, PPP's costs / before (same runs, interleaved): "
-        f"{median_ratio(ppp, before):.2f} x"
-    )
     print("every run (veneer ms; ratio to direct):")
     for way, got in results.items():
         for shape in SHAPES:
@@ -512,6 +533,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--loops", type=int, default=3)
     parser.add_argument("--points", type=int, default=300)
+    parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
         "--grid", action="store_true", help="only the plans, for a grid of the two costs"
@@ -533,9 +555,15 @@ def main() -> None:
         if args.grid:
             grid(settings, placed)
             return
+        pairs = point_pairs(settings, placed, args)
         results = measure(settings, placed, args)
         ok = show_main(results["PPP"], args.repeat)
         show_ways(results)
+        print(
+            f"\npoint lookups through the veneer, PPP's way / before, {args.pairs} pairs in turn: "
+            f"{median_ratio(*pairs):.2f} x ({median(pairs[0]):.3f} ms, {median(pairs[1]):.3f} "
+            f"ms; per pair: {every(per_run_ratios(*pairs))})"
+        )
         show_runs(results)
         show_remote_sql(results["PPP"])
     sys.exit(0 if ok else 1)
