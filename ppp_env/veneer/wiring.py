@@ -247,10 +247,9 @@ def _reconcile_servers(
 #: Settings PPP gives the veneer database (new sessions get them; a role's or a session's own
 #: setting wins). The veneer plans with guessed row counts (PPP never analyzes foreign
 #: tables): ``enable_nestloop`` off, so a join the shard cannot do is a hash join, linear in
-#: the rows that arrive, rather than a nested loop over a guess (an EXISTS compared 4.5
-#: million pairs, 25x slower); ``jit`` off, as with 10 per row fetched a query fetching 10,000
-#: rows is costly enough for JIT compilation, which takes longer than the little the veneer
-#: evaluates itself.
+#: the rows that arrive, rather than a nested loop over a guess (an EXISTS took 10x as long);
+#: ``jit`` off, as with 10 per row fetched a query of 10,000 rows is costly enough for JIT
+#: compilation, which takes longer than the little the veneer evaluates itself.
 DATABASE_SETTINGS = {"enable_nestloop": "off", "jit": "off"}
 
 
