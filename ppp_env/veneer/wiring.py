@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.settings import Instance, Settings
+from ppp_env.settings import FDW_STARTUP_COST, FDW_TUPLE_COST, Instance, Settings
 from ppp_env.veneer import catalog
 
 log = logging.getLogger("ppp.veneer")
@@ -59,8 +59,8 @@ def _cost(value: float) -> str:
 def server_options(
     inst: Instance,
     remote_estimate: bool = False,
-    startup_cost: float = 50000.0,
-    tuple_cost: float = 10.0,
+    startup_cost: float = FDW_STARTUP_COST,
+    tuple_cost: float = FDW_TUPLE_COST,
 ) -> dict[str, str]:
     """The postgres_fdw options PPP manages on a shard's foreign server (every veneer upgrade
     restores them). Chosen by measurement: ``fetch_size`` 1000 (``benchmarks/fdw_options.py``:
