@@ -299,6 +299,12 @@ def test_joins_the_shard_cannot_do_are_hash_joins(settings: Settings, tenant: st
                 assert "Nested Loop" not in text and "Hash" in text, text
     finally:
         conn.close()
+    # PPP's own sessions (refresh, migrations) keep PostgreSQL's planner defaults.
+    with catalog.admin_connection(settings) as admin:
+        got = admin.exec_driver_sql(
+            "SELECT current_setting('enable_nestloop'), current_setting('jit')"
+        ).one()
+        assert tuple(got) == ("on", "on")
 
 
 def test_the_veneer_upgrade_restores_the_database_settings(settings: Settings) -> None:
