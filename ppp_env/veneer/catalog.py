@@ -84,7 +84,7 @@ class Shard:
 
 #: PPP's own sessions in the veneer keep PostgreSQL's planner defaults: the veneer database's
 #: settings for queries through it (``wiring.DATABASE_SETTINGS``: nested loops and JIT off)
-#: made a refresh with nothing to do 1.6x slower (its catalog queries).
+#: slowed the refresh's catalog queries.
 ADMIN_SESSION = "SET enable_nestloop = on; SET jit = on"
 
 
