@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from alembic import command
 
+from ppp_env.db import connection
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings, load_settings
@@ -168,8 +169,6 @@ def test_a_tenants_query_runs_as_one_remote_query(
     for part in holds:
         assert part in remote, remote
     # The same rows as on the shard.
-    from ppp_env.db import connection
-
     veneer_side = app_conn(settings)
     try:
         with connection(settings.shards[SHARD], "app", autocommit=True) as direct:
