@@ -45,30 +45,51 @@ from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import tables as veneer
 
 #: Candidate option sets (on top of host, port, dbname); None: the option is dropped
-#: (postgres_fdw's default).
+#: (postgres_fdw's default). Every candidate but the last runs its queries with
+#: PostgreSQL's enable_nestloop and jit (on), as the veneer had them before PPP's costs.
+NO_COSTS: dict[str, str | None] = {"fdw_startup_cost": None, "fdw_tuple_cost": None}
 CANDIDATES: dict[str, dict[str, str | None]] = {
     "postgres_fdw defaults": {
         "fetch_size": None,
         "async_capable": None,
         "use_remote_estimate": None,
+        **NO_COSTS,
     },
-    "fetch_size 1000": {"fetch_size": "1000", "async_capable": None, "use_remote_estimate": None},
+    "fetch_size 1000": {
+        "fetch_size": "1000",
+        "async_capable": None,
+        "use_remote_estimate": None,
+        **NO_COSTS,
+    },
     "fetch_size 1000, async": {
         "fetch_size": "1000",
         "async_capable": "true",
         "use_remote_estimate": None,
+        **NO_COSTS,
     },
     "fetch_size 10000, async": {
         "fetch_size": "10000",
         "async_capable": "true",
         "use_remote_estimate": None,
+        **NO_COSTS,
     },
     "fetch_size 1000, async, remote estimate": {
         "fetch_size": "1000",
         "async_capable": "true",
         "use_remote_estimate": "true",
+        **NO_COSTS,
+    },
+    "PPP: fetch_size 1000, async, costs 50000/10": {
+        "fetch_size": "1000",
+        "async_capable": "true",
+        "use_remote_estimate": None,
+        "fdw_startup_cost": "50000",
+        "fdw_tuple_cost": "10",
     },
 }
+#: PPP's veneer database settings (wiring.DATABASE_SETTINGS) undone, for the candidates
+#: without PPP's costs.
+POSTGRES_DEFAULTS = "SET enable_nestloop = on; SET jit = on"
 
 #: Tenants of the wide fan-out: one small table each, over the shards.
 WIDE = 150
@@ -115,7 +136,7 @@ def set_options(settings: Settings, options: dict[str, str | None]) -> None:
 
 
 def run_queries(
-    settings: Settings, tenants: list[str], accounts: int, points: int
+    settings: Settings, tenants: list[str], accounts: int, points: int, session: str = ""
 ) -> dict[str, float]:
     """One run of every query; point lookups per second, the others in ms."""
     t = quote_ident(tenants[0])
@@ -123,6 +144,8 @@ def run_queries(
     out: dict[str, float] = {}
     try:
         cur = conn.cursor()
+        if session:
+            cur.execute(session)
         rng = random.Random(7)
         cur.execute(f"PREPARE point(bigint) AS SELECT * FROM {t}.accounts WHERE id = $1")
         cur.execute("EXECUTE point(1)")  # the connection to the shard, opened once
@@ -266,7 +289,10 @@ def main() -> None:
         for run in range(args.repeat):
             for name, options in CANDIDATES.items():
                 set_options(settings, options)
-                got = run_queries(settings, tenants, args.accounts, args.points)
+                ppp = name.startswith("PPP")
+                got = run_queries(
+                    settings, tenants, args.accounts, args.points, "" if ppp else POSTGRES_DEFAULTS
+                )
                 mine = results.setdefault(name, {})
                 for metric, value in got.items():
                     mine.setdefault(metric, []).append(value)

@@ -104,6 +104,12 @@ def masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+#: postgres_fdw's fdw_startup_cost and fdw_tuple_cost on the veneer's foreign servers by
+#: default (PPP_FDW_STARTUP_COST, PPP_FDW_TUPLE_COST; see ppp_env.veneer.wiring.server_options).
+FDW_STARTUP_COST = 50000.0
+FDW_TUPLE_COST = 10.0
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything PPP needs to reach the veneer and the shards of one environment."""
@@ -130,6 +136,11 @@ class Settings:
     #: postgres_fdw's use_remote_estimate on the veneer's foreign servers (joins plan better,
     #: every query pays a remote EXPLAIN).
     remote_estimate: bool = False
+    #: postgres_fdw's fdw_startup_cost and fdw_tuple_cost on the veneer's foreign servers:
+    #: what the planner charges per remote query and per row fetched (high enough that one
+    #: remote query doing a tenant's join, grouping and sort is the cheaper plan).
+    fdw_startup_cost: float = FDW_STARTUP_COST
+    fdw_tuple_cost: float = FDW_TUPLE_COST
     connect_timeout: int = 5
     #: Seconds of replay lag a shard's replicas may have before a fleet run waits to start
     #: the shard's next tenant (0: no pacing, nothing queried).
@@ -458,6 +469,14 @@ def load_settings(
         ),
         remote_estimate=r.boolean(
             "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
+        ),
+        fdw_startup_cost=r.number(
+            "PPP_FDW_STARTUP_COST",
+            "a planner cost of 0 or more (fdw_startup_cost)",
+            FDW_STARTUP_COST,
+        ),
+        fdw_tuple_cost=r.number(
+            "PPP_FDW_TUPLE_COST", "a planner cost of 0 or more (fdw_tuple_cost)", FDW_TUPLE_COST
         ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
         max_replica_lag=r.number(

@@ -102,6 +102,8 @@ def test_upgrade_head_builds_catalog_servers_and_mappings(settings: Settings) ->
             "async_capable": "true",
             "fetch_size": "1000",
             "use_remote_estimate": "false",
+            "fdw_startup_cost": "50000",
+            "fdw_tuple_cost": "10",
         }
         assert (name, settings.veneer.admin_role) in mappings
         assert (name, settings.veneer.app_role) in mappings

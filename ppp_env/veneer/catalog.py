@@ -82,6 +82,12 @@ class Shard:
     dbname: str
 
 
+#: PPP's own sessions in the veneer keep PostgreSQL's planner defaults: the veneer database's
+#: settings for queries through it (``wiring.DATABASE_SETTINGS``: nested loops and JIT off)
+#: slowed the refresh's catalog queries.
+ADMIN_SESSION = "SET enable_nestloop = on; SET jit = on"
+
+
 @contextmanager
 def admin_connection(settings: Settings, *, begin: bool = True) -> Iterator[Connection]:
     """A SQLAlchemy connection to the veneer as ``veneer_admin``; with ``begin``, inside one
@@ -98,6 +104,8 @@ def admin_connection(settings: Settings, *, begin: bool = True) -> Iterator[Conn
                 f"{first_line(exc)}"
             ) from None
         with conn:
+            conn.exec_driver_sql(ADMIN_SESSION)
+            conn.commit()
             if begin:
                 with conn.begin():
                     yield conn

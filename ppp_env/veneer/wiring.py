@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident, quote_literal
-from ppp_env.settings import Instance, Settings
+from ppp_env.settings import FDW_STARTUP_COST, FDW_TUPLE_COST, Instance, Settings
 from ppp_env.veneer import catalog
 
 log = logging.getLogger("ppp.veneer")
@@ -51,16 +51,39 @@ def lock(conn: Connection) -> None:
 
 
 # -- foreign servers and user mappings ----------------------------------------------------------
-def server_options(inst: Instance, remote_estimate: bool = False) -> dict[str, str]:
+def _cost(value: float) -> str:
+    """A planner cost as postgres_fdw's option text (50000, 10, 0.5)."""
+    return format(value, "g")
+
+
+def server_options(
+    inst: Instance,
+    remote_estimate: bool = False,
+    startup_cost: float = FDW_STARTUP_COST,
+    tuple_cost: float = FDW_TUPLE_COST,
+) -> dict[str, str]:
     """The postgres_fdw options PPP manages on a shard's foreign server (every veneer upgrade
     restores them). Chosen by measurement: ``fetch_size`` 1000 (``benchmarks/fdw_options.py``:
     range scans and fan-outs 1.5-2.5x faster than postgres_fdw's 100), ``async_capable`` (an
     Append over several shards runs them at once: a cross-tenant view costs its slowest
     shard, not the sum). ``use_remote_estimate`` is off unless ``PPP_FDW_REMOTE_ESTIMATE``:
-    it makes a join of two tenant tables 3-10x faster, but every query pays a remote EXPLAIN,
-    and ``benchmarks/query_paths.py`` measured the veneer's point lookups 1.3x slower than a
-    hand-wired postgres_fdw with it (1.04x without). ``extensions`` is not set: no extension
-    is shared by the veneer and the shards whose functions queries would push down."""
+    every query would pay a remote EXPLAIN, and ``benchmarks/query_paths.py`` measured the
+    veneer's point lookups 1.3x slower than a hand-wired postgres_fdw with it (1.04x
+    without). ``extensions`` is not set: no extension is shared by the veneer and the shards
+    whose functions queries would push down.
+
+    ``fdw_startup_cost`` 50000 and ``fdw_tuple_cost`` 10 (``PPP_FDW_STARTUP_COST``,
+    ``PPP_FDW_TUPLE_COST``): PPP never analyzes foreign tables, and without remote estimates
+    postgres_fdw prices a remote join as a nested loop over the cross product of its
+    tables' guessed sizes, so with its own costs (100 and 0.01) fetching every table and
+    joining, grouping and sorting in the veneer looked cheaper. What a veneer query costs is
+    the rows it fetches: charged 10 each, the remote query that returns fewer rows wins by
+    more than the planner's 1 % tolerance, and 50000 per remote query covers the cross
+    product of three tables. ``benchmarks/veneer_queries.py`` ships every shape postgres_fdw
+    can ship; any startup cost from 20000 to 100000 ships the same with 10 per row (below,
+    a join of three whole tables stays in the veneer; above, small groupings do, their
+    savings within the tolerance), and 0.2 per row (PostgreSQL 17's default) left grouped
+    joins in the veneer."""
     return {
         "host": inst.fdw_host,
         "port": str(inst.fdw_port),
@@ -68,6 +91,8 @@ def server_options(inst: Instance, remote_estimate: bool = False) -> dict[str, s
         "async_capable": "true",
         "fetch_size": str(FETCH_SIZE),
         "use_remote_estimate": "true" if remote_estimate else "false",
+        "fdw_startup_cost": _cost(startup_cost),
+        "fdw_tuple_cost": _cost(tuple_cost),
     }
 
 
@@ -168,6 +193,7 @@ def reconcile(conn: Connection, settings: Settings, *, remove: bool = True) -> l
     servers = _servers(conn)
     changes = _reconcile_servers(conn, settings, servers)
     changes += _reconcile_mappings(conn, settings)
+    changes += _reconcile_database(conn)
     if remove:
         changes += _remove_gone_shards(conn, settings, servers)
     changes.extend(lock_down_catalog(conn, settings))
@@ -184,7 +210,9 @@ def _reconcile_servers(
     me = conn.execute(text("SELECT current_user")).scalar_one()
     changes: list[str] = []
     for name, inst in settings.shards.items():
-        want = server_options(inst, settings.remote_estimate)
+        want = server_options(
+            inst, settings.remote_estimate, settings.fdw_startup_cost, settings.fdw_tuple_cost
+        )
         row = servers.get(name)
         if row is None:
             opts = ", ".join(f"{k} {quote_literal(v)}" for k, v in want.items())
@@ -213,6 +241,44 @@ def _reconcile_servers(
                 shown = ", ".join(f"{k}={v}" for k, v in diff.items())
                 changes.append(f"updated foreign server {name}: {shown}")
         catalog.upsert_shard(conn, name, inst.fdw_host, inst.fdw_port, inst.dbname)
+    return changes
+
+
+#: Settings PPP gives the veneer database (new sessions get them; a role's or a session's own
+#: setting wins). The veneer plans with guessed row counts (PPP never analyzes foreign
+#: tables): ``enable_nestloop`` off, so a join the shard cannot do is a hash join, linear in
+#: the rows that arrive, rather than a nested loop over a guess (an EXISTS took 10x as long);
+#: ``jit`` off, as with 10 per row fetched a query of 10,000 rows is costly enough for JIT
+#: compilation, which takes longer than the little the veneer evaluates itself.
+DATABASE_SETTINGS = {"enable_nestloop": "off", "jit": "off"}
+
+
+def _reconcile_database(conn: Connection) -> list[str]:
+    """:data:`DATABASE_SETTINGS` on the veneer database, when ``veneer_admin`` owns it."""
+    row = conn.execute(
+        text(
+            "SELECT d.datname, current_user AS me, pg_get_userbyid(d.datdba) AS owner, s.setconfig "
+            "FROM pg_database d LEFT JOIN pg_db_role_setting s "
+            "ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = current_database()"
+        )
+    ).one()
+    have = _options(row.setconfig)
+    changes = []
+    for name, value in DATABASE_SETTINGS.items():
+        if have.get(name) == value:
+            continue
+        if row.owner != row.me:
+            log.warning(
+                "cannot set %s = %s on the veneer database %s: it is owned by %s, not %s",
+                name,
+                value,
+                row.datname,
+                row.owner,
+                row.me,
+            )
+            continue
+        ddl(conn, f"ALTER DATABASE {quote_ident(row.datname)} SET {name} = {quote_literal(value)}")
+        changes.append(f"set {name} = {value} for new sessions of the veneer database")
     return changes
 
 
