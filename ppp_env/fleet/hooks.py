@@ -88,8 +88,9 @@ class RevisionRender:
 
 @dataclass
 class Rendered:
-    """A path rendered offline, revision by revision, as far as rendering got: after the
-    first revision with a :class:`Blocker` nothing is rendered."""
+    """A path rendered offline, revision by revision: a revision with a :class:`Blocker` has
+    no SQL (it was stepped over: its code did not run to the end), and the revisions after
+    it are rendered as they run once it has (their version statements follow from it)."""
 
     revisions: list[RevisionRender] = field(default_factory=list)
 
@@ -126,7 +127,8 @@ class AlembicHooks:
     command: str
     #: The steps from these heads to the command's destination.
     steps: Callable[[tuple[str, ...]], list[Any]]
-    #: Render these steps (the path from these heads) offline, revision by revision.
+    #: Render these steps (the path from these heads) offline, revision by revision, every
+    #: one of them (a blocked revision is stepped over).
     render: Callable[[Sequence[Any], tuple[str, ...]], Rendered]
     #: Run these steps online for a tenant on a SQLAlchemy connection; StepFailed on error.
     #: The flag: Alembic owns the transaction (for ``autocommit_block``).
