@@ -193,6 +193,14 @@ def run_upgrades(ctx: MigrationContext, steps: Sequence[Any]) -> None:
             info.script.module.upgrade()
 
 
+def run_functions(ctx: MigrationContext, steps: Sequence[Any]) -> None:
+    """Run each step's revision function (``upgrade()`` or ``downgrade()``, T12) with ``op``
+    bound to ``ctx``, writing nothing to the version table: the caller knows the heads."""
+    with Operations.context(ctx):
+        for step in steps:
+            revision_function(step)()
+
+
 def replace_heads(ctx: MigrationContext, removed: Sequence[str], added: Sequence[str]) -> None:
     """T7: delete ``removed`` from the version table and insert ``added``, two statements
     whatever their number (Alembic writes one per step). The table is Alembic's: one

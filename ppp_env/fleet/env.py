@@ -35,6 +35,7 @@ from ppp_env.fleet.options import OPTIONS_KEY, RENDERABLE, RESULT_KEY, RunOption
 from ppp_env.fleet.pool import run_fleet
 from ppp_env.fleet.progress import make_display
 from ppp_env.fleet.rendering import (
+    OnlineRunner,
     RenderMemo,
     Setup,
     render_steps,
@@ -81,7 +82,12 @@ class FleetEnvironment(PPPEnvironment):
         tenants = self.tenants()
         self.env.script.get_heads()  # load every revision once, before the workers fork
         hooks = AlembicHooks(
-            self.command, Planner(self.env, fn), self.render, self.run_online, step_label
+            self.command,
+            Planner(self.env, fn),
+            self.render,
+            self.run_online,
+            step_label,
+            OnlineRunner(self.env, self.setup),
         )
         if self.options.render and self.command in RENDERABLE:
             self.render_before_fork(tenants, hooks)

@@ -135,6 +135,10 @@ class AlembicHooks:
     run_online: Callable[[Any, str, Sequence[Any], bool], None]
     #: ``revision <id> (<message>)``: how errors and reports name a step.
     label: Callable[[Any], str]
+    #: Run these steps' revision functions for a tenant on a SQLAlchemy connection, inside
+    #: the caller's transaction, without Alembic's version table work (the caller writes the
+    #: heads it knows); StepFailed on error. None: only ``run_online``.
+    run_functions: Callable[[Any, str, Sequence[Any]], None] | None = None
 
 
 class StepFailed(Exception):

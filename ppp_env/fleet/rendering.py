@@ -315,6 +315,40 @@ class _Pass:
         return RevisionRender(label, sql, self.heads_after[i], None, self.outside.get(i))
 
 
+@dataclass
+class OnlineRunner:
+    """Runs revisions' functions online, tenant after tenant, on one connection through one
+    MigrationContext kept for it (a worker's): no context built, no version table probed or
+    written per step (the worker writes the heads its plan knows). The tenant is the default
+    schema; a step entering ``autocommit_block`` stops with :class:`OutsideTransaction`."""
+
+    env: EnvironmentContext
+    setup: Setup
+    _conn: Any = None
+    _ctx: Any = None
+    _step: Any = None
+
+    def context(self, conn: Any) -> Any:
+        if self._ctx is None or self._conn is not conn:
+            ctx = adapter.migration_context(self.env, [], self.setup.options(), connection=conn)
+            adapter.watch_autocommit(ctx, self._refuse)
+            self._conn, self._ctx = conn, ctx
+        return self._ctx
+
+    def _refuse(self) -> None:
+        raise OutsideTransaction(_where_now(self._step))
+
+    def __call__(self, conn: Any, tenant: str, steps: Sequence[Any]) -> None:
+        ctx = self.context(conn)
+        with adapter.default_schema(conn.dialect, tenant):
+            for step in steps:
+                self._step = step
+                try:
+                    adapter.run_functions(ctx, [step])
+                except Exception as exc:
+                    raise StepFailed(step_label(step), exc) from exc
+
+
 def run_steps_online(
     env: EnvironmentContext,
     conn: Any,

@@ -27,7 +27,8 @@ class Segment:
     chunks: tuple[tuple[str, str], ...] = ()
     online: tuple[Any, ...] = ()
     autocommit: bool = False
-    #: The heads after the rendered steps (None: not known, e.g. online steps).
+    #: The heads after the steps, as rendering found them (None: not known, e.g. when nothing
+    #: is rendered).
     heads_after: tuple[str, ...] | None = None
 
     @property
@@ -108,7 +109,8 @@ class PathPlan:
         for revision in online:
             if revision.blocker is not None:
                 self.online[revision.label] = revision.blocker.reason()
-        return Segment(online=tuple(rest[: max(1, len(online))]))
+        heads_after = online[-1].heads_after if online else None
+        return Segment(online=tuple(rest[: max(1, len(online))]), heads_after=heads_after)
 
 
 def _leading(

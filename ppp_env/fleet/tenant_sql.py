@@ -54,6 +54,14 @@ def versions_sql(tenant: str) -> str:
     )
 
 
+def heads_sql(tenant: str, heads: tuple[str, ...]) -> str:
+    """Make ``heads`` the tenant's heads (its version table exists)."""
+    table = f"{quote_ident(tenant)}.{VERSION_TABLE}"
+    values = ", ".join(f"({quote_literal(h)})" for h in heads)
+    insert = f"INSERT INTO {table} (version_num) VALUES {values};\n" if heads else ""
+    return f"DELETE FROM {table};\n{insert}"
+
+
 def split_heads(value: str | None) -> tuple[str, ...]:
     return tuple(value.split(" ")) if value else ()
 
