@@ -226,9 +226,8 @@ def reset(settings: Settings, by_shard: dict[str, list[str]]) -> None:
     for shard, schemas in by_shard.items():
         with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
             cur = conn.cursor()
-            cur.execute(
-                "DROP SCHEMA IF EXISTS " + ", ".join(quote_ident(s) for s in schemas) + " CASCADE"
-            )
+            for schema in schemas:  # one at a time: 100 tables' locks each
+                cur.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
             cur.execute(
                 "VACUUM pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_type, "
                 "pg_catalog.pg_depend, pg_catalog.pg_constraint, pg_catalog.pg_index"

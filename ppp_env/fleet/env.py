@@ -172,8 +172,8 @@ class FleetEnvironment(PPPEnvironment):
 
     def write_sql(self, steps: list[Any], heads: tuple[str, ...], from_base: bool) -> None:
         """Every tenant's SQL, a header per shard and tenant: on stdout, or a file per shard."""
-        by_shard = group_by_shard(self.tenants())
         shared = self.sql_for(steps, heads, None)  # None: a tenant-specific revision
+        by_shard = group_by_shard(self.tenants())
         out_dir = Path(self.options.sql_dir) if self.options.sql_dir else None
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
