@@ -279,3 +279,45 @@ def test_autocommit_found_online_rolls_back_and_runs_alone(fleet, settings, tmp_
             (t,),
         )
         assert valid == [(True,)]
+
+
+# -- a worker's plan: segments cut from the whole path rendered once -----------------------------
+def test_the_plan_renders_once_and_runs_consecutive_online_revisions_together() -> None:
+    """r1 r2 render, b3 b4 cannot (one online segment, the heads after b4 known), r5 renders,
+    b6 cannot: four segments from one rendering of the path."""
+    from ppp_env.fleet.hooks import AlembicHooks, Blocker
+    from ppp_env.fleet.segments import PathPlan
+
+    steps = ["r1", "r2", "b3", "b4", "r5", "b6"]
+    renders: list[tuple[str, ...]] = []
+
+    def render(path, heads) -> Rendered:
+        renders.append(tuple(path))
+        return Rendered(
+            [
+                RevisionRender(s, f"-- {s}\n", (s,), None)
+                if s[0] == "r"
+                else RevisionRender(s, "", (s,), Blocker("reads", "Inspector.get_columns()"))
+                for s in path
+            ]
+        )
+
+    def never(*_args) -> None:
+        raise AssertionError("the plan runs nothing")
+
+    plan = PathPlan(AlembicHooks("upgrade", lambda heads: list(steps), render, never, str))
+    cut, pos = [], 0
+    while pos < len(steps):
+        seg = plan.segment((), pos, ())
+        cut.append((seg.sql or seg.online, seg.heads_after))
+        pos += seg.size
+    assert cut == [
+        ("-- r1\n-- r2\n", ("r2",)),
+        (("b3", "b4"), ("b4",)),
+        ("-- r5\n", ("r5",)),
+        (("b6",), ("b6",)),
+    ]
+    assert renders == [tuple(steps)]  # the path rendered once, every revision of it
+    assert plan.online == dict.fromkeys(
+        ["b3", "b4", "b6"], "it reads from the database (Inspector.get_columns())"
+    )
