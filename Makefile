@@ -163,7 +163,8 @@ wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates inc
 	$(BIN)/python -m pip wheel --quiet --no-deps -w $(DIST) .
 	$(BIN)/python -m zipfile -l $(DIST)/*.whl > $(DIST)/contents.txt
 	for f in py.typed templates/project/alembic.ini templates/project/.env.example \
-		templates/project/veneer_migrations/versions/fac2511dbcce_catalog.py; do \
+		templates/project/veneer_migrations/versions/fac2511dbcce_catalog.py \
+		report/static/page.html report/static/report.css report/static/report.js; do \
 		grep -q "ppp_env/$$f " $(DIST)/contents.txt || { echo "ppp_env/$$f missing from the wheel"; exit 1; }; \
 	done
 	rm $(DIST)/contents.txt

@@ -67,8 +67,9 @@ step "ppp init"
 ppp init
 step "ppp tenant add acme --shard bluth_co"
 ppp tenant add acme --shard bluth_co
-step "ppp migrate"
-ppp migrate
+step "ppp migrate --report"
+ppp migrate --report "$WORK/run.html"
+grep -q "PPP upgrade to head" "$WORK/run.html"  # the report's page, CSS and script are in the wheel
 step "alembic upgrade head"
 alembic upgrade head
 step "alembic -n veneer current"

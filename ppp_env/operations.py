@@ -193,7 +193,8 @@ def _tenant_step(
             narrowed["shards"] = [s for s in shard_names if s not in blocked]
             if options.tenants is not None:
                 narrowed["tenants"] = [t.schema for t in runnable]
-        run_options = options.run_options(refresh=False, **narrowed)
+        # The report, if any, is of the whole `ppp migrate`: its caller writes it.
+        run_options = options.run_options(refresh=False, report=None, **narrowed)
         outcome = upgrade_tenants(tenant_config(ini, settings), options.revision, run_options)
         if outcome.result is None:
             raise PPPError(outcome.failure or "the tenant upgrade did not run")

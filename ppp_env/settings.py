@@ -11,6 +11,7 @@ expects; no message ever contains a password.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from ppp_env.compose_settings import DEVELOPMENT_MARKER, development_values
 from ppp_env.compose_settings import env_prefix as env_prefix
@@ -54,6 +55,9 @@ class Instance:
     #: PostgreSQL client programs (pg_dump, psql, pg_restore) inside it: the server's own
     #: binaries, whatever this machine has. Inside it the server listens on 127.0.0.1:5432.
     container: str = ""
+    #: The shard's streaming replicas (PPP_SHARD_<NAME>_REPLICA_URLS), passwords filled in:
+    #: a fleet run paces the shard by their replay lag (fleet.pacing). Empty: discovered.
+    replicas: tuple[URL, ...] = field(default=(), repr=False)
 
     @property
     def admin_role(self) -> str:
@@ -115,7 +119,11 @@ class Settings:
     #: Seconds any statement of a tenant's migration may wait for a table lock: the longest an
     #: application query can queue behind the migration.
     migration_lock_timeout: float = 2.0
-    #: Further attempts for a tenant whose migration hit that timeout (rolled back, retried).
+    #: The first attempt's lock wait; each retry of a tenant doubles it, up to the timeout
+    #: above (fleet.retry.LockSteps), so a young blocker stalls the application only briefly.
+    migration_lock_timeout_start: float = 0.02
+    #: Further attempts for a tenant whose migration hit its lock wait (rolled back, retried);
+    #: never fewer than it takes to reach the full timeout once.
     lock_retries: int = 5
     #: Seconds any statement of a tenant's migration may run (0: no limit).
     statement_timeout: float = 0.0
@@ -123,6 +131,14 @@ class Settings:
     #: every query pays a remote EXPLAIN).
     remote_estimate: bool = False
     connect_timeout: int = 5
+    #: Seconds of replay lag a shard's replicas may have before a fleet run waits to start
+    #: the shard's next tenant (0: no pacing, nothing queried).
+    max_replica_lag: float = 0.0
+    #: What pacing does about a replica it cannot reach: ``wait`` (as for lag) or ``proceed``
+    #: (after max_replica_lag seconds, with a warning).
+    replica_unreachable: Literal["wait", "proceed"] = "wait"
+    #: Seconds one pause may last before the shard's run stops (the rest not run).
+    replica_wait_timeout: float = 600.0
     source: str = ""
 
     def shard(self, name: str) -> Instance:
@@ -281,15 +297,54 @@ class _Reader:
             return False
         raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
 
-    def number(self, var: str, expects: str, default: float) -> float:
+    def number(self, var: str, expects: str, default: float, lo: float = 0.0) -> float:
         raw = self.get(var, expects, str(default))
         try:
             value = float(raw)
         except ValueError:
             raise PPPError(f"{var}={raw!r} is not valid: expected {expects}") from None
-        if value < 0:
+        if not value >= lo or math.isinf(value):  # also NaN
             raise PPPError(f"{var}={raw!r} is not valid: expected {expects}")
         return value
+
+    def choice(self, var: str, choices: tuple[str, ...], default: str) -> str:
+        raw = self.get(var, " or ".join(choices), default).lower()
+        if raw not in choices:
+            raise PPPError(f"{var}={raw!r} is not valid: expected {' or '.join(choices)}")
+        return raw
+
+
+_REPLICA_URL = "postgresql://[user[:password]@]host[:port][/dbname]"
+
+
+def replica_urls(r: _Reader, var: str, dbname: str, admin_password: str) -> tuple[URL, ...]:
+    """A shard's comma-separated replica URLs; a part a URL leaves out is the shard's: the
+    role ``{db}_admin`` with its password, the database ``{db}``, port 5432."""
+    raw = r.optional(var)
+    if raw is None or not raw.strip():
+        return ()
+    urls: list[URL] = []
+    for n, item in enumerate(raw.split(","), 1):
+        try:
+            url: URL | None = make_url(item.strip())
+        except Exception:  # never shown: the text may hold a password
+            url = None
+        if url is None or url.drivername not in ("postgresql", "postgres") or not url.host:
+            raise PPPError(
+                f"{var}: URL {n} is not valid: expected comma-separated libpq URLs, {_REPLICA_URL}"
+            )
+        urls.append(
+            URL.create(
+                "postgresql",
+                username=url.username or f"{dbname}_admin",
+                password=url.password or admin_password,
+                host=url.host,
+                port=url.port or 5432,
+                database=url.database or dbname,
+                query=url.query,
+            )
+        )
+    return tuple(urls)
 
 
 def parse_shard_names(raw: str, var: str = "PPP_SHARDS", veneer: str = "veneer") -> list[str]:
@@ -319,13 +374,17 @@ def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instan
             raise PPPError(f"{p}DB: {exc}") from None
     host = r.get(f"{p}HOST", "a host name or address", default="127.0.0.1")
     port = r.integer(f"{p}PORT", "a TCP port number (1-65535)", None, 1, 65535)
+    admin_password = r.get(f"{p}ADMIN_PASSWORD", f"the password of role {dbname}_admin")
+    replicas = (
+        () if kind == "veneer" else replica_urls(r, f"{p}REPLICA_URLS", dbname, admin_password)
+    )
     return Instance(
         name=name,
         kind=kind,
         host=host,
         port=port,
         dbname=dbname,
-        admin_password=r.get(f"{p}ADMIN_PASSWORD", f"the password of role {dbname}_admin"),
+        admin_password=admin_password,
         app_password=r.get(f"{p}APP_PASSWORD", f"the password of role {dbname}_app"),
         superuser=r.get(f"{p}SUPERUSER", "a superuser role name", default="postgres"),
         superuser_password=r.optional(f"{p}SUPERUSER_PASSWORD"),
@@ -334,6 +393,15 @@ def _instance(r: _Reader, kind: Literal["veneer", "shard"], name: str) -> Instan
         fdw_host=r.get(f"{p}FDW_HOST", "a host name the veneer's server can reach", default=host),
         fdw_port=r.integer(f"{p}FDW_PORT", "a TCP port number (1-65535)", port, 1, 65535),
         container=r.get(f"{p}CONTAINER", "a Docker container name or id", default=""),
+        replicas=replicas,
+    )
+
+
+def _unreachable(r: _Reader) -> Literal["wait", "proceed"]:
+    return (
+        "proceed"
+        if r.choice("PPP_REPLICA_UNREACHABLE", ("wait", "proceed"), "wait") == "proceed"
+        else "wait"
     )
 
 
@@ -378,6 +446,12 @@ def load_settings(
         migration_lock_timeout=r.number(
             "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0
         ),
+        migration_lock_timeout_start=r.number(
+            "PPP_MIGRATION_LOCK_TIMEOUT_START",
+            "seconds, at least 0.001, the first attempt's lock wait",
+            0.02,
+            lo=0.001,
+        ),
         lock_retries=r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
         statement_timeout=r.number(
             "PPP_STATEMENT_TIMEOUT", "seconds a migration statement may run (0: no limit)", 0.0
@@ -386,6 +460,13 @@ def load_settings(
             "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
         ),
         connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
+        max_replica_lag=r.number(
+            "PPP_MAX_REPLICA_LAG", "seconds of replica replay lag (0: no pacing)", 0.0
+        ),
+        replica_unreachable=_unreachable(r),
+        replica_wait_timeout=r.number(
+            "PPP_REPLICA_WAIT_TIMEOUT", "seconds one pause for replicas may last", 600.0
+        ),
         source=(
             str(path)
             if path.is_file()

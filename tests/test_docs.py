@@ -158,8 +158,9 @@ def test_env_example_documents_every_setting() -> None:
     example = (ROOT / ".env.example").read_text()
     documented = set(re.findall(r"^#? ?(PPP_[A-Z0-9_]+)=", example, re.M))
     missing = settings_in_code() - documented
-    # The veneer has no FDW address of its own: only shards are reached through postgres_fdw.
-    missing -= {"PPP_VENEER_FDW_HOST", "PPP_VENEER_FDW_PORT"}
+    # The veneer has no FDW address of its own: only shards are reached through postgres_fdw;
+    # nor replicas that pace a fleet run: only shards run tenant migrations.
+    missing -= {"PPP_VENEER_FDW_HOST", "PPP_VENEER_FDW_PORT", "PPP_VENEER_REPLICA_URLS"}
     assert not missing, f".env.example does not document: {sorted(missing)}"
     assert "PPP_TEST_BACKEND" in documented
     for line in example.splitlines():

@@ -29,7 +29,7 @@ from ppp_env.identifiers import validate_tenant
 from ppp_env.servers import compose
 from ppp_env.servers import local as local_servers
 from ppp_env.servers import provision as provisioning
-from ppp_env.settings import env_prefix, parse_shard_names, read_environment
+from ppp_env.settings import env_prefix, masked, parse_shard_names, read_environment
 
 #: Subcommands imported only when they run (or for help), so that `ppp tenant add` or
 #: `ppp psql` do not import the fleet runner, the lifecycle or the router first.
@@ -97,6 +97,10 @@ def show_settings(state: State) -> None:
     for inst in s.instances:
         table.add_row(inst.name, inst.kind, inst.masked_url("admin"), inst.masked_url("app"))
     console().print(table)
+    for inst in s.shards.values():
+        if inst.replicas:
+            urls = ", ".join(masked(u) for u in inst.replicas)
+            click.echo(f"replicas of {inst.name}: {urls}")
 
 
 # -- local servers ------------------------------------------------------------------------------

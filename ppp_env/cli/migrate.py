@@ -19,6 +19,7 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet.status import fleet_status
 from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.operations import MigrateOptions, alembic_config
+from ppp_env.report import check_target, write_run_report, write_status_report
 from ppp_env.shared import env as shared_env
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer.catalog import in_service, list_tenants
@@ -75,13 +76,15 @@ def fleet_options(f: F) -> F:
     "--lock-timeout",
     type=click.FloatRange(0, 86_400),
     metavar="SECONDS",
-    help="Longest wait of a migration statement for a table lock (PPP_MIGRATION_LOCK_TIMEOUT, "
-    "default 2): the longest an application query queues behind the migration.",
+    help="A fixed longest wait of a migration statement for a table lock, every attempt: the "
+    "longest an application query queues behind the migration (default: escalating per "
+    "attempt, PPP_MIGRATION_LOCK_TIMEOUT_START 0.02 doubling to PPP_MIGRATION_LOCK_TIMEOUT 2).",
 )
 @click.option(
     "--retries",
     type=click.IntRange(0, 100),
-    help="Further attempts for a tenant that hit the lock timeout (PPP_LOCK_RETRIES, default 5).",
+    help="Further attempts for a tenant that hit its lock wait (PPP_LOCK_RETRIES, default 5; "
+    "never fewer than it takes to reach the full timeout once).",
 )
 @click.option(
     "--statement-timeout",
@@ -100,6 +103,15 @@ def fleet_options(f: F) -> F:
     "release-pipelines.md): a halted rollout exits 1 and waits for `ppp rollout resume`.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="A line per migrated tenant.")
+@click.option(
+    "--report",
+    "report",
+    metavar="FILE.html",
+    help="Also write the run's report: one self-contained HTML file (timeline per shard, "
+    "lock waits and retries, failures, slowest tenants, revisions; a rollout's stages). The "
+    "path is checked before anything runs; the report never changes the exit code, except "
+    "when it cannot be written: `Error: cannot write the report to FILE...`, exit code 1.",
+)
 @pass_state
 def migrate(
     state: State,
@@ -117,12 +129,15 @@ def migrate(
     revision: str,
     rollout_file: Path | None,
     verbose: bool,
+    report: str | None,
 ) -> None:
     """Veneer upgrade, shared migrations per shard, tenant upgrade, veneer refresh, in order.
 
     With --rollout FILE, the tenant step runs stage by stage (each stage: shared, tenants,
     refresh), with each stage's error policy, check and soak time in between."""
     settings = state.settings
+    if report is not None:
+        check_target(report)  # before anything runs
     say, veneer_step = _sayer(as_json), _veneer_step(settings, config_path, as_json)
     options = MigrateOptions(
         shards=_csv(shards),
@@ -150,7 +165,7 @@ def migrate(
             veneer_step=veneer_step,
             say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
         )
-        finish_rollout(run, as_json)
+        finish_rollout(run, as_json, report, say)
         return
     result = operations.migrate(
         settings,
@@ -159,13 +174,46 @@ def migrate(
         veneer_step=veneer_step,
         say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
     )
+    _note_open_rollout(settings)
+    data = result.to_json()
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
         say(result.tenants.veneer_summary() or "veneer: nothing to refresh")
         say(f"migrate: {result.summary()}")
-    if not result.ok:
-        raise PPPError(result.failure_message())
+    problems = [] if result.ok else [result.failure_message()]
+    problems += _write_report(report, data, say)
+    if problems:
+        raise PPPError("\n".join(problems))
+
+
+def _write_report(path: str | None, data: dict[str, Any], say: Callable[[str], None]) -> list[str]:
+    """Write the run's report to ``path`` (if any); its error, if it could not be written."""
+    if path is None:
+        return []
+    try:
+        say(f"report: {escape(str(write_run_report(path, data)))}")
+    except PPPError as exc:
+        return [str(exc)]
+    return []
+
+
+def _note_open_rollout(settings: Any) -> None:
+    """A plain run while a rollout is open: say so on stderr (the run itself is not held)."""
+    from ppp_env.rollout import store
+    from ppp_env.veneer import catalog
+
+    try:
+        with catalog.admin_connection(settings) as conn:
+            found = store.open_rollout(conn) if catalog.has_release(conn) else None
+    except PPPError:
+        return
+    if found is not None:
+        console(stderr=True).print(
+            f"note: {store.describe_open(found)}; this run did not wait for it "
+            "(`ppp rollout status`)",
+            markup=False,
+        )
 
 
 def _sayer(as_json: bool) -> Callable[[str], None]:
@@ -197,12 +245,27 @@ def _veneer_step(
 
 @click.command("status")
 @fleet_options
+@click.option(
+    "--html",
+    "html",
+    metavar="FILE.html",
+    help="Also write the status report: one self-contained HTML file (tenants by revision per "
+    "shard; behind, stale and unreachable tenants). It never changes the exit code, except "
+    "when it cannot be written: `Error: cannot write the report to FILE...`, exit code 1.",
+)
 @pass_state
 def status(
-    state: State, config_path: str | None, shards: str | None, tenants: str | None, as_json: bool
+    state: State,
+    config_path: str | None,
+    shards: str | None,
+    tenants: str | None,
+    as_json: bool,
+    html: str | None,
 ) -> None:
     """Per tenant: shard, revision, head or behind, veneer in step or stale; per shard: shared."""
     settings = state.settings
+    if html is not None:
+        check_target(html)  # before anything runs
     ini = veneer_env.find_alembic_ini(config_path)
     heads = ScriptDirectory.from_config(alembic_config(ini)).get_heads()
     catalog = in_service(list_tenants(settings, shards=_csv(shards), tenants=_csv(tenants)))
@@ -214,30 +277,40 @@ def status(
         shared = {"heads": shared_heads, "shards": [asdict(r) for r in shared_rows]}
         for shard, error in shared_errors.items():
             errors.setdefault(shard, error)
+    data = {"heads": heads, "tenants": [asdict(r) for r in rows], "shared": shared}
+    data["errors"] = errors
     if as_json:
-        click.echo(
-            json.dumps(
-                {"heads": heads, "tenants": [asdict(r) for r in rows], "shared": shared},
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(data, indent=2))
     else:
-        out = console()
-        if shared is not None:
-            table = Table(title=f"shared (head: {', '.join(shared['heads']) or 'none'})")
-            for col in ("shard", "revision", "migrations"):
-                table.add_column(col)
-            for r in shared["shards"]:
-                table.add_row(r["shard"], r["revision"] or "(base)", r["migrations"])
-            out.print(table)
-        table = Table(title=f"tenants (head: {', '.join(heads) or 'none'})")
-        for col in ("shard", "tenant", "revision", "migrations", "veneer"):
+        _print_status(data)
+    problems = list(errors.values())
+    if html is not None:
+        try:
+            path = write_status_report(html, data)
+            if not as_json:
+                console().print(f"report: {escape(str(path))}")
+        except PPPError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PPPError("; ".join(problems))
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    out = console()
+    shared = data["shared"]
+    if shared is not None:
+        table = Table(title=f"shared (head: {', '.join(shared['heads']) or 'none'})")
+        for col in ("shard", "revision", "migrations"):
             table.add_column(col)
-        for r in rows:
-            table.add_row(r.shard, r.tenant, r.revision or "-", r.migrations, r.veneer)
+        for r in shared["shards"]:
+            table.add_row(r["shard"], r["revision"] or "(base)", r["migrations"])
         out.print(table)
-    if errors:
-        raise PPPError("; ".join(errors.values()))
+    table = Table(title=f"tenants (head: {', '.join(data['heads']) or 'none'})")
+    for col in ("shard", "tenant", "revision", "migrations", "veneer"):
+        table.add_column(col)
+    for r in data["tenants"]:
+        table.add_row(r["shard"], r["tenant"], r["revision"] or "-", r["migrations"], r["veneer"])
+    out.print(table)
 
 
 @click.command("demo")

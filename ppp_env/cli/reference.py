@@ -21,7 +21,8 @@ EXIT_CODES = (
     ("0", "done", "done"),
     (
         "1",
-        "`Error: ...` on stderr: a setting, a refused input, a failed tenant or shard",
+        "`Error: ...` on stderr: a setting, a refused input, a failed tenant or shard, a "
+        "report (`--report`, `--html`) that cannot be written",
         "a Python traceback: a fault to report (e.g. env.py cannot be imported)",
     ),
     (
@@ -33,7 +34,7 @@ EXIT_CODES = (
         "255",
         "-",
         "`FAILED: ...`: the command failed (a setting, a failed tenant or shard, an unknown "
-        "revision)",
+        "revision, a report (`-x report=`) that cannot be written)",
     ),
 )
 

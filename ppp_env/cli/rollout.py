@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -51,8 +52,18 @@ def describe(r: Rollout, running: bool) -> str:
     return line + (f"; {r.reason}" if r.reason else "")
 
 
-def finish_rollout(run: RolloutRun, as_json: bool) -> None:
-    """Print what a rollout invocation did; PPPError (exit 1) when it halted or failed."""
+def finish_rollout(
+    run: RolloutRun,
+    as_json: bool,
+    report: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Print what a rollout invocation did and write its report (if asked); PPPError (exit
+    1) when it halted or failed, or its report could not be written."""
+    from ppp_env.cli.migrate import _write_report
+    from ppp_env.report import rollout_data
+
+    problems = _write_report(report, rollout_data(run.to_json()), say or (lambda _: None))
     if as_json:
         click.echo(json.dumps(run.to_json(), indent=2, default=str))
     else:
@@ -60,7 +71,9 @@ def finish_rollout(run: RolloutRun, as_json: bool) -> None:
         out.print(stage_table(run.rollout))
         out.print(escape(describe(run.rollout, False)) + f" ({run.seconds:.1f} s)")
     if not run.ok:
-        raise PPPError(run.failure_message())
+        problems.insert(0, run.failure_message())
+    if problems:
+        raise PPPError("\n".join(problems))
 
 
 @rollout_group.command("status")
@@ -87,16 +100,27 @@ def rollout_status(state: State, as_json: bool) -> None:
 
 @rollout_group.command("resume")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output only.")
+@click.option(
+    "--report",
+    "report",
+    metavar="FILE.html",
+    help="Also write the report of this invocation's stages (as `ppp migrate --report`).",
+)
 @CONFIG_OPTION
 @pass_state
-def rollout_resume(state: State, as_json: bool, config_path: Path | None) -> None:
+def rollout_resume(
+    state: State, as_json: bool, report: str | None, config_path: Path | None
+) -> None:
     """Go on with the halted (or interrupted) rollout, from the stage it stopped at (that
     stage runs again: its tenants already migrated are current). Refused when the tenant
     chain changed since the rollout started. Exit code 1 when it halts again."""
     from ppp_env.cli.migrate import _sayer, _veneer_step
     from ppp_env.operations import MigrateOptions
+    from ppp_env.report import check_target
     from ppp_env.rollout.run import resume_rollout
 
+    if report is not None:
+        check_target(report)  # before anything runs
     say = _sayer(as_json)
     run = resume_rollout(
         state.settings,
@@ -105,7 +129,7 @@ def rollout_resume(state: State, as_json: bool, config_path: Path | None) -> Non
         veneer_step=_veneer_step(state.settings, config_path, as_json),
         say=lambda step, detail: say(f"[bold]{escape(step)}[/]: {escape(detail)}"),
     )
-    finish_rollout(run, as_json)
+    finish_rollout(run, as_json, report, say)
 
 
 @rollout_group.command("abort")

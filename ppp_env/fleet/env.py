@@ -46,6 +46,7 @@ from ppp_env.fleet.results import refresh_veneer
 from ppp_env.fleet.status import shard_states
 from ppp_env.fleet.verdicts import VerdictCache
 from ppp_env.identifiers import quote_ident
+from ppp_env.report import check_target, write_run_report
 from ppp_env.tenant_state import group_by_shard
 from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
@@ -79,6 +80,8 @@ class FleetEnvironment(PPPEnvironment):
         if fn is None:
             self.other()
             return
+        if self.options.report:
+            check_target(self.options.report)  # before anything runs
         tenants = self.tenants()
         self.env.script.get_heads()  # load every revision once, before the workers fork
         hooks = AlembicHooks(
@@ -93,12 +96,29 @@ class FleetEnvironment(PPPEnvironment):
             self.render_before_fork(tenants, hooks)
         display = make_display(self.options.output, self.options.verbose)
         result = run_fleet(self.settings, group_by_shard(tenants), self.options, hooks, display)
+        result.revision = self.target()
         if self.options.refresh and result.changed:
             refresh_veneer(self.settings, result, result.changed)
         display.summary(result)
         self.config.attributes[RESULT_KEY] = result
-        if not result.ok:
-            raise PPPError(result.failure_message())
+        problems = [] if result.ok else [result.failure_message()]
+        if self.options.report:
+            try:
+                write_run_report(self.options.report, result.to_json())
+            except PPPError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise PPPError("\n".join(problems))
+
+    def target(self) -> str:
+        """The revision the command goes to: as given, with what it resolved to."""
+        given = self.env.context_opts.get("destination_rev")
+        try:
+            resolved = self.env.get_revision_argument()
+        except Exception:  # a relative revision (-1): as given
+            return str(given)
+        shown = " ".join(resolved) if isinstance(resolved, tuple) else str(resolved or "base")
+        return shown if str(given) in (shown, "None") else f"{given} ({shown})"
 
     def render_before_fork(self, tenants: list[Tenant], hooks: AlembicHooks) -> None:
         """Render, in this process, the path from every starting point the tenants are at

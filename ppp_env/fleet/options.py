@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from ppp_env.errors import PPPError
+from ppp_env.fleet.retry import LockSteps
+from ppp_env.settings import Settings
 
 #: Commands whose steps can be rendered once and replayed per tenant.
 RENDERABLE = frozenset({"upgrade", "downgrade"})
@@ -39,8 +41,12 @@ class RunOptions:
     template: str | None = None
     #: The environment (.env.NAME) whose settings the run uses; None: PPP_ENV or .env.
     env: str | None = None
-    #: Seconds a migration statement may wait for a lock (None: PPP_MIGRATION_LOCK_TIMEOUT).
+    #: Seconds a migration statement may wait for a lock: a fixed timeout for every attempt,
+    #: or with ``lock_timeout_start`` the ceiling of the escalating waits (None: the
+    #: settings' escalation, PPP_MIGRATION_LOCK_TIMEOUT_START to PPP_MIGRATION_LOCK_TIMEOUT).
     lock_timeout: float | None = None
+    #: The first attempt's lock wait, doubled by each retry up to the timeout.
+    lock_timeout_start: float | None = None
     #: Further attempts after a lock timeout (None: PPP_LOCK_RETRIES).
     retries: int | None = None
     #: Seconds a migration statement may run, 0 no limit (None: PPP_STATEMENT_TIMEOUT).
@@ -48,6 +54,8 @@ class RunOptions:
     #: Failed or locked tenants after which the run stops taking new ones (None: never;
     #: fail_fast is 1). A rollout stage's ``max_failures``.
     max_failures: int | None = None
+    #: Write the run's report (one self-contained HTML file) there after the run.
+    report: str | None = None
 
     X_KEYS = (
         "shard",
@@ -64,9 +72,22 @@ class RunOptions:
         "template",
         "env",
         "lock_timeout",
+        "lock_timeout_start",
         "retries",
         "statement_timeout",
+        "report",
     )
+
+    def lock_steps(self, settings: Settings) -> LockSteps:
+        """The lock waits of a tenant's attempts: the settings' escalation, unless these
+        options give a timeout (then fixed) or a start (then escalating from it)."""
+        ceiling, start = self.lock_timeout, self.lock_timeout_start
+        if ceiling is None:
+            ceiling = settings.migration_lock_timeout
+            start = settings.migration_lock_timeout_start if start is None else start
+        start = ceiling if start is None else start
+        retries = settings.lock_retries if self.retries is None else self.retries
+        return LockSteps(start, ceiling, retries)
 
     def run_options(self, **changes: object) -> RunOptions:
         """These options as a plain RunOptions (a subclass's own fields left out), changed."""
@@ -100,10 +121,16 @@ class RunOptions:
                 opts.lock = value
             elif key in ("lock_timeout", "statement_timeout"):
                 setattr(opts, key, _seconds(key, value))
+            elif key == "lock_timeout_start":
+                opts.lock_timeout_start = _seconds(key, value, lo=0.001)
             elif key == "retries":
                 if not value.isdigit() or int(value) > 100:
                     raise PPPError(f"-x retries={value!r}: expected a number from 0 to 100")
                 opts.retries = int(value)
+            elif key == "report":
+                if not value:
+                    raise PPPError("-x report= needs a file name (e.g. -x report=run.html)")
+                opts.report = value
             elif key == "output":
                 if value not in ("auto", "plain", "rich", "json", "quiet"):
                     raise PPPError(
@@ -115,13 +142,13 @@ class RunOptions:
         return opts
 
 
-def _seconds(key: str, value: str) -> float:
+def _seconds(key: str, value: str, lo: float = 0.0) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 <= seconds <= 86_400:
-        raise PPPError(f"-x {key}={value!r}: expected a number of seconds (0-86400)")
+    if not lo <= seconds <= 86_400:
+        raise PPPError(f"-x {key}={value!r}: expected a number of seconds ({lo:g}-86400)")
     return seconds
 
 

@@ -97,6 +97,10 @@ class _Pool:
         self.jobs = options.jobs or settings.jobs
         width = options.jobs_per_shard or settings.jobs_per_shard
         self.pending = [lanes(s, list(t), width) for s, t in by_shard.items() if t]
+        self.since = time.monotonic()  # tenants' and shards' times count from here
+        self.result.started_at = time.time()
+        for job in (job for group in self.pending for job in group):
+            job.since = self.since
         self.lanes = {group[0].shard: len(group) for group in self.pending}
         self.started: dict[str, list[int]] = {}  # shard -> [lanes started, total, to do]
         #: Results of shards whose lanes have not all started yet (shown once they have).
@@ -126,6 +130,7 @@ class _Pool:
                     self.handle(("results", job.shard, self.untried(job)))
                     continue
                 proc = self.mp.Process(target=self.worker, args=(job,), name=f"ppp-{job.key}")
+                self.result.shard_spans.setdefault(job.shard, [self.clock()])
                 proc.start()
                 self.running[job.key] = (job, proc)
 
@@ -195,8 +200,32 @@ class _Pool:
             self.display.shard_failed(shard, event[2])
             if self.options.fail_fast:
                 self.stop.set()
-        elif kind == "shard_done":
+        elif kind in ("pausing", "paused", "warning"):
+            self.replica_event(kind, event[2])
+        elif kind == "shard_done":  # of one lane (``shard`` is its key)
             self.done.add(shard)
+            self.span_end(shard)
+
+    def clock(self) -> float:
+        return round(time.monotonic() - self.since, 4)
+
+    def span_end(self, key: str) -> None:
+        """A lane finished: its shard's span ends now (its last lane's end stays)."""
+        running = self.running.get(key)
+        span = self.result.shard_spans.get(running[0].shard if running else key.split("#")[0])
+        if span:
+            span[1:] = [self.clock()]
+
+    def replica_event(self, kind: str, detail: Any) -> None:
+        """A shard waiting for its replicas (``fleet.pacing``): shown, and kept in the result."""
+        if kind == "pausing":
+            self.display.shard_pausing(detail)
+        elif kind == "paused":
+            self.result.pauses.append(detail)
+            self.display.shard_paused(detail)
+        else:
+            self.result.warnings.append(detail)
+            self.display.warning(detail)
 
     def drain(self) -> None:
         while True:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ppp_env.fleet.results import FleetResult, TenantResult
+from ppp_env.fleet.results import FleetResult, Pause, TenantResult
 
 
 def _tenants(n: int) -> str:
@@ -54,6 +54,15 @@ class QuietDisplay:
         return None
 
     def tenant_retry(self, shard: str, tenant: str, attempt: int, error: str) -> None:
+        return None
+
+    def shard_pausing(self, pause: Pause) -> None:
+        return None
+
+    def shard_paused(self, pause: Pause) -> None:
+        return None
+
+    def warning(self, line: str) -> None:
         return None
 
     def summary(self, result: FleetResult) -> None:
@@ -100,6 +109,15 @@ class PlainDisplay(QuietDisplay):
     def tenant_retry(self, shard: str, tenant: str, attempt: int, error: str) -> None:
         if self.verbose:
             self._print(f"retry {shard}/{tenant}: attempt {attempt} hit the lock timeout ({error})")
+
+    def shard_pausing(self, pause: Pause) -> None:
+        self._print(f"shard {pause.shard}: waiting for {pause.why()}")
+
+    def shard_paused(self, pause: Pause) -> None:
+        self._print(pause.line())
+
+    def warning(self, line: str) -> None:
+        self._print(f"WARNING {line}")
 
     def summary(self, result: FleetResult) -> None:
         for online in result.online_lines():
@@ -152,6 +170,15 @@ class RichDisplay(PlainDisplay):
 
     def shard_failed(self, shard: str, error: str) -> None:
         self._print(f"FAILED shard {shard}: {error}")
+
+    def shard_pausing(self, pause: Pause) -> None:
+        if (task := self.tasks.get(pause.shard)) is not None:
+            self.progress.update(task, note="[yellow]waiting for replicas")
+
+    def shard_paused(self, pause: Pause) -> None:
+        if (task := self.tasks.get(pause.shard)) is not None:
+            self.progress.update(task, note="")
+        self._print(pause.line())
 
     def summary(self, result: FleetResult) -> None:
         table = Table(title=f"{result.command}: {result.seconds:.2f} s")

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
 from ppp_env.veneer import refresh
+
+
+@dataclass
+class LockWait:
+    """An attempt of a tenant that hit the lock timeout and rolled back (for the timeline)."""
+
+    attempt: int
+    #: Seconds since the run started, when the attempt began.
+    at: float
+    #: Seconds the attempt lasted until it gave up (mostly its wait for the lock).
+    waited: float
+    #: Who held the lock it waited for.
+    blocker: str
 
 
 @dataclass
@@ -22,6 +36,38 @@ class TenantResult:
     seconds: float = 0.0
     #: How many times PPP tried it (more than 1: it hit the lock timeout and was retried).
     attempts: int = 1
+    #: Seconds since the run started when its last attempt began (None: never tried).
+    start: float | None = None
+    #: Which of its shard's workers took it (PPP_JOBS_PER_SHARD; 0: the first).
+    lane: int = 0
+    #: Its attempts that hit the lock timeout, in order (the last one too when it ended locked).
+    waits: list[LockWait] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A shard's wait for its replicas before its next tenant (``fleet.pacing``)."""
+
+    shard: str
+    seconds: float
+    replica: str
+    #: The largest replay lag seen (seconds); None: the replica could not be reached.
+    lag: float | None
+    #: PPP_MAX_REPLICA_LAG.
+    limit: float
+    #: Why the replica could not be reached.
+    error: str = ""
+
+    def ended(self, seconds: float) -> Pause:
+        return replace(self, seconds=seconds)
+
+    def why(self) -> str:
+        if self.lag is None:
+            return f"an unreachable replica ({self.replica}: {self.error})"
+        return f"replica lag ({self.replica}: {self.lag:.1f} s > {self.limit:g} s)"
+
+    def line(self) -> str:
+        return f"shard {self.shard}: paused {self.seconds:.1f} s for {self.why()}"
 
 
 @dataclass
@@ -34,7 +80,16 @@ class FleetResult:
     refresh_error: str | None = None
     #: Revisions that ran online (through Alembic, tenant by tenant) and why.
     online: dict[str, str] = field(default_factory=dict)
+    #: Waits for the shards' replicas (PPP_MAX_REPLICA_LAG), and warnings about them.
+    pauses: list[Pause] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Wall clock (epoch seconds) when the run started; the tenants' ``start`` counts from it.
+    started_at: float = 0.0
+    #: Per shard: seconds since the run started when its worker began and ended.
+    shard_spans: dict[str, list[float]] = field(default_factory=dict)
+    #: The revision the run went to (as given, and resolved when it could be).
+    revision: str | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for t in self.tenants if t.status == status)
@@ -65,6 +120,9 @@ class FleetResult:
             parts.append(f"{self.count('not_run')} not run")
         if self.shard_errors:
             parts.append(f"{len(self.shard_errors)} shard(s) failed")
+        if self.pauses:
+            waited = sum(p.seconds for p in self.pauses)
+            parts.append(f"{len(self.pauses)} pause(s) for replicas ({waited:.1f} s)")
         return ", ".join(parts) + f" in {self.seconds:.2f} s"
 
     def veneer_summary(self) -> str | None:
@@ -92,7 +150,9 @@ class FleetResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "command": self.command,
+            "revision": self.revision,
             "ok": self.ok,
+            "started": _iso(self.started_at),
             "seconds": round(self.seconds, 3),
             "counts": {
                 s: self.count(s) for s in ("migrated", "current", "failed", "locked", "not_run")
@@ -100,13 +160,24 @@ class FleetResult:
             "retries": sum(t.attempts - 1 for t in self.tenants),
             "shard_errors": self.shard_errors,
             "online": [{"revision": k, "reason": v} for k, v in sorted(self.online.items())],
+            "pauses": [asdict(p) for p in self.pauses],
+            "warnings": self.warnings,
             "tenants": [asdict(t) for t in self.tenants],
+            "shard_spans": self.shard_spans,
             "veneer": {
                 "refreshed": self.refreshed,
                 "pending": self.refresh_pending,
                 "error": self.refresh_error,
             },
         }
+
+
+def _iso(epoch: float) -> str | None:
+    """``2026-12-06T10:31:02.125Z`` (UTC, milliseconds), None before the run started."""
+    if not epoch:
+        return None
+    millis = round(epoch * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(epoch))) + f".{millis:03d}Z"
 
 
 def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[str]) -> None:

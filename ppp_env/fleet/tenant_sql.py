@@ -21,7 +21,9 @@ def lock_key(tenant: str) -> str:
 
 
 def ms(seconds: float) -> str:
-    return f"'{int(seconds * 1000)}ms'"
+    """A timeout for SET: whole milliseconds, at least 1 unless ``seconds`` is 0 (no limit),
+    so a short lock wait never turns into none."""
+    return f"'{max(1, round(seconds * 1000)) if seconds > 0 else 0}ms'"
 
 
 def timeouts_sql(lock_timeout: float, statement_timeout: float, scope: str = "LOCAL") -> str:

@@ -33,8 +33,9 @@ from ppp_env.errors import PPPError
 from ppp_env.fleet import tenant_sql as sql
 from ppp_env.fleet.hooks import AlembicHooks, OutsideTransaction, StepFailed, migrating
 from ppp_env.fleet.options import RENDERABLE, RunOptions
-from ppp_env.fleet.results import TenantResult
-from ppp_env.fleet.retry import RetryQueue
+from ppp_env.fleet.pacing import pacer_for
+from ppp_env.fleet.results import LockWait, TenantResult
+from ppp_env.fleet.retry import RetryQueue, seconds_text
 from ppp_env.fleet.segments import PathPlan, Segment
 from ppp_env.fleet.tenant_sql import LOCK_NAMESPACE
 from ppp_env.identifiers import quote_ident
@@ -53,6 +54,9 @@ class ShardJob:
     shard: str
     tenants: list[str]
     lane: int = 0
+    #: ``time.monotonic()`` when the run started, in the parent (one clock for every process
+    #: of the machine): tenants' start times count from it.
+    since: float = 0.0
 
     @property
     def key(self) -> str:
@@ -110,16 +114,18 @@ class _ShardRun:
         self.raw.autocommit = True
         self.cur = self.raw.cursor()
         opts, st = self.options, self.settings
-        self.lock_timeout = (
-            st.migration_lock_timeout if opts.lock_timeout is None else opts.lock_timeout
-        )
-        self.retries = st.lock_retries if opts.retries is None else opts.retries
+        self.steps = opts.lock_steps(st)
+        #: The lock wait of the attempt in progress (``attempt`` sets it).
+        self.lock_timeout = self.steps.step(1)
         self.statement_timeout = (
             st.statement_timeout if opts.statement_timeout is None else opts.statement_timeout
         )
         self.plan = PathPlan(self.hooks, render=opts.render)
         #: Whether the tenant in progress holds its advisory lock (its migration is running).
         self.migrating = False
+        #: Per tenant, its attempts that hit the lock timeout so far (for the timeline).
+        self.waits: dict[str, list[LockWait]] = {}
+        self.pacer = pacer_for(st, self.job.shard, self.cur)
 
     @property
     def online(self) -> dict[str, str]:
@@ -135,7 +141,11 @@ class _ShardRun:
         ]
 
     def timeouts_sql(self, scope: str = "LOCAL") -> str:
-        return sql.timeouts_sql(self.lock_timeout, self.statement_timeout, scope)
+        """The attempt's lock wait inside a transaction; the full timeout for an autocommit
+        block (SESSION), whose work commits as it goes and is not undone by a retry (a
+        cancelled CREATE INDEX CONCURRENTLY leaves an invalid index behind)."""
+        wait = self.lock_timeout if scope == "LOCAL" else self.steps.ceiling
+        return sql.timeouts_sql(wait, self.statement_timeout, scope)
 
     # -- one tenant ---------------------------------------------------------------------------
     def migrate(self, tenant: str, *, diagnose: bool = False) -> tuple[str, ...]:
@@ -359,30 +369,41 @@ class _ShardRun:
 
     # -- the shard ----------------------------------------------------------------------------
     def attempt(self, tenant: str, attempt: int) -> TenantResult | _Retry:
-        """Migrate ``tenant`` once: its result, or a retry when it hit the lock timeout and
-        has retries left (it rolled back: try it again later)."""
+        """Migrate ``tenant`` once, its statements waiting for locks at most this attempt's
+        step: its result, or a retry when it hit that wait and is not given up yet (it rolled
+        back: try it again later, with a longer wait)."""
         started = time.perf_counter()
         result = TenantResult(self.job.shard, tenant, "migrated", self.states[tenant].revision)
-        result.attempts = attempt
+        result.attempts, result.lane = attempt, self.job.lane
+        result.start = at = self.clock()
+        self.lock_timeout = self.steps.step(attempt)
         try:
             heads = self.migrate(tenant)
             result.after = " ".join(heads) if heads else None
         except _Skip as skip:
             result.status, result.after = "current", str(skip) or None
         except _Blocked as blocked:
-            if attempt <= self.retries:
-                return _Retry(str(blocked))
+            waited = round(time.perf_counter() - started, 4)
+            wait = LockWait(attempt, at, waited, blocked.blocker)
+            self.waits.setdefault(tenant, []).append(wait)
+            if not self.steps.gives_up(attempt):
+                return _Retry(f"lock_timeout {seconds_text(self.lock_timeout)}: {blocked}")
             result.status = "locked"
             result.error = (
-                f"could not get its locks in {attempt} attempt(s) (lock_timeout "
-                f"{self.lock_timeout:g} s): {blocked.blocker}; rerun to finish"
+                f"could not get its locks in {attempt} attempt(s) "
+                f"({self.steps.describe(attempt)}): {blocked.blocker}; rerun to finish"
             )
         except psycopg2.errors.LockNotAvailable as exc:
             result.status, result.error = "locked", db.first_line(exc)
         except Exception as exc:
             result.status, result.error = "failed", self.explain(tenant, exc)
         result.seconds = time.perf_counter() - started
+        result.waits = self.waits.pop(tenant, [])
         return result
+
+    def clock(self) -> float:
+        """Seconds since the run started."""
+        return round(time.monotonic() - self.job.since, 4)
 
     def start(self, emit: Emit) -> list[str]:
         """Read every tenant's state; report the current ones; return the others."""
@@ -410,7 +431,8 @@ class _ShardRun:
         queue = RetryQueue(todo, stop)
         finished = 0
         while queue:
-            tenant = None if stop.is_set() else queue.next()
+            paced = not stop.is_set() and self.pacer.wait(emit, stop)  # replicas caught up
+            tenant = queue.next() if paced else None
             if tenant is None:
                 emit(("results", self.job.shard, self.not_run(queue.rest())))
                 return
@@ -507,6 +529,8 @@ def run_shard(
         run = _ShardRun(job, settings, options, hooks, conn)
         run.work(run.start(emit), emit, stop)
     finally:
+        if run is not None:
+            run.pacer.close()
         if run is not None and run.online:
             emit(("online", job.shard, dict(run.online)))
         if run is not None and run.raw.closed:

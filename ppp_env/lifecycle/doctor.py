@@ -58,35 +58,40 @@ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ({kinds})
 """
 
 #: One md5 per schema over its tables, columns, types, indexes and constraints, with the
-#: schema's own name taken out (tenant types and references are qualified by it).
+#: schema's own name taken out (tenant types and references are qualified by it). Set-based:
+#: each catalog is joined once with the tenants' namespaces (a lateral subquery per schema
+#: would scan pg_class, which has no index on relnamespace, once per tenant).
 FINGERPRINT_SQL = """
-SELECT n.nspname, md5(coalesce(string_agg(
-         replace(x.line, quote_ident(n.nspname) || '.', ''), E'\\n' ORDER BY x.line), ''))
-FROM pg_namespace n
-LEFT JOIN LATERAL (
-    SELECT 'T ' || c.relname || ' ' || c.relkind::text AS line
-    FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+WITH ns AS (SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%s)),
+lines AS (
+    SELECT c.relnamespace AS ns, 'T ' || c.relname || ' ' || c.relkind::text AS line
+    FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
     UNION ALL
-    SELECT 'C ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+    SELECT c.relnamespace, 'C ' || c.relname || '.' || a.attname || ' '
+           || format_type(a.atttypid, a.atttypmod)
            || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
            || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
-    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
-         AND NOT a.attisdropped
+    FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
     LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-    WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
     UNION ALL
-    SELECT 'I ' || pg_get_indexdef(i.indexrelid)
-    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relnamespace = n.oid
+    SELECT c.relnamespace, 'I ' || pg_get_indexdef(i.indexrelid)
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN ns ON ns.oid = c.relnamespace
     UNION ALL
-    SELECT 'K ' || r.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
-    FROM pg_constraint k JOIN pg_class r ON r.oid = k.conrelid WHERE k.connamespace = n.oid
+    SELECT k.connamespace, 'K ' || r.relname || ' ' || k.conname || ' '
+           || pg_get_constraintdef(k.oid)
+    FROM pg_constraint k JOIN ns ON ns.oid = k.connamespace JOIN pg_class r ON r.oid = k.conrelid
     UNION ALL
-    SELECT 'Y ' || t.typname || ' ' || t.typtype::text || coalesce(' ' || (
+    SELECT t.typnamespace, 'Y ' || t.typname || ' ' || t.typtype::text || coalesce(' ' || (
         SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
         FROM pg_enum e WHERE e.enumtypid = t.oid), '')
-    FROM pg_type t WHERE t.typnamespace = n.oid AND t.typtype IN ('e', 'd', 'r')
-) x ON true
-WHERE n.nspname = ANY(%s) GROUP BY n.nspname
+    FROM pg_type t JOIN ns ON ns.oid = t.typnamespace WHERE t.typtype IN ('e', 'd', 'r')
+)
+SELECT ns.nspname, md5(coalesce(string_agg(
+         replace(l.line, quote_ident(ns.nspname) || '.', ''), E'\\n' ORDER BY l.line), ''))
+FROM ns LEFT JOIN lines l ON l.ns = ns.oid GROUP BY ns.nspname
 """
 
 

@@ -28,7 +28,7 @@ import dotenv
 
 from ppp_env.errors import PPPError
 from ppp_env.servers.provision import scram_verifier
-from ppp_env.settings import env_prefix
+from ppp_env.settings import Instance, env_prefix
 
 EXAMPLE_SHARDS = ("bluth_co", "cyberdyne", "initech")
 SERVER_USER = "postgres"
@@ -373,6 +373,33 @@ class LocalServers:
                 "Restore the .env file that `ppp local up` wrote, or run "
                 "`ppp local down --purge` and `ppp local up` again."
             )
+
+    def replicate(self, name: str, primary: Instance) -> None:
+        """Make instance ``name`` a streaming replica of ``primary``'s running server: a
+        ``pg_basebackup -R`` over the replication entry for 127.0.0.1 that initdb writes, as
+        its superuser (password through the environment, never on a command line). Start it
+        with :meth:`start`: it keeps the primary's roles and passwords."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.base_dir.chmod(0o755)
+        self._check_reachable()
+        self._mkdir(self.root(name))
+        self._mkdir(self.root(name) / "run")
+        cmd = [
+            str(self.bindir / "pg_basebackup"),
+            *("-D", str(self.data_dir(name)), "-R", "-X", "stream", "-c", "fast", "-w"),
+            *("-h", primary.host, "-p", str(primary.port), "-U", primary.superuser),
+        ]
+        if self.as_root:
+            cmd = ["runuser", "-u", SERVER_USER, "--", *cmd]
+        env = {**os.environ, "PGPASSWORD": primary.superuser_password or ""}
+        try:
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise PPPError(f"pg_basebackup of {primary.label} did not finish in 300 s") from None
+        if res.returncode != 0:
+            raise PPPError(f"pg_basebackup of {primary.label} failed: {res.stderr.strip()}")
 
     def purge(self, name: str) -> None:
         self.stop(name)
