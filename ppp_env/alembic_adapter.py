@@ -11,7 +11,8 @@ T1 :func:`running_environment`: the running ``EnvironmentContext`` object (``ale
    only proxies it), through ``MigrationContext.environment_context``.
 T2 :func:`command_name`: which command runs: ``config.cmd_opts.cmd`` (Alembic's command line)
    and the names of the step functions ``alembic.command`` passes.
-T3 :func:`step_function`: that step function, from ``EnvironmentContext.context_opts``.
+T3 :func:`step_function`: that step function, from ``EnvironmentContext.context_opts``;
+   :func:`destination_argument`: the destination as given, from the same place.
 T4 :func:`targets_every_head`: ``head`` among several heads, told by the ``MultipleHeads``
    error behind ``get_revision_argument()``.
 T5 :func:`describe`: what a step is (its ``Script``, direction, log line).
@@ -109,6 +110,13 @@ def step_function(env: EnvironmentContext) -> StepFunction | None:
     Alembic offers no getter. Read it before any ``configure(fn=...)`` replaces it."""
     fn = env.context_opts.get("fn")
     return fn if callable(fn) else None
+
+
+def destination_argument(env: EnvironmentContext) -> Any:
+    """T3: the destination the command was given, as typed (``head``, ``-1``, ``b1``...; None
+    for commands without one), from ``EnvironmentContext.context_opts``: Alembic offers no
+    getter for the unresolved argument."""
+    return env.context_opts.get("destination_rev")
 
 
 def targets_every_head(env: EnvironmentContext) -> bool:

@@ -186,6 +186,21 @@ def test_t3_downgrade_and_stamp_steps(scripts: Path) -> None:
     assert stamp and all(i.script is None and i.label for i in stamp)
 
 
+@pytest.mark.parametrize(
+    ("run", "given"),
+    [
+        (lambda cfg: command.upgrade(cfg, "heads", sql=True), "heads"),
+        (lambda cfg: command.downgrade(cfg, "b1:a1", sql=True), "a1"),
+        (lambda cfg: command.current(cfg), None),
+    ],
+)
+def test_t3_the_destination_as_given(scripts: Path, run: Any, given: str | None) -> None:
+    env_given = probe(
+        scripts, run, lambda context: adapter.destination_argument(adapter.running_environment())
+    )
+    assert env_given == given
+
+
 # -- T4 ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("run", "every"),

@@ -26,7 +26,13 @@ from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
-from ppp_env.alembic_adapter import Planner, as_tuple, step_function, template_dir
+from ppp_env.alembic_adapter import (
+    Planner,
+    as_tuple,
+    destination_argument,
+    step_function,
+    template_dir,
+)
 from ppp_env.alembic_env import PPPEnvironment
 from ppp_env.errors import PPPError
 from ppp_env.fleet.commands import RENDER_KEY, RenderRequest
@@ -112,7 +118,7 @@ class FleetEnvironment(PPPEnvironment):
 
     def target(self) -> str:
         """The revision the command goes to: as given, with what it resolved to."""
-        given = self.env.context_opts.get("destination_rev")
+        given = destination_argument(self.env)
         try:
             resolved = self.env.get_revision_argument()
         except Exception:  # a relative revision (-1): as given
