@@ -206,10 +206,12 @@ def render_steps(
     while len(out) < len(steps):
         rest = list(steps[len(out) :])
         at = (out[-1].heads_after or ()) if out else heads
+        known = memo.blocker(rest[0]) is not None
         part = _Pass(env, rest, at, setup, tenant, memo).run()
         failed = part.pop() if part and part[-1].heads_after is None else None
         out.extend(part)
-        if failed is not None and memo.blocker(rest[len(part)]) is None:
+        stepped_over_already = not part and known  # it failed even stepped over
+        if failed is not None and (stepped_over_already or memo.blocker(rest[len(part)]) is None):
             out.append(failed)  # it cannot be stepped over: rendering ends there
             break
         if failed is None and not part:
