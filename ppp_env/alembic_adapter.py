@@ -11,8 +11,8 @@ T1 :func:`running_environment`: the running ``EnvironmentContext`` object (``ale
    only proxies it), through ``MigrationContext.environment_context``.
 T2 :func:`command_name`: which command runs: ``config.cmd_opts.cmd`` (Alembic's command line)
    and the names of the step functions ``alembic.command`` passes.
-T3 :func:`step_function`: that step function, and :func:`destination_argument`: the
-   destination as the command gave it, both from ``EnvironmentContext.context_opts``.
+T3 :func:`step_function`: that step function, from ``EnvironmentContext.context_opts``;
+   :func:`destination_argument`: the destination as given, from the same place.
 T4 :func:`targets_every_head`: ``head`` among several heads, told by the ``MultipleHeads``
    error behind ``get_revision_argument()``.
 T5 :func:`describe`: what a step is (its ``Script``, direction, log line).
@@ -25,10 +25,16 @@ T9 :func:`guard_offline_bind`: the offline bind swapped for one that says when a
 T10 :func:`watch_autocommit`: a revision entering ``autocommit_block`` is seen before it runs.
 T11 :func:`version_dirs`, :func:`versions_dir`, :func:`template_dir`: a script directory's
    folders, without loading a revision.
+T12 :func:`with_function`: a step whose revision function is another (``migration_fn``), so a
+   revision rendered once is replayed, or one that cannot be rendered is stepped over,
+   without running its code again.
+T13 the offline bind's inspector (``sqlalchemy.inspection``'s registry): ``sa.inspect()`` of
+   it answers the default schema and says which Inspector method needs the database.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +50,7 @@ from alembic.runtime.migration import MigrationContext, MigrationStep
 from alembic.script import Script, ScriptDirectory
 from alembic.script.revision import MultipleHeads
 from alembic.util import CommandError
+from sqlalchemy import inspection as sa_inspection
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Dialect
 
@@ -105,11 +112,11 @@ def step_function(env: EnvironmentContext) -> StepFunction | None:
     return fn if callable(fn) else None
 
 
-def destination_argument(env: EnvironmentContext) -> str | None:
-    """T3: the destination revision as the running command gave it (``head``, ``-1``,
-    ``b1:a1``...), before Alembic resolves it; None for commands without one."""
-    given = env.context_opts.get("destination_rev")
-    return None if given is None else str(given)
+def destination_argument(env: EnvironmentContext) -> Any:
+    """T3: the destination the command was given, as typed (``head``, ``-1``, ``b1``...; None
+    for commands without one), from ``EnvironmentContext.context_opts``: Alembic offers no
+    getter for the unresolved argument."""
+    return env.context_opts.get("destination_rev")
 
 
 def targets_every_head(env: EnvironmentContext) -> bool:
@@ -194,6 +201,14 @@ def run_upgrades(ctx: MigrationContext, steps: Sequence[Any]) -> None:
             info.script.module.upgrade()
 
 
+def run_functions(ctx: MigrationContext, steps: Sequence[Any]) -> None:
+    """Run each step's revision function (``upgrade()`` or ``downgrade()``, T12) with ``op``
+    bound to ``ctx``, writing nothing to the version table: the caller knows the heads."""
+    with Operations.context(ctx):
+        for step in steps:
+            revision_function(step)()
+
+
 def replace_heads(ctx: MigrationContext, removed: Sequence[str], added: Sequence[str]) -> None:
     """T7: delete ``removed`` from the version table and insert ``added``, two statements
     whatever their number (Alembic writes one per step). The table is Alembic's: one
@@ -269,7 +284,9 @@ def default_schema(dialect: Dialect, schema: str) -> Iterator[None]:
 
 class DatabaseRead(AttributeError):
     """Raised while rendering offline when a revision uses what only a live connection has:
-    a statement's rows, or a method the offline connection lacks. ``call`` says which.
+    a statement's rows, an Inspector's answers, a Session's connection, or a method the
+    offline connection lacks. ``call`` says which, as the revision wrote it
+    (``Connection.execute(SELECT ...).scalar()``, ``Inspector.get_columns()``...).
 
     An AttributeError, as the offline connection's own errors are, so that Alembic's probes
     of the connection (``getattr`` with a fallback) behave as before."""
@@ -294,19 +311,20 @@ class _Unread:
         self._statement = statement
 
     def _read(self, what: str) -> NoReturn:
-        raise DatabaseRead(f"execute({_statement_text(self._statement)}).{what}")
+        raise DatabaseRead(f"Connection.execute({_statement_text(self._statement)}).{what}")
 
     def __getattr__(self, name: str) -> Any:
-        self._read(name)
+        self._read(f"{name}()")
 
     def __iter__(self) -> Iterator[Any]:
-        self._read("__iter__")
+        self._read("__iter__()")
 
 
 class _OfflineBind:
     """The offline connection a revision gets from ``op.get_bind()``: statements are written
-    to the SQL as before; reading their rows, or anything the offline connection lacks
-    (``exec_driver_sql``, ``scalar``...), raises :class:`DatabaseRead`."""
+    to the SQL as before; reading their rows, an Inspector's answers, a Session's connection
+    (``connect``), or anything the offline connection lacks (``exec_driver_sql``,
+    ``scalar``...), raises :class:`DatabaseRead`."""
 
     def __init__(self, offline: Any) -> None:
         self._offline = offline
@@ -317,17 +335,44 @@ class _OfflineBind:
         self._offline.execute(statement, parameters, execution_options)
         return _Unread(statement)
 
+    def connect(self, **_kw: Any) -> NoReturn:
+        # What a Session (or an engine-style caller) asks first; the mock would hand itself.
+        raise DatabaseRead("Connection.connect()")
+
     def __getattr__(self, name: str) -> Any:
         try:
             return getattr(self._offline, name)
         except AttributeError:
-            raise DatabaseRead(f"the connection's {name}") from None
+            raise DatabaseRead(f"Connection.{name}()") from None
+
+
+class _OfflineInspector:
+    """T13: what ``sa.inspect()`` of the offline bind returns. Its default schema is the
+    dialect's (the marker PPP plants while rendering); every other answer needs the
+    database: :class:`DatabaseRead` names the Inspector method."""
+
+    def __init__(self, bind: _OfflineBind) -> None:
+        self.bind = bind
+        self.dialect = bind.dialect
+
+    @property
+    def default_schema_name(self) -> str | None:
+        name = self.dialect.default_schema_name
+        return str(name) if name is not None else None
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise DatabaseRead(f"Inspector.{name.lstrip('_')}()")
+
+
+# SQLAlchemy's registry of what sa.inspect() answers per type; a class registered under its own
+# name and module may be registered again (a module reload).
+sa_inspection._inspects(_OfflineBind)(_OfflineInspector)
 
 
 def guard_offline_bind(ctx: MigrationContext) -> None:
     """T9: an offline context's bind (``op.get_bind()``, ``ctx.bind``) says when a revision
-    reads from the database (:class:`DatabaseRead`); ``sa.inspect()`` of it raises
-    SQLAlchemy's ``NoInspectionAvailable`` as before. Swapped where Alembic's own
+    reads from the database (:class:`DatabaseRead`); ``sa.inspect()`` of it is an Inspector
+    that answers only the default schema (T13). Swapped where Alembic's own
     ``autocommit_block`` swaps the connection: the context's and its impl's."""
     if not ctx.as_sql:
         raise PPPError("only an offline context's connection can be guarded")
@@ -352,6 +397,24 @@ def watch_autocommit(
                 left()
 
     ctx.autocommit_block = watched  # type: ignore[method-assign]
+
+
+def revision_function(step: Any) -> Callable[..., None]:
+    """T12: the function a step runs (its revision's ``upgrade()`` or ``downgrade()``)."""
+    fn: Callable[..., None] = step.migration_fn
+    return fn
+
+
+def with_function(step: Any, fn: Callable[..., None]) -> Any:
+    """T12: a copy of ``step`` that runs ``fn`` (Alembic's run arguments, as keywords) instead
+    of its revision's ``upgrade()``/``downgrade()``; Alembic still writes the version table
+    and reports the step. ``step`` itself (kept in PPP's plans) is unchanged. Alembic keeps
+    the function a step runs in its ``migration_fn`` attribute."""
+    if not hasattr(step, "migration_fn"):
+        raise PPPError(f"{describe(step).label}: not a migration step")
+    other = copy.copy(step)
+    other.migration_fn = fn
+    return other
 
 
 # -- T11: a script directory's folders -----------------------------------------------------------

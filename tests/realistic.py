@@ -1,16 +1,19 @@
 """Helpers for tests/test_realistic_chain.py: the realistic chains, their config, the checks.
 
-The chains live in tests/scripts/realistic/: ``tenant/`` (16 tenant revisions, 56 tables per
+The chains live in tests/scripts/realistic/: ``tenant/`` (19 tenant revisions, 56 tables per
 tenant at head: an enum type and a label added later, foreign keys into the shard-wide
 ``shared_rt.users``, triggers calling ``shared_rt.set_updated_at()``, a branch and its
-merge, two revisions that read the database, renderable data migrations, a column added,
-a column dropped, a table renamed) and ``shared/`` (the shard-wide chain: schema
+merge, four revisions that read the database (a query, the Inspector's table names, an ORM
+``Session.query``, ``Inspector.get_columns``), renderable data migrations, a column added,
+a column dropped, a table renamed, two revisions with an effect outside the database that
+the tests count) and ``shared/`` (the shard-wide chain: schema
 ``shared_rt``, its users, the trigger function, the app role's grants).
 """
 
 from __future__ import annotations
 
 import io
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,13 +34,16 @@ TENANT_SCRIPTS = SCRIPTS / "tenant"
 SHARED_SCRIPTS = SCRIPTS / "shared"
 VENEER_SCRIPTS = ROOT / "veneer_migrations"
 
-HEAD = "rc15"
-#: Where ``downgrade -3`` from head lands (rc15, rc14, rc13 undone).
-MINUS_3 = "rc12"
+HEAD = "rc18"
+#: ``downgrade -6`` from head lands on rc12 (rc18 ... rc13 undone).
+STEPS_BACK, BACK = "-6", "rc12"
 SHARED_REVISIONS = ("rcs01", "rcs02", "rcs03")
 SHARED_SCHEMA = "shared_rt"
-#: The revisions that read the database; each logs the default schema it saw.
-READING_REVISIONS = ("rc10", "rc11")
+#: The revisions that read the database (they run online); each logs the default schema it
+#: saw, but rc17.
+READING_REVISIONS = ("rc10", "rc11", "rc16", "rc17")
+#: The variable naming the file rc16 (online) and rc18 (rendered) append a line to.
+EFFECTS_VARIABLE = "PPP_RC_EFFECTS"
 CATALOG_TABLES = [f"catalog_{n}" for n in range(10)]
 #: The label rc09 adds to the tenant enum type ``mood``.
 NEW_MOOD = "ecstatic"
@@ -49,8 +55,11 @@ def tenant_names(settings: Settings, per_shard: int = 10) -> dict[str, str]:
 
 
 def write_ini(directory: Path) -> Path:
-    """An alembic.ini in ``directory`` (never the source tree): the realistic tenant and
-    shared chains, and the repository's veneer migrations."""
+    """An alembic.ini in ``directory`` (never the source tree): a copy of the realistic
+    tenant chain (so what PPP keeps beside its env.py stays with the test), the shared chain,
+    and the repository's veneer migrations."""
+    tenant_scripts = directory / "tenant"
+    shutil.copytree(TENANT_SCRIPTS, tenant_scripts, ignore=shutil.ignore_patterns("__pycache__"))
 
     def section(name: str, location: Path) -> str:
         return (
@@ -62,7 +71,7 @@ def write_ini(directory: Path) -> Path:
     ini.write_text(
         "\n".join(
             [
-                section("alembic", TENANT_SCRIPTS),
+                section("alembic", tenant_scripts),
                 section("shared", SHARED_SCRIPTS),
                 section("veneer", VENEER_SCRIPTS),
             ]

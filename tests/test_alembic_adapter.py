@@ -23,6 +23,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import NoInspectionAvailable
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from ppp_env import alembic_adapter as adapter
@@ -188,16 +189,16 @@ def test_t3_downgrade_and_stamp_steps(scripts: Path) -> None:
 @pytest.mark.parametrize(
     ("run", "given"),
     [
-        (lambda cfg: command.upgrade(cfg, "head", sql=True), "head"),
+        (lambda cfg: command.upgrade(cfg, "heads", sql=True), "heads"),
         (lambda cfg: command.downgrade(cfg, "b1:a1", sql=True), "a1"),
         (lambda cfg: command.current(cfg), None),
     ],
 )
 def test_t3_the_destination_as_given(scripts: Path, run: Any, given: str | None) -> None:
-    seen = probe(
+    env_given = probe(
         scripts, run, lambda context: adapter.destination_argument(adapter.running_environment())
     )
-    assert seen == given
+    assert env_given == given
 
 
 # -- T4 ------------------------------------------------------------------------------------------
@@ -327,17 +328,49 @@ def test_t9_the_guarded_offline_bind_says_when_a_revision_reads(scripts: Path) -
         bind.execute(sa.text("UPDATE items SET price = 1"))  # written, never read: fine
         with pytest.raises(adapter.DatabaseRead) as read:
             bind.execute(sa.text("SELECT count(*) FROM items")).scalar()
-        assert read.value.call == "execute(SELECT count(*) FROM items).scalar"
+        assert read.value.call == "Connection.execute(SELECT count(*) FROM items).scalar()"
         with pytest.raises(adapter.DatabaseRead, match="exec_driver_sql"):
             bind.exec_driver_sql("SELECT 1")
+        with pytest.raises(adapter.DatabaseRead, match=r"Connection\.connect\(\)"):
+            Session(bind).query(sa.table("items", sa.column("name"))).all()
+        # T13: the inspector of the offline bind answers the default schema, nothing else.
+        inspector = sa.inspect(bind)
+        assert inspector.default_schema_name == ctx.dialect.default_schema_name
+        with pytest.raises(adapter.DatabaseRead) as read:
+            inspector.get_columns("items")
+        assert read.value.call == "Inspector.get_columns()"
+        with pytest.raises(adapter.DatabaseRead, match="Inspector"):
+            sa.Table("items", sa.MetaData(), autoload_with=bind)
         with pytest.raises(NoInspectionAvailable):
-            sa.inspect(bind)
+            sa.inspect(object())  # SQLAlchemy's registry itself is unchanged
         with pytest.raises(adapter.DatabaseRead):
             list(bind.execute(sa.text("SELECT 2")))
         # DDL through the bind (Alembic creates its version table so) still renders.
         sa.Table("t9", sa.MetaData(), sa.Column("x", sa.Integer)).create(bind)
     sql = buf.getvalue()
     assert "UPDATE items SET price = 1" in sql and "CREATE TABLE t9" in sql
+
+
+# -- T12 -----------------------------------------------------------------------------------------
+def test_t12_a_step_runs_another_function_and_alembic_keeps_the_heads(scripts: Path) -> None:
+    env = environment(scripts)
+    steps = adapter.Planner(env, lambda heads, ctx: env.script._upgrade_revs("b1", heads))(())
+    assert [adapter.describe(s).script.revision for s in steps] == ["a1", "b1"]
+    original = adapter.revision_function(steps[0])
+    assert original.__name__ == "upgrade"
+    calls: list[dict[str, Any]] = []
+    replaced = [adapter.with_function(steps[0], lambda **kw: calls.append(kw)), steps[1]]
+    buf = io.StringIO()
+    applied: list[Any] = []
+    ctx = adapter.migration_context(
+        env, replaced, {"output_buffer": buf}, on_applied=lambda **kw: applied.append(kw["heads"])
+    )
+    adapter.run(ctx)
+    sql = buf.getvalue()
+    assert "up a1" not in sql and "SELECT 'up b1'" in sql  # a1's function replaced
+    assert len(calls) == 1 and [set(h) for h in applied] == [{"a1"}, {"b1"}]
+    assert "INSERT INTO alembic_version (version_num) VALUES ('a1')" in sql
+    assert adapter.revision_function(steps[0]) is original  # the planned step is unchanged
 
 
 # -- T10 -----------------------------------------------------------------------------------------

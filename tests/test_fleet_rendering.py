@@ -68,17 +68,46 @@ CASES = {
     "reads": (
         'n = bind.execute(sa.text("SELECT count(*) FROM items")).scalar()',
         "reads",
-        "execute(SELECT count(*) FROM items).scalar",
+        "Connection.execute(SELECT count(*) FROM items).scalar()",
+    ),
+    "select_fetchall": (
+        'items = sa.table("items", sa.column("name"))\n'
+        "rows = bind.execute(sa.select(items)).fetchall()",
+        "reads",
+        "Connection.execute(SELECT items.name FROM items).fetchall()",
     ),
     "inspects": (
         "names = sa.inspect(bind).get_table_names()",
         "reads",
-        "sqlalchemy.inspect() of the connection",
+        "Inspector.get_table_names()",
+    ),
+    "get_columns": (
+        'columns = sa.inspect(bind).get_columns("items")',
+        "reads",
+        "Inspector.get_columns()",
+    ),
+    "reflects": (
+        'items = sa.Table("items", sa.MetaData(), autoload_with=bind)',
+        "reads",
+        "Table() -> Inspector.inspection_context()",
+    ),
+    "session_query": (
+        "from sqlalchemy.orm import Session\n"
+        'items = sa.table("items", sa.column("name"))\n'
+        "rows = Session(bind).query(items).all()",
+        "reads",
+        "Query.all() -> Connection.connect()",
+    ),
+    "session_execute": (
+        "from sqlalchemy.orm import Session\n"
+        'n = Session(bind).execute(sa.text("SELECT 1")).scalar()',
+        "reads",
+        "Session.execute() -> Connection.connect()",
     ),
     "driver_sql": (
         'bind.exec_driver_sql("UPDATE items SET name = name")',
         "reads",
-        "the connection's exec_driver_sql",
+        "Connection.exec_driver_sql()",
     ),
     "tenant": ("op.execute(f\"COMMENT ON TABLE items IS '{current_tenant()}'\")", "tenant", None),
     "error": ('raise ValueError("boom")', "error", "ValueError: boom"),
@@ -117,7 +146,9 @@ def test_a_revision_that_cannot_be_rendered_says_why_where(tmp_path: Path, case:
     cfg = chain(tmp_path, body)
     stopped = second(render_path(cfg))
     assert stopped.label == "revision r002 (the revision under test)"
-    assert stopped.blocker is not None and stopped.heads_after is None
+    # Stepped over: no SQL, but the heads it leaves are known (rendering goes on after it).
+    assert stopped.blocker is not None and stopped.heads_after == ("r002",)
+    assert stopped.sql == ""
     assert (stopped.blocker.kind, stopped.blocker.call) == (kind, call)
     where = stopped.blocker.where
     assert where is not None and Path(where.file).name == "r002.py"
@@ -248,3 +279,45 @@ def test_autocommit_found_online_rolls_back_and_runs_alone(fleet, settings, tmp_
             (t,),
         )
         assert valid == [(True,)]
+
+
+# -- a worker's plan: segments cut from the whole path rendered once -----------------------------
+def test_the_plan_renders_once_and_runs_consecutive_online_revisions_together() -> None:
+    """r1 r2 render, b3 b4 cannot (one online segment, the heads after b4 known), r5 renders,
+    b6 cannot: four segments from one rendering of the path."""
+    from ppp_env.fleet.hooks import AlembicHooks, Blocker
+    from ppp_env.fleet.segments import PathPlan
+
+    steps = ["r1", "r2", "b3", "b4", "r5", "b6"]
+    renders: list[tuple[str, ...]] = []
+
+    def render(path, heads) -> Rendered:
+        renders.append(tuple(path))
+        return Rendered(
+            [
+                RevisionRender(s, f"-- {s}\n", (s,), None)
+                if s[0] == "r"
+                else RevisionRender(s, "", (s,), Blocker("reads", "Inspector.get_columns()"))
+                for s in path
+            ]
+        )
+
+    def never(*_args) -> None:
+        raise AssertionError("the plan runs nothing")
+
+    plan = PathPlan(AlembicHooks("upgrade", lambda heads: list(steps), render, never, str))
+    cut, pos = [], 0
+    while pos < len(steps):
+        seg = plan.segment((), pos, ())
+        cut.append((seg.sql or seg.online, seg.heads_after))
+        pos += seg.size
+    assert cut == [
+        ("-- r1\n-- r2\n", ("r2",)),
+        (("b3", "b4"), ("b4",)),
+        ("-- r5\n", ("r5",)),
+        (("b6",), ("b6",)),
+    ]
+    assert renders == [tuple(steps)]  # the path rendered once, every revision of it
+    assert plan.online == dict.fromkeys(
+        ["b3", "b4", "b6"], "it reads from the database (Inspector.get_columns())"
+    )

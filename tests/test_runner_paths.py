@@ -171,6 +171,53 @@ def test_errors_name_the_revision(fleet, settings, scripts):
     assert states(settings, fleet[bad], [bad])[bad].revision == "f001"
 
 
+def test_a_failure_after_online_revisions_is_named_without_running_them_again(
+    fleet, settings, tmp_path, monkeypatch
+):
+    """g004 runs online (it reads) and appends a line per run of its code; g005 and g006
+    render as one stretch, and g006 fails for one tenant. The error names g006 from the
+    stretch itself: g004's code is not run again to find it (once per tenant, plus at most
+    once while rendering learns it cannot be rendered)."""
+    dest = tmp_path / "scripts"
+    shutil.copytree(FLEET_SCRIPTS, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    effects = tmp_path / "effects.txt"
+    monkeypatch.setenv("PPP_TEST_EFFECTS", str(effects))
+    write_revision(
+        dest,
+        "g004",
+        "f003",
+        "online, with an effect",
+        "    import os\n"
+        "    schema = op.get_bind().dialect.default_schema_name\n"
+        '    with open(os.environ["PPP_TEST_EFFECTS"], "a") as out:\n'
+        '        out.write(f"{schema}\\n")\n'
+        '    op.get_bind().execute(sa.text("SELECT count(*) FROM items")).scalar()',
+        "    pass",
+    )
+    write_revision(
+        dest, "g005", "g004", "a table", '    op.create_table("g5", sa.Column("x", sa.Integer))',
+        '    op.drop_table("g5")',
+    )  # fmt: skip
+    write_revision(
+        dest, "g006", "g005", "prices unique",
+        '    op.create_index("uq_price", "items", ["price"], unique=True)',
+        '    op.drop_index("uq_price", table_name="items")',
+    )  # fmt: skip
+    command.upgrade(fleet_config(dest, **opts(**only(fleet))), "f003")
+    bad = sorted(fleet)[0]
+    shard_sql(settings, fleet[bad], f"INSERT INTO {bad}.items VALUES ('a', 1), ('b', 1)")
+    effects.write_text("")
+    with pytest.raises(CommandError) as err:
+        command.upgrade(fleet_config(dest, **opts(**only(fleet))), "head")
+    assert f"{fleet[bad]}/{bad}: revision g006 (prices unique): UniqueViolation" in str(err.value)
+    lines = effects.read_text().splitlines()
+    assert sorted(x for x in lines if x in fleet) == sorted(fleet)  # once per tenant
+    assert len(lines) <= len(fleet) + 1, lines
+    assert states(settings, fleet[bad], [bad])[bad].revision == "f003"
+    good = sorted(fleet)[1]
+    assert states(settings, fleet[good], [good])[good].revision == "g006"
+
+
 def test_downgrade_base_then_upgrade_head_on_the_rendered_path(fleet, settings, scripts):
     command.upgrade(fleet_config(scripts, **opts(**only(fleet))), "head")
     command.downgrade(fleet_config(scripts, **opts(**only(fleet))), "base")

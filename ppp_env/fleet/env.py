@@ -26,17 +26,31 @@ from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.pool import NullPool
 
 from ppp_env import db
-from ppp_env.alembic_adapter import Planner, as_tuple, destination_argument, step_function
+from ppp_env.alembic_adapter import (
+    Planner,
+    as_tuple,
+    destination_argument,
+    step_function,
+    template_dir,
+)
 from ppp_env.alembic_env import PPPEnvironment
 from ppp_env.errors import PPPError
 from ppp_env.fleet.commands import RENDER_KEY, RenderRequest
 from ppp_env.fleet.hooks import AlembicHooks, Rendered
-from ppp_env.fleet.options import OPTIONS_KEY, RESULT_KEY, RunOptions
+from ppp_env.fleet.options import OPTIONS_KEY, RENDERABLE, RESULT_KEY, RunOptions
 from ppp_env.fleet.pool import run_fleet
 from ppp_env.fleet.progress import make_display
-from ppp_env.fleet.rendering import Setup, render_steps, run_steps_online, step_label
+from ppp_env.fleet.rendering import (
+    OnlineRunner,
+    RenderMemo,
+    Setup,
+    render_steps,
+    run_steps_online,
+    step_label,
+)
 from ppp_env.fleet.results import refresh_veneer
 from ppp_env.fleet.status import shard_states
+from ppp_env.fleet.verdicts import VerdictCache
 from ppp_env.identifiers import quote_ident
 from ppp_env.report import check_target, write_run_report
 from ppp_env.tenant_state import group_by_shard
@@ -51,6 +65,10 @@ class FleetEnvironment(PPPEnvironment):
         self.options = RunOptions.from_x(self.x, self.config.attributes.get(OPTIONS_KEY))
         kw = dict(configure_kw)
         self.setup = Setup(kw.pop("target_metadata", None), kw)
+        #: What rendering learned (inherited by the workers): no revision's code runs twice
+        #: for rendering; verdicts kept across runs beside env.py (fleet.verdicts).
+        self.memo = RenderMemo(VerdictCache.of(template_dir(self.env.script)))
+        self._rendered: dict[tuple[tuple[str, ...], tuple[str, ...]], Rendered] = {}
 
     @property
     def env_name(self) -> str | None:
@@ -73,8 +91,15 @@ class FleetEnvironment(PPPEnvironment):
         tenants = self.tenants()
         self.env.script.get_heads()  # load every revision once, before the workers fork
         hooks = AlembicHooks(
-            self.command, Planner(self.env, fn), self.render, self.run_online, step_label
+            self.command,
+            Planner(self.env, fn),
+            self.render,
+            self.run_online,
+            step_label,
+            OnlineRunner(self.env, self.setup),
         )
+        if self.options.render and self.command in RENDERABLE:
+            self.render_before_fork(tenants, hooks)
         display = make_display(self.options.output, self.options.verbose)
         result = run_fleet(self.settings, group_by_shard(tenants), self.options, hooks, display)
         result.revision = self.target()
@@ -101,8 +126,22 @@ class FleetEnvironment(PPPEnvironment):
         shown = " ".join(resolved) if isinstance(resolved, tuple) else str(resolved or "base")
         return shown if str(given) in (shown, "None") else f"{given} ({shown})"
 
+    def render_before_fork(self, tenants: list[Tenant], hooks: AlembicHooks) -> None:
+        """Render, in this process, the path from every starting point the tenants are at
+        (one state query per shard), so that the workers it forks inherit it and run no
+        revision's code to render: each revision runs here at most once. A shard that does
+        not answer is left to its worker, which reports it."""
+        states, _errors = shard_states(self.settings, tenants)
+        for start in sorted({st.heads for st in states.values()}):
+            steps = hooks.steps(start)
+            if steps:
+                self.render(steps, start)
+
     def render(self, steps: Sequence[Any], heads: tuple[str, ...]) -> Rendered:
-        return render_steps(self.env, steps, heads, self.setup)
+        key = (heads, tuple(step_label(s) for s in steps))
+        if key not in self._rendered:
+            self._rendered[key] = render_steps(self.env, steps, heads, self.setup, None, self.memo)
+        return self._rendered[key]
 
     def run_online(self, conn: Any, tenant: str, steps: Sequence[Any], own: bool = False) -> None:
         run_steps_online(self.env, conn, tenant, steps, self.setup, own)
@@ -136,28 +175,31 @@ class FleetEnvironment(PPPEnvironment):
         steps = Planner(self.env, fn)(heads)  # an unknown revision fails here, as Alembic says it
         request = self.config.attributes.get(RENDER_KEY)
         if isinstance(request, RenderRequest):
-            request.rendered = render_steps(self.env, steps, heads, self.setup)
+            request.rendered = render_steps(self.env, steps, heads, self.setup, None, self.memo)
             return
         self.write_sql(steps, heads, from_base=starting is None)
 
     def sql_for(self, steps: list[Any], heads: tuple[str, ...], tenant: str | None) -> str | None:
         """The SQL of ``steps`` (for ``tenant``, else schema-neutral); None when a revision
-        needs the tenant and no tenant was given."""
-        rendered = render_steps(self.env, steps, heads, self.setup, tenant)
-        blocked = rendered.blocked
-        if blocked is None or blocked.blocker is None:
+        needs the tenant and no tenant was given. Every revision that cannot be rendered is
+        named, with why and where, in one error."""
+        rendered = render_steps(self.env, steps, heads, self.setup, tenant, self.memo)
+        blocked = [r for r in rendered.revisions if r.blocker is not None]
+        if not blocked:
             return rendered.sql
-        if tenant is None and blocked.blocker.per_tenant:
+        needs = [r for r in blocked if not (tenant is None and r.blocker and r.blocker.per_tenant)]
+        if not needs:
             return None
+        lines = "".join(f"\n  {r.label}: {r.blocker.reason()}" for r in needs if r.blocker)
         raise PPPError(
-            f"cannot render the SQL offline: {blocked.label}: {blocked.blocker.reason()}; "
-            "--sql cannot run it (PPP runs such a revision online during upgrade)"
+            f"cannot render the SQL offline: {len(needs)} revision(s) need the database "
+            f"(PPP runs them online during upgrade; --sql cannot):{lines}"
         )
 
     def write_sql(self, steps: list[Any], heads: tuple[str, ...], from_base: bool) -> None:
         """Every tenant's SQL, a header per shard and tenant: on stdout, or a file per shard."""
-        by_shard = group_by_shard(self.tenants())
         shared = self.sql_for(steps, heads, None)  # None: a tenant-specific revision
+        by_shard = group_by_shard(self.tenants())
         out_dir = Path(self.options.sql_dir) if self.options.sql_dir else None
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -88,8 +88,9 @@ class RevisionRender:
 
 @dataclass
 class Rendered:
-    """A path rendered offline, revision by revision, as far as rendering got: after the
-    first revision with a :class:`Blocker` nothing is rendered."""
+    """A path rendered offline, revision by revision: a revision with a :class:`Blocker` has
+    no SQL (it was stepped over: its code did not run to the end), and the revisions after
+    it are rendered as they run once it has (their version statements follow from it)."""
 
     revisions: list[RevisionRender] = field(default_factory=list)
 
@@ -126,13 +127,18 @@ class AlembicHooks:
     command: str
     #: The steps from these heads to the command's destination.
     steps: Callable[[tuple[str, ...]], list[Any]]
-    #: Render these steps (the path from these heads) offline, revision by revision.
+    #: Render these steps (the path from these heads) offline, revision by revision, every
+    #: one of them (a blocked revision is stepped over).
     render: Callable[[Sequence[Any], tuple[str, ...]], Rendered]
     #: Run these steps online for a tenant on a SQLAlchemy connection; StepFailed on error.
     #: The flag: Alembic owns the transaction (for ``autocommit_block``).
     run_online: Callable[[Any, str, Sequence[Any], bool], None]
     #: ``revision <id> (<message>)``: how errors and reports name a step.
     label: Callable[[Any], str]
+    #: Run these steps' revision functions for a tenant on a SQLAlchemy connection, inside
+    #: the caller's transaction, without Alembic's version table work (the caller writes the
+    #: heads it knows); StepFailed on error. None: only ``run_online``.
+    run_functions: Callable[[Any, str, Sequence[Any]], None] | None = None
 
 
 class StepFailed(Exception):

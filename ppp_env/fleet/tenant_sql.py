@@ -56,6 +56,32 @@ def versions_sql(tenant: str) -> str:
     )
 
 
+def heads_sql(tenant: str, heads: tuple[str, ...]) -> str:
+    """Make ``heads`` the tenant's heads (its version table exists)."""
+    table = f"{quote_ident(tenant)}.{VERSION_TABLE}"
+    values = ", ".join(f"({quote_literal(h)})" for h in heads)
+    insert = f"INSERT INTO {table} (version_num) VALUES {values};\n" if heads else ""
+    return f"DELETE FROM {table};\n{insert}"
+
+
+#: The NOTICE before the SQL of the n-th revision of a rendered segment (see last_marker).
+_MARKER = "ppp: revision "
+
+
+def step_marker(n: int) -> str:
+    return f"DO $ppp$BEGIN RAISE NOTICE '{_MARKER}{n}'; END$ppp$;\n"
+
+
+def last_marker(notices: list[str]) -> int | None:
+    """The revision whose SQL was running when a segment failed: the last marker the server
+    sent (None: none arrived, e.g. ``client_min_messages`` above NOTICE)."""
+    for notice in reversed(notices):
+        _, found, rest = notice.partition(_MARKER)
+        if found and rest.strip().isdigit():
+            return int(rest.strip())
+    return None
+
+
 def split_heads(value: str | None) -> tuple[str, ...]:
     return tuple(value.split(" ")) if value else ()
 
