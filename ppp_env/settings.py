@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dotenv import dotenv_values
 from sqlalchemy.engine import URL, make_url
@@ -416,6 +416,49 @@ def _unreachable(r: _Reader) -> Literal["wait", "proceed"]:
     )
 
 
+def _run_settings(r: _Reader) -> dict[str, Any]:
+    """How runs behave: workers, lock and statement timeouts, the veneer's costs, replicas."""
+    return {
+        "jobs": r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
+        "jobs_per_shard": r.integer(
+            "PPP_JOBS_PER_SHARD", "a number of tenants migrated at once per shard (1-64)", 1, 1, 64
+        ),
+        "lock_timeout": r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
+        "migration_lock_timeout": r.number(
+            "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0
+        ),
+        "migration_lock_timeout_start": r.number(
+            "PPP_MIGRATION_LOCK_TIMEOUT_START",
+            "seconds, at least 0.001, the first attempt's lock wait",
+            0.02,
+            lo=0.001,
+        ),
+        "lock_retries": r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
+        "statement_timeout": r.number(
+            "PPP_STATEMENT_TIMEOUT", "seconds a migration statement may run (0: no limit)", 0.0
+        ),
+        "remote_estimate": r.boolean(
+            "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
+        ),
+        "fdw_startup_cost": r.number(
+            "PPP_FDW_STARTUP_COST",
+            "a planner cost of 0 or more (fdw_startup_cost)",
+            FDW_STARTUP_COST,
+        ),
+        "fdw_tuple_cost": r.number(
+            "PPP_FDW_TUPLE_COST", "a planner cost of 0 or more (fdw_tuple_cost)", FDW_TUPLE_COST
+        ),
+        "connect_timeout": r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
+        "max_replica_lag": r.number(
+            "PPP_MAX_REPLICA_LAG", "seconds of replica replay lag (0: no pacing)", 0.0
+        ),
+        "replica_unreachable": _unreachable(r),
+        "replica_wait_timeout": r.number(
+            "PPP_REPLICA_WAIT_TIMEOUT", "seconds one pause for replicas may last", 600.0
+        ),
+    }
+
+
 def load_settings(
     env_name: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -449,43 +492,7 @@ def load_settings(
         env_name=name,
         veneer=veneer,
         shards=shards,
-        jobs=r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
-        jobs_per_shard=r.integer(
-            "PPP_JOBS_PER_SHARD", "a number of tenants migrated at once per shard (1-64)", 1, 1, 64
-        ),
-        lock_timeout=r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
-        migration_lock_timeout=r.number(
-            "PPP_MIGRATION_LOCK_TIMEOUT", "seconds a migration statement may wait for a lock", 2.0
-        ),
-        migration_lock_timeout_start=r.number(
-            "PPP_MIGRATION_LOCK_TIMEOUT_START",
-            "seconds, at least 0.001, the first attempt's lock wait",
-            0.02,
-            lo=0.001,
-        ),
-        lock_retries=r.integer("PPP_LOCK_RETRIES", "a number of retries (0-100)", 5, 0, 100),
-        statement_timeout=r.number(
-            "PPP_STATEMENT_TIMEOUT", "seconds a migration statement may run (0: no limit)", 0.0
-        ),
-        remote_estimate=r.boolean(
-            "PPP_FDW_REMOTE_ESTIMATE", "true or false (use_remote_estimate)", False
-        ),
-        fdw_startup_cost=r.number(
-            "PPP_FDW_STARTUP_COST",
-            "a planner cost of 0 or more (fdw_startup_cost)",
-            FDW_STARTUP_COST,
-        ),
-        fdw_tuple_cost=r.number(
-            "PPP_FDW_TUPLE_COST", "a planner cost of 0 or more (fdw_tuple_cost)", FDW_TUPLE_COST
-        ),
-        connect_timeout=r.integer("PPP_CONNECT_TIMEOUT", "seconds (1-600)", 5, 1, 600),
-        max_replica_lag=r.number(
-            "PPP_MAX_REPLICA_LAG", "seconds of replica replay lag (0: no pacing)", 0.0
-        ),
-        replica_unreachable=_unreachable(r),
-        replica_wait_timeout=r.number(
-            "PPP_REPLICA_WAIT_TIMEOUT", "seconds one pause for replicas may last", 600.0
-        ),
+        **_run_settings(r),
         source=(
             str(path)
             if path.is_file()
