@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from ppp_env.rollout import store
 from ppp_env.rollout.spec import StageSpec, load_rollout, resolve
 from ppp_env.rollout.store import Rollout, StageState
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import group_by_shard
 from ppp_env.veneer.catalog import find_tenants, in_service, plural
 
 Say = Callable[[str, str], None]
@@ -215,14 +214,12 @@ def _run_stage(
         return True
     say(f"stage {number} {st.name}", f"{len(st.tenants)} tenant(s)")
     t0 = time.perf_counter()
-    stage_options = MigrateOptions(
-        **{
-            **vars(options.run_options()),
-            "tenants": st.tenants,
-            "max_failures": spec.halt_after,
-            "jobs_per_shard": spec.parallel or options.jobs_per_shard,
-            "revision": r.revision,
-        }
+    stage_options = replace(
+        options,
+        tenants=st.tenants,
+        max_failures=spec.halt_after,
+        jobs_per_shard=spec.parallel or options.jobs_per_shard,
+        revision=r.revision,
     )
     result = operations.migrate(
         settings, config_path, stage_options, veneer_step=lambda: None, say=say
@@ -230,13 +227,16 @@ def _run_stage(
     run.results[st.name] = result
     _record(st, result)
     st.seconds = time.perf_counter() - t0
-    failed = sum(1 for why in st.failed.values() if not why.startswith("not run"))
+    failed = result.tenants.count("failed") + result.tenants.count("locked")
     other = _other_problem(result)
     if spec.halt_after is not None and (failed >= spec.halt_after or other):
         why = other or f"{failed} tenant(s) failed (the stage halts at {spec.halt_after})"
         return _halt(conn, r, st, why)
     if spec.check or spec.check_command:
-        passed = [t.tenant for t in result.tenants.tenants if t.status in ("migrated", "current")]
+        passed: dict[str, list[str]] = {}  # shard -> tenants at the target
+        for t in result.tenants.tenants:
+            if t.status in ("migrated", "current"):
+                passed.setdefault(t.shard, []).append(t.tenant)
         problem = _check(settings, spec, st.name, passed, say)
         st.check = problem or "passed"
         if problem:
@@ -279,12 +279,13 @@ def _halt(conn: Any, r: Rollout, st: StageState, why: str) -> bool:
 
 # -- checks ---------------------------------------------------------------------------------------
 def _check(
-    settings: Settings, spec: StageSpec, stage: str, tenants: list[str], say: Say
+    settings: Settings, spec: StageSpec, stage: str, placed: dict[str, list[str]], say: Say
 ) -> str | None:
-    """The stage's check(s); why they failed, or None."""
+    """The stage's check(s) on its tenants (shard -> tenants); why they failed, or None."""
+    tenants = [t for names in placed.values() for t in names]
     if spec.check:
         say(f"stage {stage}", f"check on {len(tenants)} tenant(s): {spec.check}")
-        failures = check_sql(settings, spec.check, tenants, spec.check_timeout)
+        failures = check_sql(settings, spec.check, placed, spec.check_timeout)
         if failures:
             shown = "; ".join(f"{t}: {why}" for t, why in list(failures.items())[:5])
             more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
@@ -295,16 +296,15 @@ def _check(
     return None
 
 
-def check_sql(settings: Settings, sql: str, tenants: list[str], timeout: float) -> dict[str, str]:
-    """Run ``sql`` on every tenant (read-only, ``search_path`` the tenant); the tenants it
-    failed for and why. It fails when it raises, or when its first row's first value is
-    false or NULL, or it returns no row although it is a query."""
-    from ppp_env.veneer.catalog import admin_connection
-
-    with admin_connection(settings) as conn:
-        placed = {t.schema: t for t in find_tenants(conn, tenants=tenants)}
+def check_sql(
+    settings: Settings, sql: str, placed: dict[str, list[str]], timeout: float
+) -> dict[str, str]:
+    """Run ``sql`` on every tenant of ``placed`` (shard -> tenants; read-only, ``search_path``
+    the tenant, one connection per shard); the tenants it failed for and why. It fails when
+    it raises, or when its first row's first value is false or NULL, or it returns no row
+    although it is a query."""
     failures: dict[str, str] = {}
-    for shard, schemas in group_by_shard([placed[t] for t in tenants]).items():
+    for shard, schemas in placed.items():
         inst = settings.shard(shard)
         with db.connection(inst, "admin", connect_timeout=settings.connect_timeout) as sc:
             cur = sc.cursor()
