@@ -25,11 +25,11 @@ from typing import Any
 
 from ppp_env import db
 from ppp_env.errors import PPPError
-from ppp_env.fleet.tenant_sql import lock_key, ms, versions_sql
-from ppp_env.identifiers import quote_ident, quote_literal, validate_tenant
+from ppp_env.fleet.tenant_sql import heads_sql, lock_key, ms
+from ppp_env.identifiers import quote_ident, validate_tenant
 from ppp_env.outside_record import TABLE, OutsideRecord, read_records
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import VERSION_TABLE, read_states
+from ppp_env.tenant_state import read_states
 from ppp_env.veneer import catalog
 
 __all__ = ["RepairResult", "find_interrupted", "retry_interrupted", "stamp_interrupted"]
@@ -64,17 +64,13 @@ def stamp_interrupted(settings: Settings, record: OutsideRecord) -> RepairResult
             f"cannot stamp {record.schema}: index {', '.join(record.invalid)} is INVALID (its "
             "build did not finish): use --retry, which drops it so the next run builds it"
         )
-    schema, table = record.schema, f"{quote_ident(record.schema)}.{VERSION_TABLE}"
+    schema = record.schema
     with _shard(settings, record.shard) as cur:
         cur.execute("BEGIN")
         try:
             _take(cur, settings, record, "pg_try_advisory_xact_lock")
             cur.execute(
-                f"DELETE FROM {table};\n"
-                + "".join(
-                    f"INSERT INTO {table} (version_num) VALUES ({quote_literal(h)});\n"
-                    for h in record.heads_after
-                )
+                heads_sql(schema, record.heads_after)
                 + f"DELETE FROM {TABLE} WHERE schema_name = %s",
                 (schema,),
             )
@@ -96,18 +92,14 @@ def retry_interrupted(settings: Settings, record: OutsideRecord) -> RepairResult
             "complete, or drop the index yourself first"
         )
     result = RepairResult(record, "retry")
-    key = lock_key(record.schema)
+    # The session lock goes with the connection, at the end of the block.
     with _shard(settings, record.shard) as cur:
-        _take(cur, settings, record, "pg_try_advisory_lock")
-        try:
-            for name in record.invalid:
-                if _still_invalid(cur, record.schema, name):
-                    qualified = f"{quote_ident(record.schema)}.{quote_ident(name)}"
-                    cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
-                    result.dropped.append(name)
-            cur.execute(f"DELETE FROM {TABLE} WHERE schema_name = %s", (record.schema,))
-        finally:
-            cur.execute(f"SELECT pg_advisory_unlock({key})")
+        now = _take(cur, settings, record, "pg_try_advisory_lock")
+        for name in now.invalid:  # as read under the lock
+            qualified = f"{quote_ident(record.schema)}.{quote_ident(name)}"
+            cur.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+            result.dropped.append(name)
+        cur.execute(f"DELETE FROM {TABLE} WHERE schema_name = %s", (record.schema,))
     return result
 
 
@@ -136,26 +128,16 @@ def _record(cur: Any, shard: str, schema: str) -> OutsideRecord:
     return found
 
 
-def _take(cur: Any, settings: Settings, record: OutsideRecord, how: str) -> None:
+def _take(cur: Any, settings: Settings, record: OutsideRecord, how: str) -> OutsideRecord:
     """The tenant's advisory lock (``how``: transaction or session level: the connection's
-    end releases it), then the check that its record and version are what was shown."""
+    end releases it), then the check that its record and version are what was shown; the
+    record as read under the lock (a record is only read at the tenant's current heads)."""
     cur.execute(
         f"SET lock_timeout = {ms(settings.lock_timeout)};\nSELECT {how}({lock_key(record.schema)})"
     )
     if not cur.fetchone()[0]:
         raise PPPError(f"tenant {record.schema!r} is being migrated by another run: try later")
     now = _record(cur, record.shard, record.schema)
-    cur.execute(versions_sql(record.schema))
-    value = cur.fetchone()[0]
-    heads = tuple(value.split(" ")) if value else ()
-    if (now.started_at, now.pid) != (record.started_at, record.pid) or heads != record.heads:
+    if (now.started_at, now.pid, now.heads) != (record.started_at, record.pid, record.heads):
         raise PPPError(f"tenant {record.schema!r} changed meanwhile: nothing done, look again")
-
-
-def _still_invalid(cur: Any, schema: str, name: str) -> bool:
-    cur.execute(
-        "SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-        (f"{quote_ident(schema)}.{quote_ident(name)}",),
-    )
-    row = cur.fetchone()
-    return bool(row and row[0])
+    return now
