@@ -308,7 +308,7 @@ def test_the_plan_renders_once_and_runs_consecutive_online_revisions_together() 
     plan = PathPlan(AlembicHooks("upgrade", lambda heads: list(steps), render, never, str))
     cut, pos = [], 0
     while pos < len(steps):
-        seg = plan.segment((), pos, ())
+        seg = plan.segment((), pos)
         cut.append((seg.sql or seg.online, seg.heads_after))
         pos += seg.size
     assert cut == [

@@ -62,8 +62,8 @@ class PathPlan:
             self._paths[heads] = self.hooks.steps(heads)
         return self._paths[heads]
 
-    def segment(self, start: tuple[str, ...], pos: int, heads: tuple[str, ...]) -> Segment:
-        """What to run at step ``pos`` of the path from ``start`` (the tenant is at ``heads``)."""
+    def segment(self, start: tuple[str, ...], pos: int) -> Segment:
+        """What to run at step ``pos`` of the path from ``start``."""
         key = (start, pos)
         if key not in self._segments:
             self._segments[key] = self._cut(start, pos)

@@ -218,7 +218,7 @@ class _ShardRun:
             raise _Skip(" ".join(walk.heads))
         pos = 0
         while pos < len(path):
-            seg = self.plan.segment(start, pos, walk.heads)
+            seg = self.plan.segment(start, pos)
             if seg.autocommit:
                 if walk.diagnose:
                     return  # never commit while diagnosing
@@ -305,7 +305,7 @@ class _ShardRun:
         path = self.plan.path(state.heads)
         if not path:
             return None
-        seg = self.plan.segment(state.heads, 0, state.heads)
+        seg = self.plan.segment(state.heads, 0)
         if not seg.chunks or seg.size != len(path) or seg.heads_after is None:
             return None
         self.migrating = True

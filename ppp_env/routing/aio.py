@@ -5,7 +5,7 @@ The contract of the sync :class:`ppp_env.routing.TenantRouter`, shared through
 :class:`ppp_env.routing.core.RoutingCore` (the placement cache, the errors and their
 wording, the statement that selects the tenant): one pool per shard (per tenant in strict
 isolation), the tenant selected transaction-locally in the round trip that begins the
-transaction (asyncpg: appended to its ``BEGIN``; psycopg 3: pipelined with its ``BEGIN``),
+transaction (asyncpg: appended to its ``BEGIN``; psycopg 3: in front of its first statement),
 never ``public``, ``TenantMoved`` when a statement finds the tenant gone, ``TenantMoving``,
 ``UnknownTenant``, ``ShardUnavailable``, ``PoolExhausted``.
 

@@ -127,8 +127,7 @@ def enable(
                 f"tenant {tenant!r} has no schema on shard {inst.name!r} yet: run "
                 "`ppp migrate` first"
             )
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-        verb = "ALTER" if cur.fetchone() else "CREATE"
+        verb = "ALTER" if existing_role(cur, inst, tenant) else "CREATE"
         cur.execute(
             f"{verb} ROLE {r} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
             f"NOREPLICATION NOBYPASSRLS PASSWORD {verifier}"
@@ -163,8 +162,7 @@ def disable(settings: Settings, tenant: str, *, shard: str | None = None) -> boo
     inst = _shard_of(settings, tenant, shard)
     role = role_name(inst, tenant)
     with _superuser(settings, inst) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-        if cur.fetchone() is None:
+        if existing_role(cur, inst, tenant) is None:
             return False
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)

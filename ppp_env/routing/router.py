@@ -11,7 +11,8 @@ cache, the errors, the selecting statement) is :class:`ppp_env.routing.core.Rout
 Selecting the schema costs no round trip: the first statement of every transaction on a
 routed connection carries, in the same query string, ``set_config('search_path', <tenant>,
 true)`` (transaction-local); with psycopg 3, which sends ``BEGIN`` on its own, the
-``set_config`` rides along with that ``BEGIN`` (pipeline mode). The setting ends with the
+``set_config`` goes in front of the transaction's first statement, bound client-side
+(``ppp_env.routing._psycopg``). The setting ends with the
 transaction, so a connection back in the pool holds no tenant; new connections start with
 an empty ``search_path`` (not ``public``), and a statement on a connection that did not
 come through the router is refused (by the DBAPI cursor): no statement runs with an unset
@@ -39,7 +40,7 @@ from sqlalchemy.pool import QueuePool
 
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
-from ppp_env.routing.core import APPLICATION_NAME, RoutingCore, guard
+from ppp_env.routing.core import APPLICATION_NAME, ROUTABLE, RoutingCore, guard
 from ppp_env.routing.errors import (
     UNROUTED,
     PoolExhausted,
@@ -132,7 +133,7 @@ class TenantRouter(RoutingCore):
 
     def _routable(self, tenant: str, read_only: bool) -> Placement:
         p = self._cache.get(tenant)
-        if p is not None and p.state in ("active", "pending"):
+        if p is not None and p.state in ROUTABLE:
             return p  # the hot path: no clock, no validation again
         deadline = time.monotonic() + self.move_wait
         while True:

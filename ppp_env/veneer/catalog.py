@@ -355,16 +355,21 @@ def tenants_on(conn: Connection, shards: Sequence[str]) -> dict[str, list[str]]:
 
 
 # -- lifecycle (origins, moves) --------------------------------------------------------------------
-def has_lifecycle(conn: Connection) -> bool:
-    """Whether the catalog has the lifecycle revision's pieces (origins, ``ppp.moves``)."""
+def _has_tenants_column(conn: Connection, column: str) -> bool:
     return bool(
         conn.execute(
             text(
                 "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
-                "to_regclass('ppp.tenants') AND attname = 'origin' AND NOT attisdropped)"
-            )
+                "to_regclass('ppp.tenants') AND attname = :column AND NOT attisdropped)"
+            ),
+            {"column": column},
         ).scalar()
     )
+
+
+def has_lifecycle(conn: Connection) -> bool:
+    """Whether the catalog has the lifecycle revision's pieces (origins, ``ppp.moves``)."""
+    return _has_tenants_column(conn, "origin")
 
 
 def require_lifecycle(conn: Connection) -> None:
@@ -482,14 +487,7 @@ def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
 
 def has_release(conn: Connection) -> bool:
     """Whether the catalog has the release revision's pieces (tags, ``ppp.rollouts``)."""
-    return bool(
-        conn.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = "
-                "to_regclass('ppp.tenants') AND attname = 'tags' AND NOT attisdropped)"
-            )
-        ).scalar()
-    )
+    return _has_tenants_column(conn, "tags")
 
 
 def require_release(conn: Connection) -> None:
