@@ -100,6 +100,9 @@ class LagClock:
 class NoPacing:
     """PPP_MAX_REPLICA_LAG unset or 0: nothing is queried, nothing waits."""
 
+    #: The shard session the readings go through (the worker's, renewed with it).
+    cur: Any = None
+
     def wait(self, emit: Emit, stop: Any) -> bool:
         return True
 
