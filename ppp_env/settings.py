@@ -108,6 +108,9 @@ def masked(url: URL) -> str:
 #: default (PPP_FDW_STARTUP_COST, PPP_FDW_TUPLE_COST; see ppp_env.veneer.wiring.server_options).
 FDW_STARTUP_COST = 50000.0
 FDW_TUPLE_COST = 10.0
+#: Tenants of one shard migrated at once by default (PPP_JOBS_PER_SHARD), chosen with
+#: ``python benchmarks/migrate_fleet.py --jobs-sweep 2,3,4`` (docs/benchmarks.md).
+JOBS_PER_SHARD = 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ class Settings:
     shards: dict[str, Instance]
     jobs: int = 4
     #: Tenants of one shard migrated at once, each on its own connection and worker.
-    jobs_per_shard: int = 1
+    jobs_per_shard: int = JOBS_PER_SHARD
     #: Seconds a run waits for a tenant that another PPP run is migrating.
     lock_timeout: float = 10.0
     #: Seconds any statement of a tenant's migration may wait for a table lock: the longest an
@@ -421,7 +424,11 @@ def _run_settings(r: _Reader) -> dict[str, Any]:
     return {
         "jobs": r.integer("PPP_JOBS", "a number of parallel shard workers (1-64)", 4, 1, 64),
         "jobs_per_shard": r.integer(
-            "PPP_JOBS_PER_SHARD", "a number of tenants migrated at once per shard (1-64)", 1, 1, 64
+            "PPP_JOBS_PER_SHARD",
+            "a number of tenants migrated at once per shard (1-64)",
+            JOBS_PER_SHARD,
+            1,
+            64,
         ),
         "lock_timeout": r.number("PPP_LOCK_TIMEOUT", "seconds to wait for a tenant's lock", 10.0),
         "migration_lock_timeout": r.number(
