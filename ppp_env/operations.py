@@ -195,7 +195,9 @@ def _tenant_step(
                 narrowed["tenants"] = [t.schema for t in runnable]
         # The report, if any, is of the whole `ppp migrate`: its caller writes it.
         run_options = options.run_options(refresh=False, report=None, **narrowed)
-        outcome = upgrade_tenants(tenant_config(ini, settings), options.revision, run_options)
+        outcome = upgrade_tenants(
+            tenant_config(ini, settings), options.revision, run_options, runnable
+        )
         if outcome.result is None:
             raise PPPError(outcome.failure or "the tenant upgrade did not run")
         result = outcome.result

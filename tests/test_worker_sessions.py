@@ -12,7 +12,16 @@ from alembic import command
 from alembic.config import Config
 
 from ppp_env.fleet import worker
-from tests.conftest import FLEET_SCRIPTS, ROOT, drop_schemas, opts, register, shard_sql, unregister
+from tests.conftest import (
+    FLEET_SCRIPTS,
+    ROOT,
+    drop_schemas,
+    fleet_config,
+    opts,
+    register,
+    shard_sql,
+    unregister,
+)
 
 REVISION = '''"""records the session that migrated the tenant"""
 from alembic import op
@@ -69,6 +78,38 @@ def test_a_worker_renews_its_session_and_migrates_every_tenant_once(
         assert [pids.count(p) for p in dict.fromkeys(pids)] == [2, 2, 2, 1]
         command.upgrade(cfg, "head")  # and the next run finds every tenant current
         assert {r.status for r in cfg.attributes["ppp.result"].tenants} == {"current"}
+    finally:
+        drop_schemas(settings, tenants)
+        unregister(settings, tenants)
+
+
+def test_tenants_already_at_the_destination_are_settled_without_a_worker(
+    veneer_head, monkeypatch
+) -> None:
+    """The parent reads every tenant's state once; a shard whose tenants are all where the
+    command goes forks no worker (here any worker fails, to show which shards got one)."""
+    from ppp_env.fleet import pool
+
+    settings = veneer_head.settings
+    tenants = {"settle_a": "bluth_co", "settle_b": "cyberdyne", "settle_c": "cyberdyne"}
+    register(settings, tenants)
+    try:
+        command.upgrade(fleet_config(**opts(tenants=sorted(tenants), refresh=False)), "head")
+        command.downgrade(fleet_config(**opts(tenants=["settle_c"], refresh=False)), "-1")
+
+        def no_worker(job, *args, **kwargs):
+            raise RuntimeError(f"a worker ran for {job.shard}: {job.tenants}")
+
+        monkeypatch.setattr(pool, "run_shard", no_worker)
+        cfg = fleet_config(**opts(tenants=sorted(tenants), refresh=False))
+        with pytest.raises(Exception, match=r"worker"):
+            command.upgrade(cfg, "head")
+        result = cfg.attributes["ppp.result"]
+        status = {r.tenant: r.status for r in result.tenants}
+        assert status["settle_a"] == "current" and status["settle_b"] == "current"
+        assert status.get("settle_c") != "current"
+        assert list(result.shard_errors) == ["cyberdyne"]
+        assert "['settle_c']" in result.shard_errors["cyberdyne"]  # only the tenant with work
     finally:
         drop_schemas(settings, tenants)
         unregister(settings, tenants)

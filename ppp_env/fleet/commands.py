@@ -4,6 +4,7 @@ Config's attributes rather than text."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from alembic.util import CommandError
 from ppp_env.alembic_env import COMMAND_KEY, section_config
 from ppp_env.errors import PPPError
 from ppp_env.fleet.hooks import Rendered
-from ppp_env.fleet.options import OPTIONS_KEY, RESULT_KEY, RunOptions
+from ppp_env.fleet.options import CATALOG_KEY, OPTIONS_KEY, RESULT_KEY, RunOptions
 from ppp_env.fleet.results import FleetResult
 from ppp_env.settings import Settings
+from ppp_env.veneer.catalog import Tenant
 
 #: ``config.attributes[RENDER_KEY]``: a :class:`RenderRequest` for an ``upgrade --sql``.
 RENDER_KEY = "ppp.render"
@@ -49,9 +51,14 @@ class UpgradeOutcome:
     failure: str | None
 
 
-def upgrade_tenants(config: Config, revision: str, options: RunOptions) -> UpgradeOutcome:
-    """``alembic upgrade <revision>`` in-process through the fleet runner, with ``options``."""
+def upgrade_tenants(
+    config: Config, revision: str, options: RunOptions, tenants: Sequence[Tenant] | None = None
+) -> UpgradeOutcome:
+    """``alembic upgrade <revision>`` in-process through the fleet runner, with ``options``;
+    ``tenants``: the catalog's tenants the run covers, when the caller already read them."""
     config.attributes[OPTIONS_KEY] = options
+    if tenants is not None:
+        config.attributes[CATALOG_KEY] = list(tenants)
     config.attributes[COMMAND_KEY] = "upgrade"  # the env need not guess the command
     failure = None
     try:

@@ -37,7 +37,7 @@ from ppp_env.alembic_env import PPPEnvironment
 from ppp_env.errors import PPPError
 from ppp_env.fleet.commands import RENDER_KEY, RenderRequest
 from ppp_env.fleet.hooks import AlembicHooks, Rendered
-from ppp_env.fleet.options import OPTIONS_KEY, RENDERABLE, RESULT_KEY, RunOptions
+from ppp_env.fleet.options import CATALOG_KEY, OPTIONS_KEY, RENDERABLE, RESULT_KEY, RunOptions
 from ppp_env.fleet.pool import run_fleet
 from ppp_env.fleet.progress import make_display
 from ppp_env.fleet.rendering import (
@@ -77,6 +77,9 @@ class FleetEnvironment(PPPEnvironment):
     def tenants(self) -> list[Tenant]:
         """The tenants a command covers: the catalog's, narrowed by -x shard/tenant, without
         those ``ppp tenant remove`` retired."""
+        given = self.config.attributes.get(CATALOG_KEY)
+        if given is not None:  # read by the caller (``ppp migrate``), narrowed the same way
+            return list(given)
         opts = self.options
         return in_service(list_tenants(self.settings, shards=opts.shards, tenants=opts.tenants))
 
@@ -98,10 +101,11 @@ class FleetEnvironment(PPPEnvironment):
             step_label,
             OnlineRunner(self.env, self.setup),
         )
-        if self.options.render and self.command in RENDERABLE:
-            self.render_before_fork(tenants, hooks)
+        states = self.plan_before_fork(tenants, hooks)
         display = make_display(self.options.output, self.options.verbose)
-        result = run_fleet(self.settings, group_by_shard(tenants), self.options, hooks, display)
+        result = run_fleet(
+            self.settings, group_by_shard(tenants), self.options, hooks, display, states
+        )
         result.revision = self.target()
         if self.options.refresh and result.changed:
             refresh_veneer(self.settings, result, result.changed)
@@ -126,16 +130,20 @@ class FleetEnvironment(PPPEnvironment):
         shown = " ".join(resolved) if isinstance(resolved, tuple) else str(resolved or "base")
         return shown if str(given) in (shown, "None") else f"{given} ({shown})"
 
-    def render_before_fork(self, tenants: list[Tenant], hooks: AlembicHooks) -> None:
-        """Render, in this process, the path from every starting point the tenants are at
-        (one state query per shard), so that the workers it forks inherit it and run no
-        revision's code to render: each revision runs here at most once. A shard that does
-        not answer is left to its worker, which reports it."""
+    def plan_before_fork(self, tenants: list[Tenant], hooks: AlembicHooks) -> dict[str, Any]:
+        """Read every tenant's state here, once (one query per shard, the shards at once), and
+        render the path from every starting point they are at, so that the workers it forks
+        inherit both: they read no state again and run no revision's code to render (each
+        revision runs here at most once). The tenants already where the command goes are
+        settled without a worker. A shard that does not answer is left to its worker, which
+        reports it."""
         states, _errors = shard_states(self.settings, tenants)
-        for start in sorted({st.heads for st in states.values()}):
-            steps = hooks.steps(start)
-            if steps:
-                self.render(steps, start)
+        if self.options.render and self.command in RENDERABLE:
+            for start in sorted({st.heads for st in states.values()}):
+                steps = hooks.steps(start)
+                if steps:
+                    self.render(steps, start)
+        return states
 
     def render(self, steps: Sequence[Any], heads: tuple[str, ...]) -> Rendered:
         key = (heads, tuple(step_label(s) for s in steps))

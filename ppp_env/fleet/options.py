@@ -19,6 +19,9 @@ MUTATING = frozenset({"upgrade", "downgrade", "stamp"})
 OPTIONS_KEY = "ppp.options"
 #: ``config.attributes[RESULT_KEY]``: the FleetResult of an upgrade, downgrade or stamp.
 RESULT_KEY = "ppp.result"
+#: ``config.attributes[CATALOG_KEY]``: the tenants an in-process call already read from the
+#: catalog (``ppp migrate``), so that the run does not read them again.
+CATALOG_KEY = "ppp.catalog"
 
 
 # -- options and results ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from ppp_env.fleet.options import RunOptions
 from ppp_env.fleet.results import FleetResult, TenantResult
 from ppp_env.fleet.worker import ShardJob, run_shard
 from ppp_env.settings import Settings
+from ppp_env.tenant_state import TenantState
 
 
 def run_fleet(
@@ -26,10 +27,14 @@ def run_fleet(
     options: RunOptions,
     hooks: AlembicHooks,
     display: Any,
+    states: Mapping[str, TenantState] | None = None,
 ) -> FleetResult:
-    """Run ``hooks`` over every tenant of ``by_shard``: shards in parallel, bounded by jobs."""
+    """Run ``hooks`` over every tenant of ``by_shard``: shards in parallel, bounded by jobs.
+
+    ``states``: every tenant's state, read by the caller; the tenants it shows with nothing to
+    do are settled here (no worker, no second read), the workers get it for the others."""
     started = time.perf_counter()
-    pool = _Pool(settings, by_shard, options, hooks, display)
+    pool = _Pool(settings, by_shard, options, hooks, display, states)
     with display:
         pool.run()
     pool.result.seconds = time.perf_counter() - started
@@ -66,10 +71,41 @@ def death(exitcode: int | None) -> str:
     return f"its worker process exited with code {exitcode} before finishing: rerun to finish"
 
 
-def lanes(shard: str, tenants: Sequence[str], width: int) -> list[ShardJob]:
+def lanes(
+    shard: str,
+    tenants: Sequence[str],
+    width: int,
+    states: Mapping[str, TenantState] | None = None,
+) -> list[ShardJob]:
     """A shard's tenants dealt round-robin to ``width`` workers (fewer for fewer tenants)."""
     n = max(1, min(width, len(tenants)))
-    return [ShardJob(shard, list(tenants[i::n]), i) for i in range(n)]
+    return [ShardJob(shard, list(tenants[i::n]), i, states=states) for i in range(n)]
+
+
+def settle(
+    shard: str,
+    tenants: Sequence[str],
+    states: Mapping[str, TenantState],
+    hooks: AlembicHooks,
+) -> tuple[list[str], list[TenantResult]]:
+    """The tenants a worker must see, and the results of those already where the command
+    goes (a known state, its version index trigger attached, an empty path): what a worker
+    would report for them after reading their state again."""
+    paths: dict[tuple[str, ...], bool] = {}
+    todo: list[str] = []
+    current: list[TenantResult] = []
+    for tenant in tenants:
+        st = states.get(tenant)
+        if st is None or not st.exists or (st.has_version_table and not st.tracked):
+            todo.append(tenant)
+            continue
+        if st.heads not in paths:
+            paths[st.heads] = bool(hooks.steps(st.heads))
+        if paths[st.heads]:
+            todo.append(tenant)
+        else:
+            current.append(TenantResult(shard, tenant, "current", st.revision, st.revision))
+    return todo, current
 
 
 class _Pool:
@@ -87,6 +123,7 @@ class _Pool:
         options: RunOptions,
         hooks: AlembicHooks,
         display: Any,
+        states: Mapping[str, TenantState] | None = None,
     ) -> None:
         self.settings, self.by_shard, self.options = settings, by_shard, options
         self.hooks, self.display = hooks, display
@@ -96,12 +133,23 @@ class _Pool:
         self.stop = self.mp.Event()
         self.jobs = options.jobs or settings.jobs
         width = options.jobs_per_shard or settings.jobs_per_shard
-        self.pending = [lanes(s, list(t), width) for s, t in by_shard.items() if t]
+        #: Per shard, the results of tenants settled here (``settle``), shown as one more lane.
+        self.settled: dict[str, list[TenantResult]] = {}
+        self.pending = []
+        for shard, names in by_shard.items():
+            todo = list(names)
+            if states is not None:
+                todo, self.settled[shard] = settle(shard, todo, states, hooks)
+            if todo:
+                self.pending.append(lanes(shard, todo, width, states))
         self.since = time.monotonic()  # tenants' and shards' times count from here
         self.result.started_at = time.time()
         for job in (job for group in self.pending for job in group):
             job.since = self.since
         self.lanes = {group[0].shard: len(group) for group in self.pending}
+        for shard, results in self.settled.items():
+            if results:
+                self.lanes[shard] = self.lanes.get(shard, 0) + 1
         self.started: dict[str, list[int]] = {}  # shard -> [lanes started, total, to do]
         #: Results of shards whose lanes have not all started yet (shown once they have).
         self.waiting: dict[str, list[TenantResult]] = {}
@@ -111,6 +159,13 @@ class _Pool:
         self.failures = 0
 
     def run(self) -> None:
+        for shard, results in self.settled.items():
+            if results:
+                self.result.shard_spans.setdefault(shard, [self.clock()])
+                self.shard_started(shard, len(results), 0)
+                self.handle(("results", shard, results))
+                if shard not in {group[0].shard for group in self.pending}:
+                    self.span_end(shard)
         while self.pending or self.running:
             self.start_workers()
             with suppress(queue_module.Empty):

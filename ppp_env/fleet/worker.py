@@ -43,8 +43,9 @@ from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
 from ppp_env.tenant_state import VERSION_TABLE, TenantState, ensure_index, read_states, track_sql
 
-#: Tenants a worker migrates on one shard session before it opens the next (measured by
-#: benchmarks/scale.py: 20,000 tenants: 162.6 s on one session per worker, 70.7 s renewed every 500, 61.0 s every 250).
+#: Tenants a worker migrates on one shard session before it opens the next (measured with
+#: benchmarks/scale.py, 20,000 tenants: 162.6 s on one session per worker, 70.7 s with a new
+#: session every 500 tenants, 61.0 s every 250).
 TENANTS_PER_SESSION = 250
 
 __all__ = ["LOCK_NAMESPACE", "ShardJob", "run_shard"]
@@ -62,6 +63,8 @@ class ShardJob:
     #: ``time.monotonic()`` when the run started, in the parent (one clock for every process
     #: of the machine): tenants' start times count from it.
     since: float = 0.0
+    #: The tenants' states as the parent read them just before (None: read them here).
+    states: Mapping[str, TenantState] | None = None
 
     @property
     def key(self) -> str:
@@ -460,7 +463,12 @@ class _ShardRun:
         """Read every tenant's state; report the current ones; return the others."""
         _check_client(self.cur)
         ensure_index(self.cur, self.inst.app_role)
-        self.states = read_states(self.cur, self.job.tenants)
+        given = self.job.states
+        self.states = (
+            {t: given[t] for t in self.job.tenants}
+            if given is not None and all(t in given for t in self.job.tenants)
+            else read_states(self.cur, self.job.tenants)
+        )
         current: list[TenantResult] = []
         todo: list[str] = []
         for tenant in self.job.tenants:

@@ -153,11 +153,13 @@ def find_tenants(
     want_tenants = _names(tenants, "tenants")
     # One row per shard with no matching tenant, one per matching tenant: the shards come
     # along so that unknown shard names are found by the same query.
+    # The tags column, or NULL before the release revision added it (read directly: a whole
+    # row's to_jsonb per tenant cost 4 x the rest of the query at 20,000 tenants).
+    tags = "t.tags" if _has_tenants_column(conn, "tags") else "NULL::jsonb"
     rows = conn.execute(
         text(
             "SELECT s.name AS shard_name, t.schema, t.state, t.wired_revision, t.created_at, "
-            # to_jsonb: the tags column, or NULL before the release revision added it
-            "t.updated_at, t.wired_at, to_jsonb(t) -> 'tags' AS tags "
+            f"t.updated_at, t.wired_at, {tags} AS tags "
             "FROM ppp.shards s LEFT JOIN ppp.tenants t ON t.shard = s.name "
             "AND (CAST(:tenants AS text[]) IS NULL OR t.schema = ANY(CAST(:tenants AS text[]))) "
             'ORDER BY s.name COLLATE "C", t.schema COLLATE "C"'
