@@ -426,3 +426,33 @@ def test_archive_with_client_programs_older_than_the_server_drops_nothing(
     out = run("tenant", "remove", schema, "--drop-data", "--yes", "--archive", str(archive))
     assert out.exit_code == 0, out.output  # with the session's settings it works
     assert archive.stat().st_size > 0 and not schema_on(settings, "initech", schema)
+
+
+def test_list_estimates_sizes_for_the_fleet_and_is_exact_on_request(
+    veneer_head: Topology, tenants: list[str]
+) -> None:
+    """Exact sizes open every relation of every tenant on the shard (too slow for a whole
+    large fleet): the fleet's list estimates them, named tenants and --exact-sizes are exact."""
+    settings = veneer_head.settings
+    schema = name("lsz")
+    tenants.append(schema)
+    create_tenant(settings, schema, "initech", INI)
+    shard_sql(
+        settings,
+        "initech",
+        f"INSERT INTO {schema}.authors (first_name, last_name) "
+        "SELECT 'a' || i, repeat('x', 500) FROM generate_series(1, 2000) i",
+    )
+    shard_sql(settings, "initech", f"ANALYZE {schema}.authors")
+    fleet = {r["schema"]: r for r in json.loads(run("tenant", "list", "--json").output)}
+    row = fleet[schema]
+    assert row["size"] is None and row["size_estimate"] > 1_000_000  # 2,000 rows of 500 bytes
+    exact = {
+        r["schema"]: r for r in json.loads(run("tenant", "list", "--json", "--exact-sizes").output)
+    }
+    assert exact[schema]["size"] >= row["size_estimate"]
+    (named,) = json.loads(run("tenant", "list", "--json", schema).output)
+    assert named["size"] == exact[schema]["size"]
+    table = run("tenant", "list", "--shard", "initech").output
+    assert "~" in next(line for line in table.splitlines() if schema in line)
+    assert len(fleet) == len(exact) >= 1  # one JSON array however many rows

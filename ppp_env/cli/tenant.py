@@ -169,17 +169,39 @@ def tenant_tag(state: State, schema: str, pairs: tuple[str, ...], remove: tuple[
 @click.argument("tenants", nargs=-1, metavar="[TENANT]...")
 @click.option("--shard", "shards", multiple=True, metavar="NAME", help="Only these shards.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for pipelines.")
+@click.option(
+    "--exact-sizes",
+    is_flag=True,
+    help="Exact sizes for every tenant listed (opens each of their relations on the shards: "
+    "about 0.1 ms each). Default: exact for the TENANTs named, else estimated (~).",
+)
 @pass_state
 def tenant_list(
-    state: State, tenants: tuple[str, ...], shards: tuple[str, ...], as_json: bool
+    state: State,
+    tenants: tuple[str, ...],
+    shards: tuple[str, ...],
+    as_json: bool,
+    exact_sizes: bool,
 ) -> None:
     """The catalog's tenants: schema, shard, state, origin, revision and size on its shard,
-    and their tags (a column when any tenant has tags; always in --json)."""
+    and their tags (a column when any tenant has tags; always in --json).
+
+    Sizes are estimated from the planner's statistics (shown with ~, `size_estimate` in
+    --json) unless TENANTs are named or --exact-sizes is given (`size` in --json)."""
     from ppp_env.lifecycle.listing import format_tags, human_size, tenant_rows
 
-    found = tenant_rows(state.settings, shards=list(shards) or None, tenants=list(tenants) or None)
-    if as_json:
-        click.echo(json.dumps([r.to_json() for r in found]))
+    found = tenant_rows(
+        state.settings,
+        shards=list(shards) or None,
+        tenants=list(tenants) or None,
+        exact=exact_sizes or bool(tenants),
+    )
+    if as_json:  # written row by row: no second copy of a large fleet in one string
+        click.echo("[", nl=False)
+        for i in range(0, len(found), 1000):
+            chunk = ",".join(json.dumps(r.to_json()) for r in found[i : i + 1000])
+            click.echo(("," if i else "") + chunk, nl=False)
+        click.echo("]")
         return
     if not found:
         console().print("no tenants")
@@ -199,7 +221,7 @@ def tenant_list(
             r.state,
             r.origin,
             revision,
-            human_size(r.size),
+            human_size(r.size, r.size_estimate),
             r.wired_revision or "-",
             *([format_tags(r.tags)] if tagged else []),
         )

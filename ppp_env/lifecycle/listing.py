@@ -1,26 +1,40 @@
 """``ppp tenant list``: the catalog's tenants with their revision and size on their shard.
 
-One catalog query, then per shard one connection: the tenants' revisions (the shard's
-version index, :func:`ppp_env.tenant_state.read_states`) and their sizes
-(``pg_total_relation_size`` summed per schema) in one query each.
+One catalog query, then per shard one connection (the shards read at once, a thread each):
+the tenants' revisions (the shard's version index, :func:`ppp_env.tenant_state.read_states`)
+and their estimated sizes (the planner's page counts, ``pg_class.relpages``) in one query
+each. Exact sizes (``pg_total_relation_size``) open every relation of every tenant on the
+shard, about 0.1 ms each (6.6 s for 6,667 tenants of 10 relations): only on request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ppp_env import db
 from ppp_env.errors import PPPError
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import group_by_shard, read_states
+from ppp_env.tenant_state import TenantState, group_by_shard, read_states
 from ppp_env.veneer import catalog
 
+#: Bytes of every tenant's tables, indexes and TOAST, exactly (opens each relation).
 SIZES_SQL = """
 SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid))
        FILTER (WHERE c.relkind IN ('r', 'm', 'p')), 0)::bigint
 FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid
+WHERE n.nspname = ANY(%s) GROUP BY n.nspname
+"""
+#: The same, estimated from the page counts VACUUM, ANALYZE and CREATE INDEX record (no
+#: relation opened): tables, materialized views, indexes, and the tables' TOAST.
+ESTIMATES_SQL = """
+SELECT n.nspname, (coalesce(sum(c.relpages::bigint + coalesce(t.relpages, 0))
+       FILTER (WHERE c.relkind IN ('r', 'm', 'i')), 0)
+       * current_setting('block_size')::bigint)::bigint
+FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid
+LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
 WHERE n.nspname = ANY(%s) GROUP BY n.nspname
 """
 
@@ -36,12 +50,16 @@ class TenantRow:
     revision: str | None = None
     #: Whether its schema exists on its shard (None: the shard could not be read).
     exists: bool | None = None
-    #: Bytes of its tables, indexes and TOAST on its shard (None: unknown).
+    #: Bytes of its tables, indexes and TOAST on its shard, exactly (None: not asked for,
+    #: see ``exact``, or unknown).
     size: int | None = None
     #: Why the shard could not be read.
     error: str | None = None
     #: Its tags (``ppp tenant tag``).
     tags: dict[str, str] = field(default_factory=dict)
+    #: The same bytes as the planner's statistics estimate them (0 until the tables were
+    #: vacuumed, analyzed or indexed).
+    size_estimate: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,8 +70,10 @@ def tenant_rows(
     *,
     shards: Sequence[str] | None = None,
     tenants: Sequence[str] | None = None,
+    exact: bool = False,
 ) -> list[TenantRow]:
-    """The catalog's tenants (by shard, then schema), with what their shards say."""
+    """The catalog's tenants (by shard, then schema), with what their shards say;
+    ``exact``: also their exact sizes (slow on large shards: every relation is opened)."""
     with catalog.admin_connection(settings) as conn:
         found = catalog.find_tenants(conn, shards=shards, tenants=tenants)
         origins = catalog.origins(conn, [t.schema for t in found])
@@ -69,30 +89,52 @@ def tenant_rows(
         for t in found
     ]
     by_schema = {r.schema: r for r in rows}
-    for shard, schemas in group_by_shard(found).items():
-        try:
-            inst = settings.shard(shard)
-            with db.connection(
-                inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
-            ) as sc:
-                cur = sc.cursor()
-                states = read_states(cur, schemas)
-                cur.execute(SIZES_SQL, (list(schemas),))
-                sizes = {name: int(size) for name, size in cur.fetchall()}
-        except PPPError as exc:
-            for s in schemas:
-                by_schema[s].error = str(exc)
-            continue
-        for s in schemas:
-            st = states.get(s)
-            row = by_schema[s]
-            row.exists = bool(st and st.exists)
-            row.revision = st.revision if st else None
-            row.size = sizes.get(s)
+    by_shard = group_by_shard(found)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_shard)))) as pool:
+        futures = {
+            shard: pool.submit(_read_shard, settings, shard, list(schemas), exact)
+            for shard, schemas in by_shard.items()
+        }
+        for shard, future in futures.items():
+            try:
+                states, estimates, sizes = future.result()
+            except PPPError as exc:
+                for s in by_shard[shard]:
+                    by_schema[s].error = str(exc)
+                continue
+            for s in by_shard[shard]:
+                st = states.get(s)
+                row = by_schema[s]
+                row.exists = bool(st and st.exists)
+                row.revision = st.revision if st else None
+                row.size_estimate = estimates.get(s)
+                row.size = sizes.get(s)
     return rows
 
 
-def human_size(n: int | None) -> str:
+def _read_shard(
+    settings: Settings, shard: str, schemas: list[str], exact: bool
+) -> tuple[dict[str, TenantState], dict[str, int], dict[str, int]]:
+    """States, estimated sizes and (``exact``) exact sizes of the shard's tenants."""
+    inst = settings.shard(shard)
+    with db.connection(
+        inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
+    ) as sc:
+        cur = sc.cursor()
+        states = read_states(cur, schemas)
+        cur.execute(ESTIMATES_SQL, (schemas,))
+        estimates = {name: int(size) for name, size in cur.fetchall()}
+        sizes: dict[str, int] = {}
+        if exact:
+            cur.execute(SIZES_SQL, (schemas,))
+            sizes = {name: int(size) for name, size in cur.fetchall()}
+    return states, estimates, sizes
+
+
+def human_size(n: int | None, estimate: int | None = None) -> str:
+    """Bytes for people; ``estimate`` (shown as ``~``) when the exact size is not known."""
+    if n is None and estimate is not None:
+        return "~" + human_size(estimate)
     if n is None:
         return "-"
     size = float(n)
