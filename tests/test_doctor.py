@@ -182,3 +182,61 @@ def test_a_removed_tenant_wired_again_is_found_and_fixed(veneer_head: Topology) 
         assert doctor(settings, INI, tenants=[schema]).ok
     finally:
         forget(settings, [schema])
+
+
+#: Two statements run in every tenant of the trio, then one that differs in the odd one: the
+#: fingerprint tells each difference apart (indexes, keys and checks are read from the
+#: catalogs, not deparsed, except expressions).
+SHAPES = {
+    "index column": (
+        "CREATE INDEX a_idx ON {s}.authors (first_name)",
+        "DROP INDEX {s}.a_idx; CREATE INDEX a_idx ON {s}.authors (last_name)",
+    ),
+    "index order": (
+        "CREATE INDEX a_idx ON {s}.authors (first_name, last_name)",
+        "DROP INDEX {s}.a_idx; CREATE INDEX a_idx ON {s}.authors (last_name, first_name)",
+    ),
+    "index descending": (
+        "CREATE INDEX a_idx ON {s}.authors (first_name)",
+        "DROP INDEX {s}.a_idx; CREATE INDEX a_idx ON {s}.authors (first_name DESC)",
+    ),
+    "index expression": (
+        "CREATE INDEX a_idx ON {s}.authors (lower(first_name))",
+        "DROP INDEX {s}.a_idx; CREATE INDEX a_idx ON {s}.authors (upper(first_name))",
+    ),
+    "partial index": (
+        "CREATE INDEX a_idx ON {s}.authors (first_name) WHERE last_name > 'a'",
+        "DROP INDEX {s}.a_idx; CREATE INDEX a_idx ON {s}.authors (first_name) "
+        "WHERE last_name > 'b'",
+    ),
+    "foreign key action": (
+        "CREATE TABLE {s}.books (id int PRIMARY KEY, author_id uuid REFERENCES {s}.authors (id))",
+        "ALTER TABLE {s}.books DROP CONSTRAINT books_author_id_fkey, ADD CONSTRAINT "
+        "books_author_id_fkey FOREIGN KEY (author_id) REFERENCES {s}.authors (id) "
+        "ON DELETE CASCADE",
+    ),
+    "check": (
+        "ALTER TABLE {s}.authors ADD CONSTRAINT named CHECK (length(first_name) < 100)",
+        "ALTER TABLE {s}.authors DROP CONSTRAINT named, ADD CONSTRAINT named "
+        "CHECK (length(first_name) < 99)",
+    ),
+    "unique": (
+        "ALTER TABLE {s}.authors ADD CONSTRAINT one UNIQUE (first_name)",
+        "ALTER TABLE {s}.authors DROP CONSTRAINT one, ADD CONSTRAINT one UNIQUE (last_name)",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_drift_in_indexes_and_constraints(
+    veneer_head: Topology, trio: list[str], shape: str
+) -> None:
+    settings = veneer_head.settings
+    same, odd = SHAPES[shape]
+    for schema in trio:
+        shard_sql(settings, SHARD, same.format(s=schema))
+    report = doctor(settings, INI, tenants=trio)
+    assert not [f for f in report.findings if f.kind == "drift"], shape  # the same shape
+    shard_sql(settings, SHARD, odd.format(s=trio[2]))
+    report = doctor(settings, INI, tenants=trio)
+    assert [f.schema for f in report.findings if f.kind == "drift"] == [trio[2]], shape

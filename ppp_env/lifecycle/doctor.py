@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,29 @@ SELECT nspname FROM pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%%' AND nspname <> ALL(%s)
 """
 
-#: (schema, table, column, type) of every table a tenant's veneer schema imports.
-COLUMNS_SQL = """
-SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+#: (schema, table, md5 of its columns' names and types) of every table a tenant's veneer
+#: schema imports: one row per table, compared as a string (the columns themselves are read
+#: only for the tables whose signatures differ, :data:`COLUMNS_SQL`).
+SIGNATURES_SQL = """
+SELECT n.nspname, c.relname, md5(coalesce(string_agg(
+           a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attname),
+       ''))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ({kinds})
   AND c.relname <> ALL(%(excluded)s)
+GROUP BY n.nspname, c.relname
 """
+#: (schema, table, column, type) of the tables named by (schema, table) pairs.
+COLUMNS_SQL = """
+SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod)
+FROM unnest(%(schemas)s::text[], %(tables)s::text[]) AS w(nspname, relname)
+JOIN pg_namespace n ON n.nspname = w.nspname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+"""
+#: Memory for the sorts of the fingerprint query (4 MB, the default, spills them to disk).
+_WORK_MEM = "64MB"
 
 #: One md5 per schema over its tables, columns, types, indexes and constraints, with the
 #: schema's own name taken out (tenant types and references are qualified by it). Set-based:
@@ -82,11 +98,38 @@ lines AS (
     LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
     UNION ALL
-    SELECT c.relnamespace, 'I ' || pg_get_indexdef(i.indexrelid)
+    SELECT c.relnamespace, 'I ' || c.relname || ' ON ' || t.relname || ' USING ' || am.amname
+           || CASE WHEN i.indisunique THEN ' unique' ELSE '' END
+           || CASE WHEN i.indisprimary THEN ' primary' ELSE '' END || ' ('
+           || coalesce((SELECT string_agg(a.attname, ','
+                                          ORDER BY array_position(i.indkey::int2[], a.attnum))
+               FROM pg_attribute a
+               WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])), '') || ') '
+           -- operator classes and options by oid and flags: built-in ones keep their oids
+           || i.indclass::text || ' ' || i.indoption::text
+           -- deparsed only where there is something to deparse (rare, and 45 us each)
+           || CASE WHEN i.indexprs IS NULL THEN '' ELSE ' ' || pg_get_indexdef(i.indexrelid) END
+           || coalesce(' WHERE ' || pg_get_expr(i.indpred, i.indrelid), '')
     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN ns ON ns.oid = c.relnamespace
+    JOIN pg_class t ON t.oid = i.indrelid JOIN pg_am am ON am.oid = c.relam
     UNION ALL
-    SELECT k.connamespace, 'K ' || r.relname || ' ' || k.conname || ' '
-           || pg_get_constraintdef(k.oid)
+    SELECT k.connamespace, 'K ' || r.relname || ' ' || k.conname || ' ' || k.contype::text || ' '
+           || CASE WHEN k.contype IN ('p', 'u', 'f') THEN
+                  coalesce((SELECT string_agg(a.attname, ','
+                                              ORDER BY array_position(k.conkey, a.attnum))
+                   FROM pg_attribute a
+                   WHERE a.attrelid = k.conrelid AND a.attnum = ANY(k.conkey)), '')
+                  || CASE WHEN k.contype = 'f' THEN ' -> ' || k.confrelid::regclass::text || ' ('
+                      || coalesce((SELECT string_agg(a.attname, ','
+                                                     ORDER BY array_position(k.confkey, a.attnum))
+                          FROM pg_attribute a
+                          WHERE a.attrelid = k.confrelid AND a.attnum = ANY(k.confkey)), '')
+                      || ') ' || k.confupdtype::text || k.confdeltype::text
+                      || k.confmatchtype::text ELSE '' END
+                  || CASE WHEN k.condeferrable THEN ' deferrable' ELSE '' END
+                  || CASE WHEN k.condeferred THEN ' deferred' ELSE '' END
+              -- checks and exclusions: deparsed
+              ELSE pg_get_constraintdef(k.oid) END
     FROM pg_constraint k JOIN ns ON ns.oid = k.connamespace JOIN pg_class r ON r.oid = k.conrelid
     UNION ALL
     SELECT t.typnamespace, 'Y ' || t.typname || ' ' || t.typtype::text || coalesce(' ' || (
@@ -146,8 +189,8 @@ def _kinds(kinds: str) -> str:
     return ", ".join(f"'{k}'" for k in kinds)
 
 
-#: A table's columns as (name, type), by table, by schema.
-Columns = dict[str, dict[str, set[tuple[str, str]]]]
+#: The signature of a table's columns (:data:`SIGNATURES_SQL`), by table, by schema.
+Signatures = dict[str, dict[str, str]]
 
 
 @dataclass
@@ -156,17 +199,29 @@ class _ShardView:
 
     schemas: set[str]
     states: dict[str, Any]
-    columns: Columns
+    columns: Signatures
     prints: dict[str, str]
     outside: dict[str, OutsideRecord] = field(default_factory=dict)
 
 
-def _columns(rows: Sequence[Sequence[Any]]) -> Columns:
-    found: Columns = {}
+def _signatures(rows: Sequence[Sequence[Any]]) -> Signatures:
+    found: Signatures = {}
+    for schema, table, sig in rows:
+        found.setdefault(schema, {})[table] = sig
+    return found
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"schemas": [p[0] for p in pairs], "tables": [p[1] for p in pairs]}
+
+
+def _columns(
+    rows: Sequence[Sequence[Any]], pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], set[Any]]:
+    """(schema, table) -> its columns as (name, type), from :data:`COLUMNS_SQL`'s rows."""
+    found: dict[tuple[str, str], set[Any]] = {p: set() for p in pairs}
     for schema, table, column, typ in rows:
-        cols = found.setdefault(schema, {}).setdefault(table, set())
-        if column is not None:
-            cols.add((column, typ))
+        found[(schema, table)].add((column, typ))
     return found
 
 
@@ -195,11 +250,16 @@ def doctor(
     add(_move_findings(moves, wanted))
     add(_provisioning_findings(chosen))
     views: dict[str, _ShardView] = {}
-    for shard in shard_names:
-        try:
-            views[shard] = _read_shard(settings, shard, [t for t in chosen if t.shard == shard])
-        except PPPError as exc:
-            add([Finding("unreachable", shard, None, str(exc))])
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(shard_names)))) as pool:
+        futures = {
+            s: pool.submit(_read_shard, settings, s, [t for t in chosen if t.shard == s])
+            for s in shard_names
+        }
+        for shard, future in futures.items():  # the shards read at once, a thread each
+            try:
+                views[shard] = future.result()
+            except PPPError as exc:
+                add([Finding("unreachable", shard, None, str(exc))])
     add(_schema_findings(chosen, views, heads))
     add(_outside_findings(views))
     add(_orphan_findings(views, {t.schema for t in every}, len(shard_names), wanted))
@@ -246,15 +306,15 @@ def _read_shard(settings: Settings, shard: str, mine: Sequence[Any]) -> _ShardVi
         inst, "admin", autocommit=True, connect_timeout=settings.connect_timeout
     ) as sc:
         cur = sc.cursor()
-        cur.execute("SET search_path = pg_catalog")
+        cur.execute(f"SET search_path = pg_catalog; SET work_mem = '{_WORK_MEM}'; SET jit = off")
         cur.execute(SCHEMAS_SQL, (list(SYSTEM),))
         schemas = {r[0] for r in cur.fetchall()}
         states = read_states(cur, names)
         cur.execute(
-            COLUMNS_SQL.format(kinds=_kinds("rvfmp")),
+            SIGNATURES_SQL.format(kinds=_kinds("rvfmp")),
             {"schemas": names, "excluded": list(EXCLUDED_TABLES)},
         )
-        columns = _columns(cur.fetchall())
+        columns = _signatures(cur.fetchall())
         cur.execute(FINGERPRINT_SQL, (names,))
         prints = dict(cur.fetchall())
         outside = read_records(cur, shard, states)
@@ -338,30 +398,40 @@ def _removed_wired_findings(settings: Settings, chosen: Sequence[Any]) -> list[F
 def _veneer_findings(
     settings: Settings, active: Sequence[Any], views: dict[str, _ShardView]
 ) -> list[Finding]:
-    """Foreign tables missing, extra or stale against the tables on the tenants' shards."""
+    """Foreign tables missing, extra or stale against the tables on the tenants' shards (their
+    column signatures compared; the columns read for the stale ones only, to name them)."""
     active = [t for t in active if t.shard in views]
     if not active:
         return []
+    found = []
+    stale: list[tuple[Any, str]] = []
     with catalog.admin_connection(settings) as conn:
         conn.exec_driver_sql("SET LOCAL search_path = pg_catalog")
-        veneer = _columns(
+        veneer = _signatures(
             conn.exec_driver_sql(
-                COLUMNS_SQL.format(kinds="'f'"),
+                SIGNATURES_SQL.format(kinds="'f'"),
                 {"schemas": [t.schema for t in active], "excluded": list(EXCLUDED_TABLES)},
             ).all()
         )
-    found = []
-    for t in active:
-        remote = views[t.shard].columns.get(t.schema, {})
-        local = veneer.get(t.schema, {})
-        for table in sorted(set(remote) - set(local)):
-            found.append(Finding("veneer_missing", t.shard, t.schema, f"no foreign table {table}"))
-        for table in sorted(set(local) - set(remote)):
-            detail = f"foreign table {table}: gone on shard"
-            found.append(Finding("veneer_extra", t.shard, t.schema, detail))
-        for table in sorted(set(local) & set(remote)):
-            if local[table] != remote[table]:
-                found.append(_stale(t, table, local[table], remote[table]))
+        for t in active:
+            remote = views[t.shard].columns.get(t.schema, {})
+            local = veneer.get(t.schema, {})
+            for table in sorted(set(remote) - set(local)):
+                detail = f"no foreign table {table}"
+                found.append(Finding("veneer_missing", t.shard, t.schema, detail))
+            for table in sorted(set(local) - set(remote)):
+                detail = f"foreign table {table}: gone on shard"
+                found.append(Finding("veneer_extra", t.shard, t.schema, detail))
+            stale += [(t, n) for n in sorted(set(local) & set(remote)) if local[n] != remote[n]]
+        pairs = [(t.schema, n) for t, n in stale]
+        mine = _columns(conn.exec_driver_sql(COLUMNS_SQL, _pairs(pairs)).all(), pairs)
+    for t, table in stale:
+        key = (t.schema, table)
+        with db.connection(settings.shard(t.shard), "admin", autocommit=True) as sc:
+            cur = sc.cursor()
+            cur.execute(COLUMNS_SQL, _pairs([key]))
+            theirs = _columns(cur.fetchall(), [key])
+        found.append(_stale(t, table, mine[key], theirs[key]))
     return found
 
 
