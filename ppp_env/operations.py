@@ -145,7 +145,9 @@ def migrate(
     else:
         veneer_step()
     # After the veneer step: onboarding revisions may just have registered tenants.
-    catalog = in_service(list_tenants(settings, shards=options.shards, tenants=options.tenants))
+    catalog = in_service(
+        list_tenants(settings, shards=options.shards, tenants=options.tenants, timestamps=False)
+    )
     if options.tenants is not None:
         shard_names = list(dict.fromkeys(t.shard for t in catalog))
     else:

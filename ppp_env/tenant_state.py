@@ -140,16 +140,20 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
         f"{index_join} WHERE n.nspname = ANY(%s)",
         (VERSION_TABLE, TRACK_TRIGGER, list(schemas)),
     )
-    found = {row[0]: row[1:] for row in cursor.fetchall()}
-    heads: dict[str, list[str]] = {}
-    tracked: set[str] = set()
+    states: dict[str, TenantState] = {}
     unread: list[str] = []
-    for schema, (has_table, has_trigger, indexed_heads) in found.items():
+    sort: dict[tuple[str, ...], tuple[str, ...]] = {}  # the same heads: one sorted tuple
+    for schema, has_table, has_trigger, indexed_heads in cursor.fetchall():
         if has_table and has_trigger and indexed_heads is not None:
-            heads[schema] = list(indexed_heads)
-            tracked.add(schema)
+            key = tuple(indexed_heads)
+            if key not in sort:
+                sort[key] = tuple(sorted(key))
+            states[schema] = TenantState(schema, True, sort[key], True, True)
         elif has_table:
             unread.append(schema)
+        else:
+            states[schema] = TenantState(schema, True)
+    heads: dict[str, list[str]] = {s: [] for s in unread}
     for i in range(0, len(unread), _CHUNK):
         chunk = unread[i : i + _CHUNK]
         cursor.execute(
@@ -159,17 +163,10 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
             )
         )
         for schema, version in cursor.fetchall():
-            heads.setdefault(schema, []).append(version)
-    return {
-        s: TenantState(
-            s,
-            s in found,
-            tuple(sorted(heads.get(s, ()))),
-            s in tracked,
-            bool(found.get(s, (False,))[0]),
-        )
-        for s in schemas
-    }
+            heads[schema].append(version)
+    for schema, versions in heads.items():
+        states[schema] = TenantState(schema, True, tuple(sorted(versions)), False, True)
+    return {s: states.get(s) or TenantState(s, False) for s in schemas}
 
 
 def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:

@@ -81,7 +81,9 @@ class FleetEnvironment(PPPEnvironment):
         if given is not None:  # read by the caller (``ppp migrate``), narrowed the same way
             return list(given)
         opts = self.options
-        return in_service(list_tenants(self.settings, shards=opts.shards, tenants=opts.tenants))
+        return in_service(
+            list_tenants(self.settings, shards=opts.shards, tenants=opts.tenants, timestamps=False)
+        )
 
     # -- upgrade / downgrade / stamp ------------------------------------------------------------
     def move(self) -> None:

@@ -142,11 +142,14 @@ def find_tenants(
     *,
     shards: Sequence[str] | None = None,
     tenants: Sequence[str] | None = None,
+    timestamps: bool = True,
 ) -> list[Tenant]:
     """The catalog's tenants, ordered by shard then schema, in one query.
 
     ``shards`` and ``tenants`` narrow the result (None: no filter); a name the catalog does
-    not know is a PPPError naming it.
+    not know is a PPPError naming it. ``timestamps=False`` leaves ``created_at``,
+    ``updated_at`` and ``wired_at`` None: a fleet run does not need them, and parsing them
+    was a third of reading 100,000 tenants.
     """
     require_catalog(conn)
     want_shards = _names(shards, "shards")
@@ -155,11 +158,17 @@ def find_tenants(
     # along so that unknown shard names are found by the same query.
     # The tags column, or NULL before the release revision added it (read directly: a whole
     # row's to_jsonb per tenant cost 4 x the rest of the query at 20,000 tenants).
-    tags = "t.tags" if _has_tenants_column(conn, "tags") else "NULL::jsonb"
+    # Empty tags come as NULL: no JSON to decode for the many tenants without tags.
+    tags = (
+        "CASE WHEN t.tags = '{}'::jsonb THEN NULL ELSE t.tags END"
+        if _has_tenants_column(conn, "tags")
+        else "NULL::jsonb"
+    )
     rows = conn.execute(
         text(
-            "SELECT s.name AS shard_name, t.schema, t.state, t.wired_revision, t.created_at, "
-            f"t.updated_at, t.wired_at, {tags} AS tags "
+            "SELECT s.name AS shard_name, t.schema, t.state, t.wired_revision, "
+            + ("t.created_at, t.updated_at, t.wired_at, " if timestamps else "NULL, NULL, NULL, ")
+            + f"{tags} AS tags "
             "FROM ppp.shards s LEFT JOIN ppp.tenants t ON t.shard = s.name "
             "AND (CAST(:tenants AS text[]) IS NULL OR t.schema = ANY(CAST(:tenants AS text[]))) "
             'ORDER BY s.name COLLATE "C", t.schema COLLATE "C"'
@@ -174,19 +183,10 @@ def find_tenants(
                 f"unknown shard{'s' if len(unknown) > 1 else ''} {plural(unknown)}: the catalog "
                 f"has {plural(sorted(known_shards)) or '(none)'}"
             )
-    found = [
-        Tenant(
-            schema=r.schema,
-            shard=r.shard_name,
-            state=r.state,
-            wired_revision=r.wired_revision,
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            wired_at=r.wired_at,
-            tags=r.tags or {},
-        )
+    found = [  # positional: a third faster than by keyword for 100,000 tenants
+        Tenant(r[1], r[0], r[2], r[3], r[4], r[5], r[6], r[7] or {})
         for r in rows
-        if r.schema is not None
+        if r[1] is not None
     ]
     if want_tenants is not None:
         have = {t.schema for t in found}
@@ -212,10 +212,11 @@ def list_tenants(
     *,
     shards: Sequence[str] | None = None,
     tenants: Sequence[str] | None = None,
+    timestamps: bool = True,
 ) -> list[Tenant]:
     """The catalog's tenants (ordered by shard, then schema), optionally narrowed."""
     with admin_connection(settings) as conn:
-        return find_tenants(conn, shards=shards, tenants=tenants)
+        return find_tenants(conn, shards=shards, tenants=tenants, timestamps=timestamps)
 
 
 def lookup_tenant(conn: Connection, schema: str) -> Tenant | None:
