@@ -15,7 +15,7 @@ index; a new column; a data migration):
   (a)  PPP, the default command: `alembic upgrade head` (veneer refresh on, the default
        PPP_JOBS_PER_SHARD)
   (a1) the same with one worker per shard: `alembic -x jobs_per_shard=1 upgrade head`
-  (aK) with --jobs-sweep K,...: the same with K workers per shard (how the default of
+  (a/K) with --jobs-sweep K,...: the same with K workers per shard (how the default of
        PPP_JOBS_PER_SHARD was chosen)
   (a2) the same with `-x refresh=false`
   (b)  naive: Alembic's cookbook recipe for schema-per-tenant PostgreSQL
@@ -289,7 +289,7 @@ def report(rows: dict[str, Row], args: argparse.Namespace, shards: int, sample: 
     ]
     for key, row in rows.items():
         line = figure(
-            f"{row.tag:5}{row.what:76}",
+            f"{row.tag:6}{row.what:75}",
             seconds(row.median),
             ratio(key, rows),
             sep="",
@@ -394,7 +394,7 @@ def main() -> None:
         argv = {
             "a": upgrade,
             "a1": ["-x", "jobs_per_shard=1", *upgrade],
-            **{f"a{k}": ["-x", f"jobs_per_shard={k}", *upgrade] for k in sweep if k != 1},
+            **{f"k{k}": ["-x", f"jobs_per_shard={k}", *upgrade] for k in sweep if k != 1},
             "a2": no_refresh,
             "d": upgrade,
             "e": ["-x", "refresh=false", "-x", "render=false", *upgrade],
@@ -409,8 +409,8 @@ def main() -> None:
             "a": Row("(a)", "PPP, the default command (veneer refresh on)", label("a")),
             "a1": Row("(a1)", "PPP, the default command, one worker per shard", label("a1")),
             **{
-                f"a{k}": Row(
-                    f"(a{k})", f"PPP, the default command, {k} workers per shard", label(f"a{k}")
+                f"k{k}": Row(
+                    f"(a/{k})", f"PPP, the default command, {k} workers per shard", label(f"k{k}")
                 )
                 for k in sweep
                 if k != 1
@@ -448,7 +448,7 @@ def main() -> None:
             check_at_head(settings, by_shard, FLEET.head)
 
             ppp("a", [*fleet, *argv["a"]], FLEET, wired=True)
-            for key in [k for k in argv if k.startswith("a") and k[1:].isdigit()]:
+            for key in ["a1", *(k for k in argv if k.startswith("k"))]:
                 ppp(key, [*fleet, *argv[key]], FLEET, wired=True)
             took, _ = run_command([*fleet, *argv["d"]], env)
             check_at_head(settings, by_shard, FLEET.head, wired=True)
