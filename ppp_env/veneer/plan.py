@@ -18,13 +18,15 @@ from sqlalchemy.engine import Connection
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Settings
 from ppp_env.veneer import catalog, views
-from ppp_env.veneer.remote import OTHER_TYPES, RemoteTenant, RemoteType
+from ppp_env.veneer.remote import OTHER_TYPES, RemoteTenant, RemoteType, Tracking
 from ppp_env.veneer.wiring import ddl
 
 #: PPP's record of what it wired, in the veneer's catalog schema (admin-only, created by the
 #: first refresh): per tenant schema, every foreign table and type PPP created there, the
 #: signature of the definition it was created from, and the object's oid (an object dropped
-#: or replaced by hand has another oid, or none, and is wired again).
+#: or replaced by hand has another oid, or none, and is wired again); for a table, the oid
+#: of the shard's table it stands for (so a refresh that follows the shard's changes knows a
+#: renamed or dropped table).
 WIRED = "ppp.wired_objects"
 #: Locks one refresh transaction may take, estimated. PostgreSQL's lock table has
 #: max_locks_per_transaction (64) x max_connections slots for the whole server, shared by
@@ -57,9 +59,12 @@ CREATE TABLE IF NOT EXISTS {WIRED} (
     signature   text NOT NULL,
     local_oid   oid NOT NULL,
     wired_at    timestamptz NOT NULL DEFAULT now(),
+    remote_oid  oid,
     PRIMARY KEY (schema, name)
 )
 """
+#: The shard table's oid (NULL: a type, or a record written before PPP kept it).
+_ADD_REMOTE_OID = f"ALTER TABLE {WIRED} ADD COLUMN IF NOT EXISTS remote_oid oid"
 
 
 @dataclass
@@ -83,6 +88,11 @@ class RefreshReport:
     #: they could not be (None: rebuilt, or nothing opted in).
     cross_tenant: views.ViewReport = field(default_factory=views.ViewReport)
     views_error: str | None = None
+    #: Table signatures read on the shards (phase 1).
+    tables_read: int = 0
+    #: Tenants whose tables were read partially: only those their version changes changed
+    #: since the veneer wired them (``follow_changes``).
+    followed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,11 +107,24 @@ class LiveSchema:
     tables: dict[str, int] = field(default_factory=dict)  # foreign table -> oid
     types: dict[str, tuple[int, str]] = field(default_factory=dict)  # type -> (oid, typtype)
     wired: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # -> kind, sig, oid
+    #: Wired table -> the oid of its table on the shard (None: not recorded).
+    remote: dict[str, int | None] = field(default_factory=dict)
 
 
 def ensure_wired(conn: Connection, settings: Settings) -> None:
-    """Create PPP's record of the wiring if missing, closed to ``veneer_app``."""
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+    """Create PPP's record of the wiring if missing, closed to ``veneer_app``; an older
+    record gains the remote oid column."""
+    exists, current = conn.execute(
+        text(
+            "SELECT to_regclass(:t) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute "
+            "WHERE attrelid = to_regclass(:t) AND attname = 'remote_oid' AND NOT attisdropped)"
+        ),
+        {"t": WIRED},
+    ).one()
+    if current:
+        return
+    if exists:
+        ddl(conn, _ADD_REMOTE_OID)
         return
     ddl(conn, _CREATE_WIRED)
     ddl(conn, f"REVOKE ALL ON {WIRED} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
@@ -137,12 +160,14 @@ def read_live(conn: Connection, schemas: Sequence[str]) -> dict[str, LiveSchema]
         for schema, name, oid, kind in cur.fetchall():
             live[schema].types[name] = (oid, kind)
         cur.execute(
-            f"SELECT schema, name, kind, signature, local_oid::bigint FROM {WIRED} "
-            "WHERE schema = ANY(%(schemas)s)",
+            f"SELECT schema, name, kind, signature, local_oid::bigint, remote_oid::bigint "
+            f"FROM {WIRED} WHERE schema = ANY(%(schemas)s)",
             args,
         )
-        for schema, name, kind, sig, oid in cur.fetchall():
+        for schema, name, kind, sig, oid, remote in cur.fetchall():
             live[schema].wired[name] = (kind, sig, oid)
+            if kind == TABLE:
+                live[schema].remote[name] = remote
     return live
 
 
@@ -218,13 +243,20 @@ class Plan:
     #: (table, signature) to create from the shard's column list of that signature.
     create_tables: list[tuple[str, str]] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
-    #: Wired records to write: (name, kind, signature); and names whose record goes.
-    record: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Wired records to write: (name, kind, signature, remote oid); and names whose record
+    #: goes.
+    record: list[tuple[str, str, str, int | None]] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     #: Estimated locks (see :data:`LOCK_BUDGET`).
     locks: int = _LOCKS_TENANT
     #: Remote types this tenant's tables may need that the veneer cannot create.
     others: dict[str, str] = field(default_factory=dict)
+    #: Read partially, but its types must be made again (and so all its foreign tables) or
+    #: its veneer schema is missing: it needs every table's signature (a full read), and
+    #: this plan is not to be used.
+    needs_full: bool = False
+    #: The tenant's change tracking row on its shard, as phase 1 read it.
+    tracking: Tracking | None = None
 
     @property
     def schema(self) -> str:
@@ -266,8 +298,12 @@ def diff(
         n: OTHER_TYPES.get(t.kind, t.kind) for n, t in remote.types.items() if not t.creatable
     }
     keep, rebuild = _diff_types(plan, remote, live, labels, full)
+    plan.tracking = remote.tracking
+    if remote.changed is not None and (rebuild or not live.exists):
+        plan.needs_full = True
+        return plan
     keep |= _diff_tables(plan, remote, live, full, rebuild, nextval)
-    written = {n for n, _k, _s in plan.record}
+    written = {r[0] for r in plan.record}
     plan.forget = [n for n in live.wired if n not in keep and n not in written]
     return plan
 
@@ -307,7 +343,7 @@ def _diff_types(
                 rebuild = True
             else:
                 plan.alter.extend(adds)
-                plan.record.append((name, TYPE, ty.signature))
+                plan.record.append((name, TYPE, ty.signature, None))
                 keep.add(name)
     ours = {n for n, (kind, _s, _o) in live.wired.items() if kind == TYPE}
     if rebuild:
@@ -317,7 +353,7 @@ def _diff_types(
     else:
         plan.drop_types = [n for n in live.types if n in ours and n not in wanted_types]
     plan.create_types = _in_order(plan.create_types)
-    plan.record.extend((ty.name, TYPE, ty.signature) for ty in plan.create_types)
+    plan.record.extend((ty.name, TYPE, ty.signature, None) for ty in plan.create_types)
     return keep, rebuild
 
 
@@ -325,21 +361,34 @@ def _diff_tables(
     plan: Plan, remote: RemoteTenant, live: LiveSchema, full: bool, rebuild: bool, nextval: bool
 ) -> set[str]:
     """The tenant's foreign tables: re-created when their signature changed (or the types
-    are rebuilt), dropped when gone from the shard. Returns the names kept."""
+    are rebuilt), dropped when gone from the shard. Returns the names kept.
+
+    Read partially (``remote.changed``), the shard's side is only the relations changed
+    since the veneer wired the tenant: a wired table whose shard oid is among them and that
+    has no table of its name any more was renamed or dropped; every other one is kept."""
     keep: set[str] = set()
     for name, sig in remote.tables.items():
         # The server is part of the definition, and so is whether sequence defaults call
         # ppp_remote.nextval (the veneer gained or lost it: every table is made again).
         signature = f"{sig}@{plan.tenant.shard}{'+nextval' if nextval else ''}"
         have_table = live.tables.get(name)
+        oid = remote.oids.get(name)
         if not rebuild and _intact(live, full, name, TABLE, signature, have_table):
             keep.add(name)
+            if live.remote.get(name) != oid:  # recorded before, or the shard made it anew
+                plan.record.append((name, TABLE, signature, oid))
             continue
         if have_table is not None:
             plan.drop_tables.append(name)
         plan.create_tables.append((name, sig))
-        plan.record.append((name, TABLE, signature))
-    gone = [n for n in live.tables if n not in remote.tables]
+        plan.record.append((name, TABLE, signature, oid))
+    if remote.changed is None:
+        gone = [n for n in live.tables if n not in remote.tables]
+    else:
+        left = {n for n, o in live.remote.items() if n not in remote.tables}
+        moved = {n for n in left if live.remote[n] in remote.changed}
+        gone = [n for n in live.tables if n in moved]
+        keep |= left - moved
     plan.drop_tables.extend(gone)
     plan.locks += _LOCKS_GONE * len(gone) + _LOCKS_DROP * plan.types_changed
     return keep
