@@ -315,3 +315,33 @@ def test_an_older_shard_shape_is_upgraded(veneer_ready: Settings) -> None:
         (inst.app_role,),
     )
     assert grants == [(False,)]
+
+
+def test_a_fleet_run_refreshes_only_what_its_revisions_changed(
+    fleet: dict[str, str], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Alembic and the fleet runner: f003 adds items.price (online); the refresh
+    after the run reads that one table per tenant."""
+    from alembic import command
+
+    from ppp_env.fleet import results
+    from tests.conftest import fleet_config, only, opts
+
+    reports: list[veneer.RefreshReport] = []
+
+    def spy(*args: Any, **kw: Any) -> veneer.RefreshReport:
+        reports.append(veneer.refresh(*args, **kw))
+        return reports[-1]
+
+    monkeypatch.setattr(results, "refresh", spy)
+    command.upgrade(fleet_config(**opts(**only(fleet))), "f002")
+    assert reports[-1].ok and reports[-1].followed == []  # new tenants: compared in full
+    command.upgrade(fleet_config(**opts(**only(fleet))), "head")
+    report = reports[-1]
+    assert report.ok, report.errors
+    assert sorted(report.followed) == sorted(fleet) and report.tables_read == len(fleet)
+    assert report.tables_created == len(fleet)
+    tenant = sorted(fleet)[0]
+    with db.connection(settings.veneer, "app") as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT price FROM {quote_ident(tenant)}.items")
+        assert cur.fetchall() == []

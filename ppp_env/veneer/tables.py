@@ -389,7 +389,8 @@ def _summarize(report: RefreshReport, wanted: Sequence[catalog.Tenant]) -> None:
     report.unchanged.sort(key=order.__getitem__)
     log.info(
         "refresh: %d tenant(s) in step (%d unchanged), %d pending, %d failed; %d foreign "
-        "table(s) created, %d dropped, %d type change(s) in %.2f s",
+        "table(s) created, %d dropped, %d type change(s); %d table(s) read (%d tenant(s) "
+        "following their changes) in %.2f s",
         len(report.refreshed),
         len(report.unchanged),
         len(report.pending),
@@ -397,6 +398,8 @@ def _summarize(report: RefreshReport, wanted: Sequence[catalog.Tenant]) -> None:
         report.tables_created,
         report.tables_dropped,
         report.types_changed,
+        report.tables_read,
+        len(report.followed),
         report.seconds,
     )
 
