@@ -241,14 +241,20 @@ def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
 
 #: A fresh start of tenants' change tracking: nothing changed since the heads just wired,
 #: only where the row is still as the refresh read it (a version change in between leaves
-#: it, so the next refresh compares everything).
+#: it, so the next refresh compares everything). A row a migration holds now is skipped, not
+#: waited for: it is about to change.
 _RESET_SQL = """
+WITH w AS (
+    SELECT * FROM unnest(%(schemas)s::text[], %(heads)s::text[], %(updated)s::timestamptz[],
+                         %(xacts)s::text[]) AS w(schema_name, heads, updated_at, xact)
+), still AS (
+    SELECT v.schema_name FROM ppp.tenant_versions v JOIN w ON w.schema_name = v.schema_name
+    WHERE v.heads = coalesce(string_to_array(nullif(w.heads, ''), ' '), '{}')
+      AND v.updated_at = w.updated_at AND v.changed_xact IS NOT DISTINCT FROM w.xact::xid8
+    FOR UPDATE OF v SKIP LOCKED
+)
 UPDATE ppp.tenant_versions v SET changed = '{}', changed_since = v.heads
-FROM unnest(%(schemas)s::text[], %(heads)s::text[], %(updated)s::timestamptz[],
-            %(xacts)s::text[]) AS w(schema_name, heads, updated_at, xact)
-WHERE v.schema_name = w.schema_name
-  AND v.heads = coalesce(string_to_array(nullif(w.heads, ''), ' '), '{}')
-  AND v.updated_at = w.updated_at AND v.changed_xact IS NOT DISTINCT FROM w.xact::xid8
+FROM still WHERE v.schema_name = still.schema_name
 """
 
 

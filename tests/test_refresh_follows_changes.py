@@ -18,7 +18,7 @@ import pytest
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import ensure_index, track_sql
+from ppp_env.tenant_state import ensure_index, reset_changes, track_sql
 from ppp_env.veneer import catalog
 from ppp_env.veneer import tables as veneer
 from tests.plugins.veneer import shard_sql
@@ -27,13 +27,16 @@ pytestmark = pytest.mark.usefixtures("veneer_ready")
 SHARD = "cyberdyne"
 TABLES = 20
 
-#: A realistic tenant: 20 tables, a view over one of them, a domain one table uses, and its
+#: A realistic tenant: 20 tables, a view over one of them, a domain and an enum that tables
+#: use, and its
 #: Alembic version table (tracked by the shard's index) at r1.
 TENANT = (
     "CREATE DOMAIN {s}.money_d AS numeric(12, 2) CHECK (VALUE >= 0);"
+    "CREATE TYPE {s}.mood AS ENUM ('ok', 'bad');"
     + "".join(
         f"CREATE TABLE {{s}}.t{i:02d} (id integer PRIMARY KEY, name text NOT NULL DEFAULT 'x', "
-        f"amount {'{s}.money_d' if i == 1 else 'numeric(10, 2)'}, seen timestamptz);"
+        f"amount {'{s}.money_d' if i == 1 else 'numeric(10, 2)'}, seen timestamptz"
+        f"{', mood {s}.mood' if i == 2 else ''});"
         for i in range(TABLES)
     )
     + "CREATE VIEW {s}.v AS SELECT id, name FROM {s}.t00;"
@@ -96,7 +99,15 @@ def veneer_state(settings: Settings, schema: str) -> dict[str, Any]:
             "WHERE n.nspname = %s GROUP BY c.relname, ft.ftoptions",
             (schema,),
         ).all()
-    return {r[0]: (tuple(r[1]), tuple(r[2])) for r in rows}
+        labels = conn.exec_driver_sql(
+            "SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_type t "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace JOIN pg_enum e ON e.enumtypid = t.oid "
+            "WHERE n.nspname = %s GROUP BY t.typname",
+            (schema,),
+        ).all()
+    state: dict[str, Any] = {r[0]: (tuple(r[1]), tuple(r[2])) for r in rows}
+    state.update({f"enum {r[0]}": tuple(r[1]) for r in labels})
+    return state
 
 
 def tracking(settings: Settings, schema: str) -> tuple[Any, ...]:
@@ -136,6 +147,7 @@ CASES = {
         1,
         "v.extra",
     ),
+    "enum_label": ("ALTER TYPE {s}.mood ADD VALUE 'meh'", 0, 0, 0, ""),
     "data_only": (
         "INSERT INTO {s}.t00 (id) VALUES (1); UPDATE {s}.t02 SET name = 'y'",
         0,
@@ -167,7 +179,8 @@ def test_the_refresh_reads_only_what_the_revision_changed(
         assert table[1:] not in state
     elif table:
         assert table in state and column in " ".join(c.split(" | ")[0] for c in state[table][1])
-    assert len(state) == TABLES + 1 + {"drop": -1, "create": 2}.get(case, 0)
+    assert len(state) == TABLES + 2 + {"drop": -1, "create": 2}.get(case, 0)
+    assert state["enum mood"] == (("ok", "bad", "meh") if case == "enum_label" else ("ok", "bad"))
     # The row starts again from the heads just wired.
     assert tracking(settings, tenant)[1] == ["r2"]
 
@@ -260,25 +273,37 @@ def test_a_change_outside_a_version_change_is_not_followed(
     assert "by_hand" in str(veneer_state(settings, tenant)["t07"])
 
 
-def test_the_reset_leaves_a_row_a_migration_changed_since(
+def _row(settings: Settings, schema: str) -> tuple[Any, ...]:
+    return shard_sql(
+        settings.shards[SHARD],
+        "SELECT heads, updated_at, changed_xact::text FROM ppp.tenant_versions "
+        "WHERE schema_name = %s",
+        (schema,),
+    )[0]
+
+
+def test_the_reset_leaves_a_row_a_migration_changed_or_holds(
     veneer_ready: Settings, tenant: str
 ) -> None:
     settings = veneer_ready
     revise(settings, tenant, "ALTER TABLE {s}.t03 ADD COLUMN extra integer", "r2")
-    rows = shard_sql(
-        settings.shards[SHARD],
-        "SELECT heads, updated_at, changed_xact::text FROM ppp.tenant_versions "
-        "WHERE schema_name = %s",
-        (tenant,),
-    )
-    heads, updated, xact = rows[0]
+    read = _row(settings, tenant)
     revise(settings, tenant, "ALTER TABLE {s}.t06 ADD COLUMN extra integer", "r3")
-    from ppp_env.tenant_state import reset_changes
-
     with _admin(settings) as conn, conn.cursor() as cur:
-        assert reset_changes(cur, [(tenant, heads, updated, xact)]) == 0
+        assert reset_changes(cur, [(tenant, *read)]) == 0  # changed since it was read
     changed, since = tracking(settings, tenant)
     assert since == ["r1"] and len(changed) == 2
+    read = _row(settings, tenant)
+    with db.connection(settings.shards[SHARD], "admin") as migrating:  # holds the row
+        with migrating.cursor() as held:
+            held.execute(f"UPDATE {quote_ident(tenant)}.alembic_version SET version_num = 'r4'")
+        with _admin(settings) as conn, conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '5s'")
+            assert reset_changes(cur, [(tenant, *read)]) == 0  # skipped, not waited for
+        migrating.rollback()
+    with _admin(settings) as conn, conn.cursor() as cur:
+        assert reset_changes(cur, [(tenant, *read)]) == 1
+    assert tracking(settings, tenant) == ([], ["r3"])
 
 
 def test_an_older_shard_shape_is_upgraded(veneer_ready: Settings) -> None:

@@ -8,9 +8,9 @@ the shard's column lists are read. :class:`RefreshReport` is what a whole refres
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -130,45 +130,133 @@ def ensure_wired(conn: Connection, settings: Settings) -> None:
     ddl(conn, f"REVOKE ALL ON {WIRED} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
 
 
-def read_live(conn: Connection, schemas: Sequence[str]) -> dict[str, LiveSchema]:
-    """The veneer schemas of ``schemas``: foreign tables, types, PPP's record of them. Three
-    plain queries (compared here, not joined in SQL: a join with the record, which a refresh
-    has just filled and nothing has analyzed, can get a plan quadratic in its size)."""
+#: The types a veneer schema holds that a refresh compares (not arrays, not row types).
+_TYPE_FILTER = """t.typtype IN ('e', 'd', 'c', 'r', 'b') AND (t.typrelid = 0 OR rc.relkind = 'c')
+    AND NOT (t.typcategory = 'A' AND t.typelem <> 0)"""
+_LIVE_COLUMNS = "schema, name, kind, signature, local_oid::bigint, remote_oid::bigint"
+#: PPP's record, for tenants read partially: their types, the tables of given names, and
+#: the tables whose shard oid is among the changed ones.
+_LIVE_PARTIAL = f"""
+SELECT {_LIVE_COLUMNS} FROM {WIRED} WHERE schema = ANY(%(schemas)s) AND kind = '{TYPE}'
+UNION
+SELECT {_LIVE_COLUMNS} FROM {WIRED} w
+JOIN unnest(%(named_schemas)s::text[], %(names)s::text[]) AS x(s, n)
+    ON w.schema = x.s AND w.name = x.n
+UNION
+SELECT {_LIVE_COLUMNS} FROM {WIRED} w
+JOIN unnest(%(oid_schemas)s::text[], %(oids)s::oid[]) AS x(s, o)
+    ON w.schema = x.s AND w.remote_oid = x.o
+"""
+
+
+class PartialRead(NamedTuple):
+    """What the veneer's side of a tenant read partially needs (see :func:`read_live`)."""
+
+    #: Its tables as the shard has them now (names), and the shard oids changed.
+    tables: Collection[str]
+    oids: Collection[int]
+    #: Its types on the shard (names).
+    types: Collection[str]
+
+
+def read_live(
+    conn: Connection,
+    schemas: Sequence[str],
+    partial: Mapping[str, PartialRead] | None = None,
+) -> dict[str, LiveSchema]:
+    """The veneer schemas of ``schemas``: foreign tables, types, PPP's record of them. Plain
+    queries (compared here, not joined in SQL: a join with the record, which a refresh has
+    just filled and nothing has analyzed, can get a plan quadratic in its size).
+
+    ``partial``: tenants read partially: only the rows their diff looks at are read, by
+    name or oid through the catalogs' indexes (the foreign tables and records of those
+    table names and of the recorded tables with those shard oids; their types and records
+    of types, by name)."""
+    partial = partial or {}
     live = {s: LiveSchema() for s in schemas}
-    args = {"schemas": list(schemas)}
+    whole = [s for s in schemas if s not in partial]
     raw: Any = conn.connection.driver_connection
     with raw.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
-            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
-            "WHERE n.nspname = ANY(%(schemas)s)",
-            args,
-        )
-        for schema, table, oid in cur.fetchall():
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (list(schemas),))
+        for (schema,) in cur.fetchall():
             live[schema].exists = True
-            if table is not None:
-                live[schema].tables[table] = oid
-        cur.execute(
-            "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
-            "JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
-            "WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b') "
-            "AND (t.typrelid = 0 OR rc.relkind = 'c') "
-            "AND NOT (t.typcategory = 'A' AND t.typelem <> 0)",
-            args,
-        )
-        for schema, name, oid, kind in cur.fetchall():
-            live[schema].types[name] = (oid, kind)
-        cur.execute(
-            f"SELECT schema, name, kind, signature, local_oid::bigint, remote_oid::bigint "
-            f"FROM {WIRED} WHERE schema = ANY(%(schemas)s)",
-            args,
-        )
-        for schema, name, kind, sig, oid, remote in cur.fetchall():
+        rows: list[Any] = []
+        if whole:
+            rows += _read_whole(cur, live, whole)
+        if partial:
+            rows += _read_partial(cur, live, partial)
+        for schema, name, kind, sig, oid, remote in rows:
             live[schema].wired[name] = (kind, sig, oid)
             if kind == TABLE:
                 live[schema].remote[name] = remote
     return live
+
+
+def _read_whole(cur: Any, live: Mapping[str, LiveSchema], schemas: Sequence[str]) -> list[Any]:
+    """Every foreign table and type of these veneer schemas; returns their records."""
+    args = {"schemas": list(schemas)}
+    cur.execute(
+        "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
+        "WHERE n.nspname = ANY(%(schemas)s)",
+        args,
+    )
+    for schema, table, oid in cur.fetchall():
+        live[schema].tables[table] = oid
+    cur.execute(
+        "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
+        f"WHERE n.nspname = ANY(%(schemas)s) AND {_TYPE_FILTER}",
+        args,
+    )
+    for schema, name, oid, kind in cur.fetchall():
+        live[schema].types[name] = (oid, kind)
+    cur.execute(f"SELECT {_LIVE_COLUMNS} FROM {WIRED} WHERE schema = ANY(%(schemas)s)", args)
+    return list(cur.fetchall())
+
+
+def _read_partial(
+    cur: Any, live: Mapping[str, LiveSchema], partial: Mapping[str, PartialRead]
+) -> list[Any]:
+    """Records of the tenants read partially (see :func:`read_live`), and their foreign
+    tables and types of those names; returns the records."""
+    named = [(s, n) for s, r in partial.items() for n in r.tables]
+    by_oid = [(s, o) for s, r in partial.items() for o in r.oids]
+    cur.execute(
+        _LIVE_PARTIAL,
+        {
+            "schemas": list(partial),
+            "named_schemas": [x[0] for x in named],
+            "names": [x[1] for x in named],
+            "oid_schemas": [x[0] for x in by_oid],
+            "oids": [x[1] for x in by_oid],
+        },
+    )
+    rows = cur.fetchall()
+    tables = set(named) | {(r[0], r[1]) for r in rows if r[2] == TABLE}
+    cur.execute(
+        "SELECT x.s, c.relname, c.oid::bigint "
+        "FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS x(s, n) "
+        "JOIN pg_namespace n ON n.nspname = x.s "
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.n AND c.relkind = 'f'",
+        {"schemas": [t[0] for t in tables], "names": [t[1] for t in tables]},
+    )
+    for schema, table, oid in cur.fetchall():
+        live[schema].tables[table] = oid
+    types = {(s, n) for s, r in partial.items() for n in r.types}
+    types |= {(r[0], r[1]) for r in rows if r[2] == TYPE}
+    cur.execute(
+        "SELECT x.s, t.typname, t.oid::bigint, t.typtype "
+        "FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS x(s, n) "
+        "JOIN pg_namespace n ON n.nspname = x.s "
+        "JOIN pg_type t ON t.typnamespace = n.oid AND t.typname = x.n "
+        f"LEFT JOIN pg_class rc ON rc.oid = t.typrelid WHERE {_TYPE_FILTER}",
+        {"schemas": [t[0] for t in types], "names": [t[1] for t in types]},
+    )
+    for schema, name, oid, kind in cur.fetchall():
+        live[schema].types[name] = (oid, kind)
+    return list(rows)
 
 
 def read_labels(

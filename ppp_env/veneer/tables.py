@@ -31,7 +31,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ppp_env import db
 from ppp_env.db import first_line
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
@@ -43,6 +42,7 @@ from ppp_env.veneer.plan import (
     LOCK_BUDGET,
     TABLE,
     WIRED,
+    PartialRead,
     Plan,
     RefreshReport,
     create_locks,
@@ -154,6 +154,37 @@ class _Shards:
         )
         return {shard: found.get(shard, {}) for shard in wanted}
 
+    def restart_tracking(self, plans: Sequence[Plan]) -> None:
+        """After the veneer committed, start the shards' change tracking of the tenants it
+        wired anew (one statement per shard, on its reader's connection; see
+        :func:`ppp_env.tenant_state.reset_changes`). A failure is only logged: those
+        tenants' next refresh compares every table."""
+        rows: dict[str, list[tuple[str, Sequence[str], Any, str | None]]] = {}
+        for p in plans:
+            row = p.tracking
+            if row is None or p.needs_full or p.schema not in self.report.revisions:
+                continue
+            if row.heads != revision_heads(p.revision):
+                continue  # wired at other heads than the row's: compared fully next time
+            if row.changed == frozenset() and row.since == row.heads:
+                continue  # already fresh
+            rows.setdefault(p.tenant.shard, []).append(
+                (p.schema, row.heads, row.updated_at, row.xact)
+            )
+        for shard, mine in rows.items():
+            reader = self.readers.get(shard)
+            if reader is None:
+                continue
+            try:
+                reset_changes(reader.cur, mine)
+                reader.conn.commit()
+            except Exception as exc:  # the refresh stands; the next one compares fully
+                log.warning(
+                    "refresh: cannot restart the change tracking on shard %r: %s",
+                    shard,
+                    first_line(exc),
+                )
+
     def close(self) -> None:
         for reader in self.readers.values():
             self.report.tables_read += reader.tables_read
@@ -182,11 +213,15 @@ def _refresh(
     report = RefreshReport()
     wanted, nextval = _from_catalog(conn, settings, tenants, report, own)
     followed = _followable(conn, wanted, own) if follow and not full else None
-    plans = _plan(conn, settings, wanted, revisions, full, nextval, report, own, followed)
-    log.debug("refresh: planned after %.2f s", time.monotonic() - started)
-    _apply_plans(conn, settings, plans, report, own)
-    if own:
-        restart_tracking(settings, plans, report)
+    shards = _Shards(settings, report, nextval)
+    try:
+        plans = _plan(conn, shards, wanted, revisions, full, report, own, followed)
+        log.debug("refresh: planned after %.2f s", time.monotonic() - started)
+        _apply_plans(conn, settings, plans, report, own)
+        if own:  # committed: the shards' change tracking starts anew
+            shards.restart_tracking(plans)
+    finally:
+        shards.close()
     _rebuild_views(conn, settings, report, own)
     report.seconds = time.monotonic() - started
     _summarize(report, wanted)
@@ -247,11 +282,10 @@ def _followable(
 
 def _plan(
     conn: Connection,
-    settings: Settings,
+    shards: _Shards,
     wanted: Sequence[catalog.Tenant],
     revisions: Mapping[str, str | None] | None,
     full: bool,
-    nextval: bool,
     report: RefreshReport,
     own: bool,
     follow: Mapping[str, str | None] | None = None,
@@ -259,35 +293,25 @@ def _plan(
     """Steps 1-3: the shards' signatures, the veneer as it is, the plans, the column lists;
     tenants without a schema on their shard are pending, the others planned. A tenant read
     partially whose plan needs every table is read again in full."""
-    shards = _Shards(settings, report, nextval)
-    try:
-        remote = shards.tenants(wanted, revisions, follow)
-        ready: list[catalog.Tenant] = []
-        for t in wanted:
-            if t.schema in report.errors:
-                continue
-            if not remote[t.schema].exists:
-                report.pending.append(t.schema)
-                continue
-            ready.append(t)
-        plans = _diff_all(conn, ready, remote, full, nextval, own)
-        again = [p.tenant for p in plans if p.needs_full]
-        if again:
-            remote.update(shards.tenants(again, revisions))
-            plans = [p for p in plans if not p.needs_full]
-            plans += _diff_all(
-                conn,
-                [t for t in again if t.schema not in report.errors],
-                remote,
-                full,
-                nextval,
-                own,
-            )
-        report.followed = [p.schema for p in plans if remote[p.schema].changed is not None]
-        definitions = shards.definitions(plans)
-    finally:
-        shards.close()
-    app = quote_ident(settings.veneer.app_role)
+    remote = shards.tenants(wanted, revisions, follow)
+    ready: list[catalog.Tenant] = []
+    for t in wanted:
+        if t.schema in report.errors:
+            continue
+        if not remote[t.schema].exists:
+            report.pending.append(t.schema)
+            continue
+        ready.append(t)
+    plans = _diff_all(conn, ready, remote, full, shards.nextval, own)
+    again = [p.tenant for p in plans if p.needs_full]
+    if again:  # read partially, but they need every table
+        remote.update(shards.tenants(again, revisions))
+        plans = [p for p in plans if not p.needs_full]
+        again = [t for t in again if t.schema not in report.errors]
+        plans += _diff_all(conn, again, remote, full, shards.nextval, own)
+    report.followed = [p.schema for p in plans if remote[p.schema].changed is not None]
+    definitions = shards.definitions(plans)
+    app = quote_ident(shards.settings.veneer.app_role)
     per_create = create_locks(conn.dialect.server_version_info)
     for plan in plans:
         if plan.schema in report.errors:
@@ -314,7 +338,12 @@ def _diff_all(
     with _reading(conn, own):
         if own:  # hash joins whatever the (possibly stale) statistics of the catalogs
             ddl(conn, "SET LOCAL enable_nestloop = off; SET LOCAL jit = off")
-        live = read_live(conn, [t.schema for t in ready])
+        partial = {
+            t.schema: PartialRead(list(r.tables), r.changed, list(r.types))
+            for t in ready
+            if (r := remote[t.schema]).changed is not None
+        }
+        live = read_live(conn, [t.schema for t in ready], partial)
         enums = [
             (t.schema, n)
             for t in ready
@@ -353,32 +382,6 @@ def _apply_plans(
         for p in still:
             report.revisions[p.schema] = p.revision
             report.unchanged.append(p.schema)
-
-
-def restart_tracking(settings: Settings, plans: Sequence[Plan], report: RefreshReport) -> None:
-    """After the veneer committed, start the shards' change tracking of the tenants it wired
-    anew (one statement per shard; see :func:`ppp_env.tenant_state.reset_changes`). A
-    failure is only logged: those tenants' next refresh compares every table."""
-    rows: dict[str, list[tuple[str, Sequence[str], Any, str | None]]] = {}
-    for p in plans:
-        row = p.tracking
-        if row is None or p.needs_full or p.schema not in report.revisions:
-            continue
-        if row.heads != revision_heads(p.revision):
-            continue  # wired at other heads than the row's: leave it, compare fully next time
-        if row.changed == frozenset() and row.since == row.heads:
-            continue  # already fresh
-        rows.setdefault(p.tenant.shard, []).append((p.schema, row.heads, row.updated_at, row.xact))
-    for shard, mine in rows.items():
-        try:
-            with db.connection(settings.shards[shard], "admin", autocommit=True) as shard_conn:
-                reset_changes(shard_conn.cursor(), mine)
-        except Exception as exc:  # the refresh stands; the next one compares fully
-            log.warning(
-                "refresh: cannot restart the change tracking on shard %r: %s",
-                shard,
-                first_line(exc),
-            )
 
 
 def _summarize(report: RefreshReport, wanted: Sequence[catalog.Tenant]) -> None:
