@@ -135,17 +135,12 @@ _TYPE_FILTER = """t.typtype IN ('e', 'd', 'c', 'r', 'b') AND (t.typrelid = 0 OR 
     AND NOT (t.typcategory = 'A' AND t.typelem <> 0)"""
 _LIVE_COLUMNS = "schema, name, kind, signature, local_oid::bigint, remote_oid::bigint"
 #: PPP's record, for tenants read partially: their types, the tables of given names, and
-#: the tables whose shard oid is among the changed ones.
+#: the tables whose shard oid is among the changed ones (one pass over the tenants' rows).
 _LIVE_PARTIAL = f"""
-SELECT {_LIVE_COLUMNS} FROM {WIRED} WHERE schema = ANY(%(schemas)s) AND kind = '{TYPE}'
-UNION
 SELECT {_LIVE_COLUMNS} FROM {WIRED} w
-JOIN unnest(%(named_schemas)s::text[], %(names)s::text[]) AS x(s, n)
-    ON w.schema = x.s AND w.name = x.n
-UNION
-SELECT {_LIVE_COLUMNS} FROM {WIRED} w
-JOIN unnest(%(oid_schemas)s::text[], %(oids)s::oid[]) AS x(s, o)
-    ON w.schema = x.s AND w.remote_oid = x.o
+WHERE w.schema = ANY(%(schemas)s) AND (w.kind = '{TYPE}'
+    OR (w.schema, w.name) IN (SELECT * FROM unnest(%(named_schemas)s::text[], %(names)s::text[]))
+    OR (w.schema, w.remote_oid) IN (SELECT * FROM unnest(%(oid_schemas)s::text[], %(oids)s::oid[])))
 """
 
 
