@@ -240,42 +240,38 @@ def main() -> None:
                 file=sys.stderr,
             )
 
-        ma, mb, mc, mc0, md, md1 = (median(x) for x in (a, b, c, c0, d, d1))
-        tables = n * t
-        print()
-        print(
-            f"veneer refresh: {n} tenants x {t} tables ({tables:,} foreign tables) over "
-            f"{len(shards)} shards, median of {args.repeat} runs, {os.cpu_count()} cores"
-        )
-        print(f"{'':5}{'what':66}{'seconds':>9}{'ms/table':>10}")
-        rows = [
-            ("(a)", "PPP refresh, every tenant new to the veneer", ma, tables),
-            ("(b)", "bare IMPORT FOREIGN SCHEMA of the same tenants", mb, tables),
-            (
-                "(c)",
-                f"after a one-table revision, following it ({ma and mc / ma:.1%} of (a))",
-                mc,
-                n,
-            ),
-            (
-                "(c0)",
-                f"after a one-table revision, every table ({ma and mc0 / ma:.1%} of (a))",
-                mc0,
-                n,
-            ),
-            ("(d)", "PPP refresh, nothing changed, every table", md, 0),
-            ("(d1)", "PPP refresh, nothing changed, following changes", md1, 0),
-        ]
-        for tag, what, secs, count in rows:
-            per = f"{secs / count * 1000:10.3f}" if count else f"{'':10}"
-            print(f"{tag:5}{what:66}{secs:9.2f}{per}")
-        print("\nevery run (s):")
-        for tag, xs in (("(a)", a), ("(b)", b), ("(c)", c), ("(c0)", c0), ("(d)", d), ("(d1)", d1)):
-            print(f"  {tag:5}" + every(xs))
-        print(
-            f"\ntargets: (a) <= 1.5 x (b): {met(ma <= 1.5 * mb)} ({times(ma / mb)}); "
-            f"(c) <= 5 % of (a): {met(mc <= 0.05 * ma)} ({mc / ma:.1%})"
-        )
+        runs = {"(a)": a, "(b)": b, "(c)": c, "(c0)": c0, "(d)": d, "(d1)": d1}
+        show(runs, n, t, len(shards), args.repeat)
+
+
+def show(runs: dict[str, list[float]], n: int, t: int, shards: int, repeat: int) -> None:
+    """The medians, every run, the targets."""
+    ma, mb, mc, mc0, md, md1 = (median(x) for x in runs.values())
+    tables = n * t
+    print()
+    print(
+        f"veneer refresh: {n} tenants x {t} tables ({tables:,} foreign tables) over "
+        f"{shards} shards, median of {repeat} runs, {os.cpu_count()} cores"
+    )
+    print(f"{'':5}{'what':66}{'seconds':>9}{'ms/table':>10}")
+    rows = [
+        ("(a)", "PPP refresh, every tenant new to the veneer", ma, tables),
+        ("(b)", "bare IMPORT FOREIGN SCHEMA of the same tenants", mb, tables),
+        ("(c)", f"after a one-table revision, following it ({mc / ma:.1%} of (a))", mc, n),
+        ("(c0)", f"after a one-table revision, every table ({mc0 / ma:.1%} of (a))", mc0, n),
+        ("(d)", "PPP refresh, nothing changed, every table", md, 0),
+        ("(d1)", "PPP refresh, nothing changed, following changes", md1, 0),
+    ]
+    for tag, what, secs, count in rows:
+        per = f"{secs / count * 1000:10.3f}" if count else f"{'':10}"
+        print(f"{tag:5}{what:66}{secs:9.2f}{per}")
+    print("\nevery run (s):")
+    for tag, xs in runs.items():
+        print(f"  {tag:5}" + every(xs))
+    print(
+        f"\ntargets: (a) <= 1.5 x (b): {met(ma <= 1.5 * mb)} ({times(ma / mb)}); "
+        f"(c) <= 5 % of (a): {met(mc <= 0.05 * ma)} ({mc / ma:.1%})"
+    )
 
 
 if __name__ == "__main__":
