@@ -4,15 +4,20 @@
 Builds a throwaway topology (veneer + 3 shards, local servers, default server settings:
 max_locks_per_transaction 64), registers N tenants (round robin over the shards) and gives
 each T tables on its shard (6 columns: identity key, text, numeric, boolean and timestamptz
-defaults, varchar). Then, in every run, from a veneer with no tenant wired:
+defaults, varchar) and an Alembic version table tracked by the shard's index. Then, in every
+run, from a veneer with no tenant wired:
 
   (a) PPP: `ppp_env.veneer.refresh(settings)`, every tenant new to the veneer
   (b) baseline: a bare `IMPORT FOREIGN SCHEMA <tenant> FROM SERVER <shard> INTO <schema>`
       of the same tenants (import_default true, as PPP keeps defaults), one transaction per
       tenant over one veneer connection: what the foreign tables cost through postgres_fdw
-  (c) PPP after a one-table revision: `ALTER TABLE t000 ADD COLUMN ...` in every tenant,
-      then the refresh (shown as a percentage of (a))
-  (d) PPP with nothing changed
+  (c) PPP after a one-table revision, as the fleet runner refreshes: in every tenant, one
+      transaction with `ALTER TABLE t000 ADD COLUMN ...` and its `alembic_version` update
+      (as a revision runs), then `refresh(settings, tenants, follow_changes=True)`, which
+      reads only the tables the revision changed (shown as a percentage of (a))
+  (c0) baseline of (c): the same kind of revision again, then the refresh comparing every
+      table (`refresh(settings, tenants)`, as `ppp veneer refresh` does)
+  (d) PPP with nothing changed, comparing every table; (d1) the same, following changes
 
 Medians of --repeat runs, every run printed. Targets: (a) <= 1.5 x (b); (c) <= 5 % of (a).
 
@@ -46,6 +51,7 @@ from common import (
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
+from ppp_env.tenant_state import ensure_index, track_sql
 from ppp_env.veneer import env as veneer_env
 from ppp_env.veneer import tables as veneer
 
@@ -89,12 +95,17 @@ def per_shard(settings: Settings, by_shard: dict[str, list[str]], work: Any) -> 
 
 def build(settings: Settings, by_shard: dict[str, list[str]], tables: int) -> None:
     def work(cur: Any, shard: str, schemas: list[str]) -> None:
+        ensure_index(cur, settings.shards[shard].app_role)
         for i in range(0, len(schemas), 20):
             cur.execute(
                 "".join(
                     f"BEGIN; DROP SCHEMA IF EXISTS {quote_ident(s)} CASCADE; "
                     f"CREATE SCHEMA {quote_ident(s)};"
                     + TABLES.format(schema=quote_ident(s), last=tables - 1)
+                    + f"CREATE TABLE {quote_ident(s)}.alembic_version "
+                    "(version_num varchar(32) PRIMARY KEY);"
+                    f"INSERT INTO {quote_ident(s)}.alembic_version VALUES ('r0');"
+                    + track_sql(s)
                     + "COMMIT;"
                     for s in schemas[i : i + 20]
                 )
@@ -103,12 +114,19 @@ def build(settings: Settings, by_shard: dict[str, list[str]], tables: int) -> No
     per_shard(settings, by_shard, work)
 
 
-def alter_one_table(settings: Settings, by_shard: dict[str, list[str]], column: str) -> None:
+def revise_one_table(
+    settings: Settings, by_shard: dict[str, list[str]], column: str, revision: str
+) -> None:
+    """A one-table revision in every tenant: the ALTER TABLE and the version update in one
+    transaction per tenant, as Alembic runs a revision."""
+
     def work(cur: Any, shard: str, schemas: list[str]) -> None:
         for i in range(0, len(schemas), 100):
             cur.execute(
                 "".join(
-                    f"ALTER TABLE {quote_ident(s)}.t000 ADD COLUMN {column} integer;"
+                    f"BEGIN; ALTER TABLE {quote_ident(s)}.t000 ADD COLUMN {column} integer; "
+                    f"UPDATE {quote_ident(s)}.alembic_version SET version_num = '{revision}'; "
+                    "COMMIT;"
                     for s in schemas[i : i + 100]
                 )
             )
@@ -150,9 +168,16 @@ def bare_import(settings: Settings, placed: dict[str, str]) -> float:
         return sw.seconds
 
 
-def timed_refresh(settings: Settings, expect: dict[str, int]) -> tuple[float, veneer.RefreshReport]:
+def timed_refresh(
+    settings: Settings, expect: dict[str, int], tenants: Sequence[str] | None = None
+) -> tuple[float, veneer.RefreshReport]:
+    """The refresh of every tenant (``tenants`` None), or of ``tenants`` following their
+    changes as the fleet runner does after a run."""
     with Stopwatch() as sw:
-        report = veneer.refresh(settings)
+        if tenants is None:
+            report = veneer.refresh(settings)
+        else:
+            report = veneer.refresh(settings, tenants, follow_changes=True)
     if not report.ok:
         fail(f"refresh failed: {list(report.errors.items())[:3]}")
     got = {
@@ -160,6 +185,8 @@ def timed_refresh(settings: Settings, expect: dict[str, int]) -> tuple[float, ve
         "created": report.tables_created,
         "dropped": report.tables_dropped,
     }
+    if tenants is not None:
+        got["followed"] = len(report.followed)
     if got != expect:
         fail(f"refresh did {got}, expected {expect}")
     return sw.seconds, report
@@ -192,50 +219,59 @@ def main() -> None:
             file=sys.stderr,
         )
 
-        a, b, c, d = [], [], [], []
+        names = list(placed)
+        one = {"refreshed": n, "created": n, "dropped": n}
+        nothing = {"refreshed": n, "created": 0, "dropped": 0}
+        a, b, c, c0, d, d1 = [], [], [], [], [], []
         for run in range(args.repeat):
-            drop_veneer_schemas(settings, list(placed), t)
-            took, _report = timed_refresh(
-                settings, {"refreshed": n, "created": n * t, "dropped": 0}
-            )
-            a.append(took)
-            took, _report = timed_refresh(settings, {"refreshed": n, "created": 0, "dropped": 0})
-            d.append(took)
-            alter_one_table(settings, by_shard, f"extra_{run}")
-            took, _report = timed_refresh(settings, {"refreshed": n, "created": n, "dropped": n})
-            c.append(took)
+            drop_veneer_schemas(settings, names, t)
+            a.append(timed_refresh(settings, {**nothing, "created": n * t})[0])
+            d.append(timed_refresh(settings, nothing)[0])
+            d1.append(timed_refresh(settings, {**nothing, "followed": n}, names)[0])
+            revise_one_table(settings, by_shard, f"extra_{run}", f"r{run}a")
+            c.append(timed_refresh(settings, {**one, "followed": n}, names)[0])
+            revise_one_table(settings, by_shard, f"again_{run}", f"r{run}b")
+            c0.append(timed_refresh(settings, one)[0])
             b.append(bare_import(settings, placed))
             drop_veneer_schemas(settings, [f"imp_{s}" for s in placed], t)
             print(
                 f"run {run + 1}: (a) {a[-1]:.2f} s  (b) {b[-1]:.2f} s  (c) {c[-1]:.2f} s  "
-                f"(d) {d[-1]:.2f} s",
+                f"(c0) {c0[-1]:.2f} s  (d) {d[-1]:.2f} s  (d1) {d1[-1]:.2f} s",
                 file=sys.stderr,
             )
 
-        ma, mb, mc, md = (median(x) for x in (a, b, c, d))
-        tables = n * t
-        print()
-        print(
-            f"veneer refresh: {n} tenants x {t} tables ({tables:,} foreign tables) over "
-            f"{len(shards)} shards, median of {args.repeat} runs, {os.cpu_count()} cores"
-        )
-        print(f"{'':4}{'what':66}{'seconds':>9}{'ms/table':>10}")
-        rows = [
-            ("(a)", "PPP refresh, every tenant new to the veneer", ma, tables),
-            ("(b)", "bare IMPORT FOREIGN SCHEMA of the same tenants", mb, tables),
-            ("(c)", f"PPP refresh after a one-table revision ({ma and mc / ma:.1%} of (a))", mc, n),
-            ("(d)", "PPP refresh, nothing changed", md, 0),
-        ]
-        for tag, what, secs, count in rows:
-            per = f"{secs / count * 1000:10.3f}" if count else f"{'':10}"
-            print(f"{tag:4}{what:66}{secs:9.2f}{per}")
-        print("\nevery run (s):")
-        for tag, xs in (("(a)", a), ("(b)", b), ("(c)", c), ("(d)", d)):
-            print(f"  {tag} " + every(xs))
-        print(
-            f"\ntargets: (a) <= 1.5 x (b): {met(ma <= 1.5 * mb)} ({times(ma / mb)}); "
-            f"(c) <= 5 % of (a): {met(mc <= 0.05 * ma)} ({mc / ma:.1%})"
-        )
+        runs = {"(a)": a, "(b)": b, "(c)": c, "(c0)": c0, "(d)": d, "(d1)": d1}
+        show(runs, n, t, len(shards), args.repeat)
+
+
+def show(runs: dict[str, list[float]], n: int, t: int, shards: int, repeat: int) -> None:
+    """The medians, every run, the targets."""
+    ma, mb, mc, mc0, md, md1 = (median(x) for x in runs.values())
+    tables = n * t
+    print()
+    print(
+        f"veneer refresh: {n} tenants x {t} tables ({tables:,} foreign tables) over "
+        f"{shards} shards, median of {repeat} runs, {os.cpu_count()} cores"
+    )
+    print(f"{'':5}{'what':66}{'seconds':>9}{'ms/table':>10}")
+    rows = [
+        ("(a)", "PPP refresh, every tenant new to the veneer", ma, tables),
+        ("(b)", "bare IMPORT FOREIGN SCHEMA of the same tenants", mb, tables),
+        ("(c)", f"after a one-table revision, following it ({mc / ma:.1%} of (a))", mc, n),
+        ("(c0)", f"after a one-table revision, every table ({mc0 / ma:.1%} of (a))", mc0, n),
+        ("(d)", "PPP refresh, nothing changed, every table", md, 0),
+        ("(d1)", "PPP refresh, nothing changed, following changes", md1, 0),
+    ]
+    for tag, what, secs, count in rows:
+        per = f"{secs / count * 1000:10.3f}" if count else f"{'':10}"
+        print(f"{tag:5}{what:66}{secs:9.2f}{per}")
+    print("\nevery run (s):")
+    for tag, xs in runs.items():
+        print(f"  {tag:5}" + every(xs))
+    print(
+        f"\ntargets: (a) <= 1.5 x (b): {met(ma <= 1.5 * mb)} ({times(ma / mb)}); "
+        f"(c) <= 5 % of (a): {met(mc <= 0.05 * ma)} ({mc / ma:.1%})"
+    )
 
 
 if __name__ == "__main__":

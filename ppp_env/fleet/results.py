@@ -187,7 +187,8 @@ def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[st
     """The veneer refresh after a run, of ``tenants``: what it did goes in ``result``
     (a failure too: the tenants' migration stands)."""
     try:
-        report = refresh(settings, tenants)
+        # Only what the run's version changes changed is read again (see refresh).
+        report = refresh(settings, tenants, follow_changes=True)
     except PPPError as exc:
         result.refresh_error = str(exc)
         return

@@ -27,14 +27,16 @@ log = logging.getLogger("ppp.veneer")
 BATCH_LOCK_TIMEOUT = 1.0
 
 _RECORD = f"""
-INSERT INTO {WIRED} (schema, name, kind, signature, local_oid)
+INSERT INTO {WIRED} (schema, name, kind, signature, local_oid, remote_oid)
 SELECT w.schema, w.name, w.kind, w.signature,
        CASE w.kind WHEN '{TABLE}' THEN to_regclass(format('%I.%I', w.schema, w.name))::oid
-                   ELSE to_regtype(format('%I.%I', w.schema, w.name))::oid END
+                   ELSE to_regtype(format('%I.%I', w.schema, w.name))::oid END, w.remote_oid
 FROM unnest(CAST(:schemas AS text[]), CAST(:names AS text[]), CAST(:kinds AS text[]),
-            CAST(:signatures AS text[])) AS w(schema, name, kind, signature)
+            CAST(:signatures AS text[]), CAST(:remote_oids AS oid[]))
+     AS w(schema, name, kind, signature, remote_oid)
 ON CONFLICT (schema, name) DO UPDATE SET kind = excluded.kind,
-    signature = excluded.signature, local_oid = excluded.local_oid, wired_at = now()
+    signature = excluded.signature, local_oid = excluded.local_oid,
+    remote_oid = excluded.remote_oid, wired_at = now()
 """
 _FORGET = f"""
 DELETE FROM {WIRED} w USING unnest(CAST(:schemas AS text[]), CAST(:names AS text[]))
@@ -56,6 +58,7 @@ def run_plans(conn: Connection, plans: Sequence[Plan]) -> None:
                 "names": [r[1] for r in rows],
                 "kinds": [r[2] for r in rows],
                 "signatures": [r[3] for r in rows],
+                "remote_oids": [r[4] for r in rows],
             },
         )
     gone = [(p.schema, n) for p in plans for n in p.forget]

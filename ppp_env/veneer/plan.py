@@ -8,9 +8,9 @@ the shard's column lists are read. :class:`RefreshReport` is what a whole refres
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -18,13 +18,15 @@ from sqlalchemy.engine import Connection
 from ppp_env.identifiers import quote_ident, quote_literal
 from ppp_env.settings import Settings
 from ppp_env.veneer import catalog, views
-from ppp_env.veneer.remote import OTHER_TYPES, RemoteTenant, RemoteType
+from ppp_env.veneer.remote import OTHER_TYPES, RemoteTenant, RemoteType, Tracking
 from ppp_env.veneer.wiring import ddl
 
 #: PPP's record of what it wired, in the veneer's catalog schema (admin-only, created by the
 #: first refresh): per tenant schema, every foreign table and type PPP created there, the
 #: signature of the definition it was created from, and the object's oid (an object dropped
-#: or replaced by hand has another oid, or none, and is wired again).
+#: or replaced by hand has another oid, or none, and is wired again); for a table, the oid
+#: of the shard's table it stands for (so a refresh that follows the shard's changes knows a
+#: renamed or dropped table).
 WIRED = "ppp.wired_objects"
 #: Locks one refresh transaction may take, estimated. PostgreSQL's lock table has
 #: max_locks_per_transaction (64) x max_connections slots for the whole server, shared by
@@ -57,9 +59,12 @@ CREATE TABLE IF NOT EXISTS {WIRED} (
     signature   text NOT NULL,
     local_oid   oid NOT NULL,
     wired_at    timestamptz NOT NULL DEFAULT now(),
+    remote_oid  oid,
     PRIMARY KEY (schema, name)
 )
 """
+#: The shard table's oid (NULL: a type, or a record written before PPP kept it).
+_ADD_REMOTE_OID = f"ALTER TABLE {WIRED} ADD COLUMN IF NOT EXISTS remote_oid oid"
 
 
 @dataclass
@@ -83,6 +88,11 @@ class RefreshReport:
     #: they could not be (None: rebuilt, or nothing opted in).
     cross_tenant: views.ViewReport = field(default_factory=views.ViewReport)
     views_error: str | None = None
+    #: Table signatures read on the shards (phase 1).
+    tables_read: int = 0
+    #: Tenants whose tables were read partially: only those their version changes changed
+    #: since the veneer wired them (``follow_changes``).
+    followed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,53 +107,151 @@ class LiveSchema:
     tables: dict[str, int] = field(default_factory=dict)  # foreign table -> oid
     types: dict[str, tuple[int, str]] = field(default_factory=dict)  # type -> (oid, typtype)
     wired: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # -> kind, sig, oid
+    #: Wired table -> the oid of its table on the shard (None: not recorded).
+    remote: dict[str, int | None] = field(default_factory=dict)
 
 
 def ensure_wired(conn: Connection, settings: Settings) -> None:
-    """Create PPP's record of the wiring if missing, closed to ``veneer_app``."""
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+    """Create PPP's record of the wiring if missing, closed to ``veneer_app``; an older
+    record gains the remote oid column."""
+    exists, current = conn.execute(
+        text(
+            "SELECT to_regclass(:t) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute "
+            "WHERE attrelid = to_regclass(:t) AND attname = 'remote_oid' AND NOT attisdropped)"
+        ),
+        {"t": WIRED},
+    ).one()
+    if current:
+        return
+    if exists:
+        ddl(conn, _ADD_REMOTE_OID)
         return
     ddl(conn, _CREATE_WIRED)
     ddl(conn, f"REVOKE ALL ON {WIRED} FROM PUBLIC, {quote_ident(settings.veneer.app_role)}")
 
 
-def read_live(conn: Connection, schemas: Sequence[str]) -> dict[str, LiveSchema]:
-    """The veneer schemas of ``schemas``: foreign tables, types, PPP's record of them. Three
-    plain queries (compared here, not joined in SQL: a join with the record, which a refresh
-    has just filled and nothing has analyzed, can get a plan quadratic in its size)."""
+#: The types a veneer schema holds that a refresh compares (not arrays, not row types).
+_TYPE_FILTER = """t.typtype IN ('e', 'd', 'c', 'r', 'b') AND (t.typrelid = 0 OR rc.relkind = 'c')
+    AND NOT (t.typcategory = 'A' AND t.typelem <> 0)"""
+_LIVE_COLUMNS = "schema, name, kind, signature, local_oid::bigint, remote_oid::bigint"
+#: PPP's record, for tenants read partially: their types, the tables of given names, and
+#: the tables whose shard oid is among the changed ones (one pass over the tenants' rows).
+_LIVE_PARTIAL = f"""
+SELECT {_LIVE_COLUMNS} FROM {WIRED} w
+WHERE w.schema = ANY(%(schemas)s) AND (w.kind = '{TYPE}'
+    OR (w.schema, w.name) IN (SELECT * FROM unnest(%(named_schemas)s::text[], %(names)s::text[]))
+    OR (w.schema, w.remote_oid) IN (SELECT * FROM unnest(%(oid_schemas)s::text[], %(oids)s::oid[])))
+"""
+
+
+class PartialRead(NamedTuple):
+    """What the veneer's side of a tenant read partially needs (see :func:`read_live`)."""
+
+    #: Its tables as the shard has them now (names), and the shard oids changed.
+    tables: Collection[str]
+    oids: Collection[int]
+    #: Its types on the shard (names).
+    types: Collection[str]
+
+
+def read_live(
+    conn: Connection,
+    schemas: Sequence[str],
+    partial: Mapping[str, PartialRead] | None = None,
+) -> dict[str, LiveSchema]:
+    """The veneer schemas of ``schemas``: foreign tables, types, PPP's record of them. Plain
+    queries (compared here, not joined in SQL: a join with the record, which a refresh has
+    just filled and nothing has analyzed, can get a plan quadratic in its size).
+
+    ``partial``: tenants read partially: only the rows their diff looks at are read, by
+    name or oid through the catalogs' indexes (the foreign tables and records of those
+    table names and of the recorded tables with those shard oids; their types and records
+    of types, by name)."""
+    partial = partial or {}
     live = {s: LiveSchema() for s in schemas}
-    args = {"schemas": list(schemas)}
+    whole = [s for s in schemas if s not in partial]
     raw: Any = conn.connection.driver_connection
     with raw.cursor() as cur:
-        cur.execute(
-            "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
-            "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
-            "WHERE n.nspname = ANY(%(schemas)s)",
-            args,
-        )
-        for schema, table, oid in cur.fetchall():
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (list(schemas),))
+        for (schema,) in cur.fetchall():
             live[schema].exists = True
-            if table is not None:
-                live[schema].tables[table] = oid
-        cur.execute(
-            "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
-            "JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
-            "WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b') "
-            "AND (t.typrelid = 0 OR rc.relkind = 'c') "
-            "AND NOT (t.typcategory = 'A' AND t.typelem <> 0)",
-            args,
-        )
-        for schema, name, oid, kind in cur.fetchall():
-            live[schema].types[name] = (oid, kind)
-        cur.execute(
-            f"SELECT schema, name, kind, signature, local_oid::bigint FROM {WIRED} "
-            "WHERE schema = ANY(%(schemas)s)",
-            args,
-        )
-        for schema, name, kind, sig, oid in cur.fetchall():
+        rows: list[Any] = []
+        if whole:
+            rows += _read_whole(cur, live, whole)
+        if partial:
+            rows += _read_partial(cur, live, partial)
+        for schema, name, kind, sig, oid, remote in rows:
             live[schema].wired[name] = (kind, sig, oid)
+            if kind == TABLE:
+                live[schema].remote[name] = remote
     return live
+
+
+def _read_whole(cur: Any, live: Mapping[str, LiveSchema], schemas: Sequence[str]) -> list[Any]:
+    """Every foreign table and type of these veneer schemas; returns their records."""
+    args = {"schemas": list(schemas)}
+    cur.execute(
+        "SELECT n.nspname, c.relname, c.oid::bigint FROM pg_namespace n "
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'f' "
+        "WHERE n.nspname = ANY(%(schemas)s)",
+        args,
+    )
+    for schema, table, oid in cur.fetchall():
+        live[schema].tables[table] = oid
+    cur.execute(
+        "SELECT n.nspname, t.typname, t.oid::bigint, t.typtype FROM pg_type t "
+        "JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "LEFT JOIN pg_class rc ON rc.oid = t.typrelid "
+        f"WHERE n.nspname = ANY(%(schemas)s) AND {_TYPE_FILTER}",
+        args,
+    )
+    for schema, name, oid, kind in cur.fetchall():
+        live[schema].types[name] = (oid, kind)
+    cur.execute(f"SELECT {_LIVE_COLUMNS} FROM {WIRED} WHERE schema = ANY(%(schemas)s)", args)
+    return list(cur.fetchall())
+
+
+def _read_partial(
+    cur: Any, live: Mapping[str, LiveSchema], partial: Mapping[str, PartialRead]
+) -> list[Any]:
+    """Records of the tenants read partially (see :func:`read_live`), and their foreign
+    tables and types of those names; returns the records."""
+    named = [(s, n) for s, r in partial.items() for n in r.tables]
+    by_oid = [(s, o) for s, r in partial.items() for o in r.oids]
+    cur.execute(
+        _LIVE_PARTIAL,
+        {
+            "schemas": list(partial),
+            "named_schemas": [x[0] for x in named],
+            "names": [x[1] for x in named],
+            "oid_schemas": [x[0] for x in by_oid],
+            "oids": [x[1] for x in by_oid],
+        },
+    )
+    rows = cur.fetchall()
+    tables = set(named) | {(r[0], r[1]) for r in rows if r[2] == TABLE}
+    cur.execute(
+        "SELECT x.s, c.relname, c.oid::bigint "
+        "FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS x(s, n) "
+        "JOIN pg_namespace n ON n.nspname = x.s "
+        "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.n AND c.relkind = 'f'",
+        {"schemas": [t[0] for t in tables], "names": [t[1] for t in tables]},
+    )
+    for schema, table, oid in cur.fetchall():
+        live[schema].tables[table] = oid
+    types = {(s, n) for s, r in partial.items() for n in r.types}
+    types |= {(r[0], r[1]) for r in rows if r[2] == TYPE}
+    cur.execute(
+        "SELECT x.s, t.typname, t.oid::bigint, t.typtype "
+        "FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS x(s, n) "
+        "JOIN pg_namespace n ON n.nspname = x.s "
+        "JOIN pg_type t ON t.typnamespace = n.oid AND t.typname = x.n "
+        f"LEFT JOIN pg_class rc ON rc.oid = t.typrelid WHERE {_TYPE_FILTER}",
+        {"schemas": [t[0] for t in types], "names": [t[1] for t in types]},
+    )
+    for schema, name, oid, kind in cur.fetchall():
+        live[schema].types[name] = (oid, kind)
+    return list(rows)
 
 
 def read_labels(
@@ -218,13 +326,20 @@ class Plan:
     #: (table, signature) to create from the shard's column list of that signature.
     create_tables: list[tuple[str, str]] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
-    #: Wired records to write: (name, kind, signature); and names whose record goes.
-    record: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Wired records to write: (name, kind, signature, remote oid); and names whose record
+    #: goes.
+    record: list[tuple[str, str, str, int | None]] = field(default_factory=list)
     forget: list[str] = field(default_factory=list)
     #: Estimated locks (see :data:`LOCK_BUDGET`).
     locks: int = _LOCKS_TENANT
     #: Remote types this tenant's tables may need that the veneer cannot create.
     others: dict[str, str] = field(default_factory=dict)
+    #: Read partially, but its types must be made again (and so all its foreign tables) or
+    #: its veneer schema is missing: it needs every table's signature (a full read), and
+    #: this plan is not to be used.
+    needs_full: bool = False
+    #: The tenant's change tracking row on its shard, as phase 1 read it.
+    tracking: Tracking | None = None
 
     @property
     def schema(self) -> str:
@@ -266,8 +381,12 @@ def diff(
         n: OTHER_TYPES.get(t.kind, t.kind) for n, t in remote.types.items() if not t.creatable
     }
     keep, rebuild = _diff_types(plan, remote, live, labels, full)
+    plan.tracking = remote.tracking
+    if remote.changed is not None and (rebuild or not live.exists):
+        plan.needs_full = True
+        return plan
     keep |= _diff_tables(plan, remote, live, full, rebuild, nextval)
-    written = {n for n, _k, _s in plan.record}
+    written = {r[0] for r in plan.record}
     plan.forget = [n for n in live.wired if n not in keep and n not in written]
     return plan
 
@@ -307,7 +426,7 @@ def _diff_types(
                 rebuild = True
             else:
                 plan.alter.extend(adds)
-                plan.record.append((name, TYPE, ty.signature))
+                plan.record.append((name, TYPE, ty.signature, None))
                 keep.add(name)
     ours = {n for n, (kind, _s, _o) in live.wired.items() if kind == TYPE}
     if rebuild:
@@ -317,7 +436,7 @@ def _diff_types(
     else:
         plan.drop_types = [n for n in live.types if n in ours and n not in wanted_types]
     plan.create_types = _in_order(plan.create_types)
-    plan.record.extend((ty.name, TYPE, ty.signature) for ty in plan.create_types)
+    plan.record.extend((ty.name, TYPE, ty.signature, None) for ty in plan.create_types)
     return keep, rebuild
 
 
@@ -325,21 +444,34 @@ def _diff_tables(
     plan: Plan, remote: RemoteTenant, live: LiveSchema, full: bool, rebuild: bool, nextval: bool
 ) -> set[str]:
     """The tenant's foreign tables: re-created when their signature changed (or the types
-    are rebuilt), dropped when gone from the shard. Returns the names kept."""
+    are rebuilt), dropped when gone from the shard. Returns the names kept.
+
+    Read partially (``remote.changed``), the shard's side is only the relations changed
+    since the veneer wired the tenant: a wired table whose shard oid is among them and that
+    has no table of its name any more was renamed or dropped; every other one is kept."""
     keep: set[str] = set()
     for name, sig in remote.tables.items():
         # The server is part of the definition, and so is whether sequence defaults call
         # ppp_remote.nextval (the veneer gained or lost it: every table is made again).
         signature = f"{sig}@{plan.tenant.shard}{'+nextval' if nextval else ''}"
         have_table = live.tables.get(name)
+        oid = remote.oids.get(name)
         if not rebuild and _intact(live, full, name, TABLE, signature, have_table):
             keep.add(name)
+            if live.remote.get(name) != oid:  # recorded before, or the shard made it anew
+                plan.record.append((name, TABLE, signature, oid))
             continue
         if have_table is not None:
             plan.drop_tables.append(name)
         plan.create_tables.append((name, sig))
-        plan.record.append((name, TABLE, signature))
-    gone = [n for n in live.tables if n not in remote.tables]
+        plan.record.append((name, TABLE, signature, oid))
+    if remote.changed is None:
+        gone = [n for n in live.tables if n not in remote.tables]
+    else:
+        left = {n for n, o in live.remote.items() if n not in remote.tables}
+        moved = {n for n in left if live.remote[n] in remote.changed}
+        gone = [n for n in live.tables if n in moved]
+        keep |= left - moved
     plan.drop_tables.extend(gone)
     plan.locks += _LOCKS_GONE * len(gone) + _LOCKS_DROP * plan.types_changed
     return keep

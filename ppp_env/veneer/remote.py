@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from ppp_env.db import connect
 from ppp_env.settings import Instance
@@ -49,6 +50,20 @@ class RemoteType:
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """A tenant's row of ``ppp.tenant_versions`` with what its version changes changed (see
+    :mod:`ppp_env.tenant_state`), as phase 1 read it."""
+
+    heads: tuple[str, ...]
+    updated_at: datetime
+    #: Oids of relations changed since ``since`` (None: unknown).
+    changed: frozenset[int] | None
+    since: tuple[str, ...] | None
+    #: The last transaction that added to ``changed`` (text of an xid8), None: none yet.
+    xact: str | None
+
+
+@dataclass(frozen=True)
 class RemoteTenant:
     """A tenant schema as its shard has it."""
 
@@ -60,6 +75,13 @@ class RemoteTenant:
     types: Mapping[str, RemoteType] = field(default_factory=dict)
     #: Signature -> column list (one read per signature, shared by the shard's tenants).
     definitions: Mapping[str, str] = field(default_factory=dict)
+    #: Table -> its oid on the shard.
+    oids: Mapping[str, int] = field(default_factory=dict)
+    #: The tenant's change tracking row, when its shard keeps one.
+    tracking: Tracking | None = None
+    #: Set when only the relations changed since the veneer wired the tenant were read
+    #: (``tables`` holds those still in its schema): their oids.
+    changed: frozenset[int] | None = None
 
 
 # The relations of tenant schemas that IMPORT FOREIGN SCHEMA takes (tables, views, foreign
@@ -130,12 +152,28 @@ _ATTRIBUTES = """FROM pg_attribute a
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
         {joins}
         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped"""
-#: Phase 1, every table: its signature.
-_REMOTE_SIGNATURES = f"""
-WITH r AS ({_RELATIONS})
-SELECT r.nspname, r.relname, x.sig FROM r CROSS JOIN LATERAL (
-    SELECT {_SIGNATURE} AS sig {_ATTRIBUTES.format(joins="")}) x
+_SIGNATURES = f"""SELECT r.nspname, r.relname, r.oid::bigint, x.sig FROM r CROSS JOIN LATERAL (
+    SELECT {_SIGNATURE} AS sig {_ATTRIBUTES.format(joins="")}) x"""
+#: Phase 1, every table: its oid and signature.
+_REMOTE_SIGNATURES = f"WITH r AS ({_RELATIONS}) {_SIGNATURES}"
+#: Phase 1, the relations (schema, oid) a tenant's version changes changed that are still in
+#: its schema: their current names, oids and signatures.
+_CHANGED_SIGNATURES = f"""
+WITH r AS (
+    SELECT c.oid, c.relnamespace, n.nspname, c.relname
+    FROM unnest(%(schemas)s::text[], %(oids)s::oid[]) AS w(nspname, oid)
+    JOIN pg_class c ON c.oid = w.oid
+    JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = w.nspname
+    WHERE c.relkind IN ('r', 'v', 'f', 'm', 'p') AND NOT c.relispartition
+      AND c.relname <> ALL(%(excluded)s))
+{_SIGNATURES}"""
+#: The tracking rows of tenants (shards whose index has the columns).
+_TRACKING = """
+SELECT schema_name, heads, updated_at, changed, changed_since, changed_xact::text
+FROM ppp.tenant_versions WHERE schema_name = ANY(%s)
 """
+_HAS_TRACKING = """SELECT EXISTS (SELECT 1 FROM pg_attribute
+    WHERE attrelid = to_regclass('ppp.tenant_versions') AND attname = 'changed_xact')"""
 #: Phase 2, one table per signature the veneer needs: its column list (and its signature
 #: again: a table changed in between is noticed).
 _REMOTE_DEFINITIONS = f"""
@@ -204,6 +242,11 @@ WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b', 'p
 """
 
 
+def revision_heads(revision: str | None) -> tuple[str, ...]:
+    """A revision as the sorted heads it names (None: no heads)."""
+    return tuple(sorted(revision.split())) if revision else ()
+
+
 class ShardReader:
     """One connection to a shard (as its admin role, ``search_path = pg_catalog`` like
     postgres_fdw's remote sessions) for both phases of reading tenants; close it after."""
@@ -216,55 +259,152 @@ class ShardReader:
         # which took longer (0.6 s per query on a 2-core machine) than running them.
         self.cur.execute("SET search_path = pg_catalog; SET jit = off")
         self.conn.commit()
+        #: Whether the shard's index keeps change tracking rows (read once).
+        self.has_tracking: bool | None = None
+        #: Table signatures phase 1 read.
+        self.tables_read = 0
 
     def close(self) -> None:
         self.conn.close()
 
     def tenants(
-        self, schemas: Sequence[str], revisions: Mapping[str, str | None] | None = None
+        self,
+        schemas: Sequence[str],
+        revisions: Mapping[str, str | None] | None = None,
+        follow: Mapping[str, str | None] | None = None,
     ) -> dict[str, RemoteTenant]:
-        """Phase 1: whether each schema exists, its revision, its tables' signatures and its
-        types; a few queries per 2,000 tenants, whatever their number of tables. The column
-        lists come in phase 2 (:meth:`definitions`)."""
+        """Phase 1: whether each schema exists, its revision, its tables' oids and
+        signatures, its types and its change tracking row; a few queries per 2,000 tenants,
+        whatever their number of tables. The column lists come in phase 2
+        (:meth:`definitions`).
+
+        ``follow``: tenant -> the revision the veneer wired it at, for tenants whose tables
+        may be read partially: only the relations its version changes changed since then,
+        when its shard's tracking row names them (see :meth:`_followed`)."""
         known = dict(revisions or {})
-        cur = self.cur
         out: dict[str, RemoteTenant] = {}
         for i in range(0, len(schemas), _CHUNK):
             chunk = list(schemas[i : i + _CHUNK])
-            unknown = [s for s in chunk if s not in known]
-            # The revision first: a migration that lands after it leaves the veneer marked
-            # stale (the next refresh catches up), never falsely in step.
-            states = read_states(cur, unknown) if unknown else {}
-            exists = {s for s, st in states.items() if st.exists}
-            revision = {s: st.revision for s, st in states.items()}
-            if len(unknown) < len(chunk):
-                cur.execute(
-                    "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
-                    ([s for s in chunk if s in known],),
-                )
-                exists.update(r[0] for r in cur.fetchall())
-                revision.update({s: known[s] for s in chunk if s in known})
-            args = {"schemas": chunk, "excluded": list(EXCLUDED_TABLES)}
-            cur.execute(_REMOTE_SIGNATURES, args)
-            tables: dict[str, dict[str, str]] = {}
-            for schema, table, sig in cur.fetchall():
-                tables.setdefault(schema, {})[table] = sig
-            cur.execute(_REMOTE_TYPES, args)
-            types: dict[str, dict[str, RemoteType]] = {}
-            for schema, name, kind, body, labels, depends in cur.fetchall():
-                sig = hashlib.md5(f"{kind} {body}".encode()).hexdigest()
-                types.setdefault(schema, {})[name] = RemoteType(
-                    name, kind, sig, body, tuple(labels or ()), tuple(depends or ())
-                )
+            exists, revision, tracked = self._states(chunk, known)
+            tracking = self._tracking(chunk)
+            partial = self._followed(chunk, follow or {}, revision, tracked, tracking)
+            tables, oids = self._signatures([s for s in chunk if s not in partial], partial)
+            types = self._types(chunk)
             for schema in chunk:
                 out[schema] = RemoteTenant(
                     schema in exists,
                     revision.get(schema),
                     tables.get(schema, {}),
                     types.get(schema, {}),
+                    oids=oids.get(schema, {}),
+                    tracking=tracking.get(schema),
+                    changed=partial.get(schema),
                 )
         self.conn.rollback()
         return out
+
+    def _states(
+        self, chunk: Sequence[str], known: Mapping[str, str | None]
+    ) -> tuple[set[str], dict[str, str | None], set[str]]:
+        """The schemas that exist, their revisions, and those whose index row is exact."""
+        cur = self.cur
+        unknown = [s for s in chunk if s not in known]
+        # The revision first: a migration that lands after it leaves the veneer marked
+        # stale (the next refresh catches up), never falsely in step.
+        states = read_states(cur, unknown) if unknown else {}
+        exists = {s for s, st in states.items() if st.exists}
+        revision = {s: st.revision for s, st in states.items()}
+        if len(unknown) < len(chunk):
+            cur.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)",
+                ([s for s in chunk if s in known],),
+            )
+            exists.update(r[0] for r in cur.fetchall())
+            revision.update({s: known[s] for s in chunk if s in known})
+        return exists, revision, {s for s, st in states.items() if st.tracked}
+
+    def _tracking(self, chunk: Sequence[str]) -> dict[str, Tracking]:
+        """The tenants' tracking rows (none on a shard whose index predates them)."""
+        if self.has_tracking is None:
+            self.cur.execute(_HAS_TRACKING)
+            self.has_tracking = bool(self.cur.fetchone()[0])
+        if not self.has_tracking:
+            return {}
+        self.cur.execute(_TRACKING, (list(chunk),))
+        return {
+            schema: Tracking(
+                tuple(sorted(heads)),
+                updated,
+                None if changed is None else frozenset(int(o) for o in changed),
+                None if since is None else tuple(sorted(since)),
+                xact,
+            )
+            for schema, heads, updated, changed, since, xact in self.cur.fetchall()
+        }
+
+    @staticmethod
+    def _followed(
+        chunk: Sequence[str],
+        follow: Mapping[str, str | None],
+        revision: Mapping[str, str | None],
+        tracked: set[str],
+        tracking: Mapping[str, Tracking],
+    ) -> dict[str, frozenset[int]]:
+        """Tenants read partially -> the oids to read: those of ``follow`` whose tracking row
+        is exact (the version table's trigger is there), at the revision just read, knows
+        what changed (not NULL), and started at the revision the veneer wired."""
+        out: dict[str, frozenset[int]] = {}
+        for schema in chunk:
+            row = tracking.get(schema)
+            if schema not in follow or schema not in tracked or row is None:
+                continue
+            if row.changed is None or row.since is None:
+                continue
+            if row.heads != revision_heads(revision.get(schema)) or row.since != revision_heads(
+                follow[schema]
+            ):
+                continue
+            out[schema] = row.changed
+        return out
+
+    def _signatures(
+        self, full: Sequence[str], partial: Mapping[str, frozenset[int]]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
+        """schema -> table -> signature, and -> oid: every table of ``full``, the changed
+        relations of ``partial``."""
+        tables: dict[str, dict[str, str]] = {}
+        oids: dict[str, dict[str, int]] = {}
+        excluded = list(EXCLUDED_TABLES)
+        rows: list[tuple[str, str, int, str]] = []
+        if full:
+            self.cur.execute(_REMOTE_SIGNATURES, {"schemas": list(full), "excluded": excluded})
+            rows += self.cur.fetchall()
+        pairs = [(s, o) for s, changed in partial.items() for o in sorted(changed)]
+        if pairs:
+            self.cur.execute(
+                _CHANGED_SIGNATURES,
+                {
+                    "schemas": [p[0] for p in pairs],
+                    "oids": [p[1] for p in pairs],
+                    "excluded": excluded,
+                },
+            )
+            rows += self.cur.fetchall()
+        for schema, table, oid, sig in rows:
+            tables.setdefault(schema, {})[table] = sig
+            oids.setdefault(schema, {})[table] = int(oid)
+        self.tables_read += len(rows)
+        return tables, oids
+
+    def _types(self, chunk: Sequence[str]) -> dict[str, dict[str, RemoteType]]:
+        self.cur.execute(_REMOTE_TYPES, {"schemas": list(chunk)})
+        types: dict[str, dict[str, RemoteType]] = {}
+        for schema, name, kind, body, labels, depends in self.cur.fetchall():
+            sig = hashlib.md5(f"{kind} {body}".encode()).hexdigest()
+            types.setdefault(schema, {})[name] = RemoteType(
+                name, kind, sig, body, tuple(labels or ()), tuple(depends or ())
+            )
+        return types
 
     def definitions(
         self, wanted: Mapping[str, tuple[str, str]], server: str | None = None

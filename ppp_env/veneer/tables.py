@@ -35,12 +35,14 @@ from ppp_env.db import first_line
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import group_by_shard
+from ppp_env.tenant_state import group_by_shard, reset_changes
 from ppp_env.veneer import catalog, views
 from ppp_env.veneer.apply import VeneerLost, apply, fail_if_lost, unit
 from ppp_env.veneer.plan import (
     LOCK_BUDGET,
+    TABLE,
     WIRED,
+    PartialRead,
     Plan,
     RefreshReport,
     create_locks,
@@ -50,7 +52,7 @@ from ppp_env.veneer.plan import (
     read_labels,
     read_live,
 )
-from ppp_env.veneer.remote import RemoteTenant, ShardReader, read_remote
+from ppp_env.veneer.remote import RemoteTenant, ShardReader, read_remote, revision_heads
 from ppp_env.veneer.wiring import VENEER_LOCK_KEY, ddl, lock
 
 __all__ = [
@@ -101,9 +103,13 @@ class _Shards:
         return out
 
     def tenants(
-        self, wanted: Sequence[catalog.Tenant], revisions: Mapping[str, str | None] | None
+        self,
+        wanted: Sequence[catalog.Tenant],
+        revisions: Mapping[str, str | None] | None,
+        follow: Mapping[str, str | None] | None = None,
     ) -> dict[str, RemoteTenant]:
-        """Phase 1 for every wanted tenant (see :meth:`ShardReader.tenants`)."""
+        """Phase 1 for every wanted tenant (see :meth:`ShardReader.tenants`; ``follow``:
+        the tenants that may be read partially, with the revision the veneer wired)."""
         by_shard = group_by_shard(wanted)
         for shard, schemas in by_shard.items():
             if shard not in self.settings.shards:
@@ -115,10 +121,14 @@ class _Shards:
         work = {s: names for s, names in by_shard.items() if s in self.settings.shards}
 
         def read(shard: str) -> dict[str, RemoteTenant]:
-            reader = ShardReader(self.settings.shards[shard], self.settings.connect_timeout)
-            self.readers[shard] = reader
-            mine = {s: r for s, r in (revisions or {}).items() if s in set(work[shard])}
-            return reader.tenants(work[shard], mine)
+            reader = self.readers.get(shard)
+            if reader is None:
+                reader = ShardReader(self.settings.shards[shard], self.settings.connect_timeout)
+                self.readers[shard] = reader
+            names = set(work[shard])
+            mine = {s: r for s, r in (revisions or {}).items() if s in names}
+            followed = {s: r for s, r in (follow or {}).items() if s in names}
+            return reader.tenants(work[shard], mine, followed)
 
         remote: dict[str, RemoteTenant] = {}
         for found in self._each(work, read).values():
@@ -144,8 +154,40 @@ class _Shards:
         )
         return {shard: found.get(shard, {}) for shard in wanted}
 
+    def restart_tracking(self, plans: Sequence[Plan]) -> None:
+        """After the veneer committed, start the shards' change tracking of the tenants it
+        wired anew (one statement per shard, on its reader's connection; see
+        :func:`ppp_env.tenant_state.reset_changes`). A failure is only logged: those
+        tenants' next refresh compares every table."""
+        rows: dict[str, list[tuple[str, Sequence[str], Any, str | None]]] = {}
+        for p in plans:
+            row = p.tracking
+            if row is None or p.needs_full or p.schema not in self.report.revisions:
+                continue
+            if row.heads != revision_heads(p.revision):
+                continue  # wired at other heads than the row's: compared fully next time
+            if row.changed == frozenset() and row.since == row.heads:
+                continue  # already fresh
+            rows.setdefault(p.tenant.shard, []).append(
+                (p.schema, row.heads, row.updated_at, row.xact)
+            )
+        for shard, mine in rows.items():
+            reader = self.readers.get(shard)
+            if reader is None:
+                continue
+            try:
+                reset_changes(reader.cur, mine)
+                reader.conn.commit()
+            except Exception as exc:  # the refresh stands; the next one compares fully
+                log.warning(
+                    "refresh: cannot restart the change tracking on shard %r: %s",
+                    shard,
+                    first_line(exc),
+                )
+
     def close(self) -> None:
         for reader in self.readers.values():
+            self.report.tables_read += reader.tables_read
             reader.close()
 
 
@@ -165,13 +207,21 @@ def _refresh(
     revisions: Mapping[str, str | None] | None,
     full: bool,
     own: bool,
+    follow: bool = False,
 ) -> RefreshReport:
     started = time.monotonic()
     report = RefreshReport()
     wanted, nextval = _from_catalog(conn, settings, tenants, report, own)
-    plans = _plan(conn, settings, wanted, revisions, full, nextval, report, own)
-    log.debug("refresh: planned after %.2f s", time.monotonic() - started)
-    _apply_plans(conn, settings, plans, report, own)
+    followed = _followable(conn, wanted, own) if follow and not full else None
+    shards = _Shards(settings, report, nextval)
+    try:
+        plans = _plan(conn, shards, wanted, revisions, full, report, own, followed)
+        log.debug("refresh: planned after %.2f s", time.monotonic() - started)
+        _apply_plans(conn, settings, plans, report, own)
+        if own:  # committed: the shards' change tracking starts anew
+            shards.restart_tracking(plans)
+    finally:
+        shards.close()
     _rebuild_views(conn, settings, report, own)
     report.seconds = time.monotonic() - started
     _summarize(report, wanted)
@@ -212,34 +262,56 @@ def _from_catalog(
     return wanted, nextval
 
 
+def _followable(
+    conn: Connection, wanted: Sequence[catalog.Tenant], own: bool
+) -> dict[str, str | None]:
+    """Tenants whose tables may be read partially, with the revision the veneer wired them
+    at: those whose every wired table record has its shard oid."""
+    with _reading(conn, own):
+        lacking = set(
+            conn.execute(
+                text(
+                    f"SELECT DISTINCT schema FROM {WIRED} WHERE schema = ANY(:s) "
+                    f"AND kind = '{TABLE}' AND remote_oid IS NULL"
+                ),
+                {"s": [t.schema for t in wanted]},
+            ).scalars()
+        )
+    return {t.schema: t.wired_revision for t in wanted if t.schema not in lacking}
+
+
 def _plan(
     conn: Connection,
-    settings: Settings,
+    shards: _Shards,
     wanted: Sequence[catalog.Tenant],
     revisions: Mapping[str, str | None] | None,
     full: bool,
-    nextval: bool,
     report: RefreshReport,
     own: bool,
+    follow: Mapping[str, str | None] | None = None,
 ) -> list[Plan]:
     """Steps 1-3: the shards' signatures, the veneer as it is, the plans, the column lists;
-    tenants without a schema on their shard are pending, the others planned."""
-    shards = _Shards(settings, report, nextval)
-    try:
-        remote = shards.tenants(wanted, revisions)
-        ready: list[catalog.Tenant] = []
-        for t in wanted:
-            if t.schema in report.errors:
-                continue
-            if not remote[t.schema].exists:
-                report.pending.append(t.schema)
-                continue
-            ready.append(t)
-        plans = _diff_all(conn, ready, remote, full, nextval, own)
-        definitions = shards.definitions(plans)
-    finally:
-        shards.close()
-    app = quote_ident(settings.veneer.app_role)
+    tenants without a schema on their shard are pending, the others planned. A tenant read
+    partially whose plan needs every table is read again in full."""
+    remote = shards.tenants(wanted, revisions, follow)
+    ready: list[catalog.Tenant] = []
+    for t in wanted:
+        if t.schema in report.errors:
+            continue
+        if not remote[t.schema].exists:
+            report.pending.append(t.schema)
+            continue
+        ready.append(t)
+    plans = _diff_all(conn, ready, remote, full, shards.nextval, own)
+    again = [p.tenant for p in plans if p.needs_full]
+    if again:  # read partially, but they need every table
+        remote.update(shards.tenants(again, revisions))
+        plans = [p for p in plans if not p.needs_full]
+        again = [t for t in again if t.schema not in report.errors]
+        plans += _diff_all(conn, again, remote, full, shards.nextval, own)
+    report.followed = [p.schema for p in plans if remote[p.schema].changed is not None]
+    definitions = shards.definitions(plans)
+    app = quote_ident(shards.settings.veneer.app_role)
     per_create = create_locks(conn.dialect.server_version_info)
     for plan in plans:
         if plan.schema in report.errors:
@@ -266,7 +338,12 @@ def _diff_all(
     with _reading(conn, own):
         if own:  # hash joins whatever the (possibly stale) statistics of the catalogs
             ddl(conn, "SET LOCAL enable_nestloop = off; SET LOCAL jit = off")
-        live = read_live(conn, [t.schema for t in ready])
+        partial = {
+            t.schema: PartialRead(list(r.tables), r.changed, list(r.types))
+            for t in ready
+            if (r := remote[t.schema]).changed is not None
+        }
+        live = read_live(conn, [t.schema for t in ready], partial)
         enums = [
             (t.schema, n)
             for t in ready
@@ -315,7 +392,8 @@ def _summarize(report: RefreshReport, wanted: Sequence[catalog.Tenant]) -> None:
     report.unchanged.sort(key=order.__getitem__)
     log.info(
         "refresh: %d tenant(s) in step (%d unchanged), %d pending, %d failed; %d foreign "
-        "table(s) created, %d dropped, %d type change(s) in %.2f s",
+        "table(s) created, %d dropped, %d type change(s); %d table(s) read (%d tenant(s) "
+        "following their changes) in %.2f s",
         len(report.refreshed),
         len(report.unchanged),
         len(report.pending),
@@ -323,6 +401,8 @@ def _summarize(report: RefreshReport, wanted: Sequence[catalog.Tenant]) -> None:
         report.tables_created,
         report.tables_dropped,
         report.types_changed,
+        report.tables_read,
+        len(report.followed),
         report.seconds,
     )
 
@@ -368,6 +448,7 @@ def refresh(
     *,
     revisions: Mapping[str, str | None] | None = None,
     full: bool = False,
+    follow_changes: bool = False,
 ) -> RefreshReport:
     """Bring the foreign tables of ``tenants`` (None: every tenant) in step with their shards.
 
@@ -388,14 +469,19 @@ def refresh(
 
     ``revisions``: tenant -> revision the caller already knows (it just migrated them), so
     their version tables are not read again. ``full``: ignore the record, re-create every
-    foreign table (after changing the veneer's wiring by hand).
+    foreign table (after changing the veneer's wiring by hand). ``follow_changes`` (after
+    a migration): read, of a tenant whose shard tracked what its version changes changed
+    since the veneer wired it, only those tables; the others are compared in full. A change
+    made outside a version change is not seen that way: the default compares every table.
     """
     with catalog.admin_connection(settings, begin=False) as conn:
         try:
             with conn.begin():
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": VENEER_LOCK_KEY})
             try:
-                return _refresh(conn, settings, tenants, revisions, full, own=True)
+                return _refresh(
+                    conn, settings, tenants, revisions, full, own=True, follow=follow_changes
+                )
             finally:
                 if not (conn.invalidated or conn.closed):
                     with conn.begin():
