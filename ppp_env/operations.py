@@ -32,7 +32,7 @@ from ppp_env.settings import Settings
 from ppp_env.shared import env as shared_env
 from ppp_env.shared.env import SharedResult
 from ppp_env.veneer import env as veneer_env
-from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
+from ppp_env.veneer.catalog import WIRED_STATES, Tenant, in_service, list_tenants
 
 
 @dataclass
@@ -222,7 +222,11 @@ def _refresh_step(
         if t.shard not in blocked
     }
     wanted = sorted(
-        t.schema for t in catalog if t.schema in now and t.wired_revision != now[t.schema]
+        t.schema
+        for t in catalog
+        if t.schema in now
+        and t.wired_revision != now[t.schema]
+        and (t.state in WIRED_STATES or not settings.wires_on_demand)
     )
     if not wanted:
         return

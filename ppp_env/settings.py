@@ -153,7 +153,15 @@ class Settings:
     replica_unreachable: Literal["wait", "proceed"] = "wait"
     #: Seconds one pause may last before the shard's run stops (the rest not run).
     replica_wait_timeout: float = 600.0
+    #: Which tenants the veneer wires: ``all`` (every tenant, after each run) or
+    #: ``on-demand`` (only those wired once by name; runs keep them in step, others stay
+    #: ``pending``, reached through the router).
+    veneer_wiring: Literal["all", "on-demand"] = "all"
     source: str = ""
+
+    @property
+    def wires_on_demand(self) -> bool:
+        return self.veneer_wiring == "on-demand"
 
     def shard(self, name: str) -> Instance:
         try:
@@ -462,6 +470,11 @@ def _run_settings(r: _Reader) -> dict[str, Any]:
         "replica_unreachable": _unreachable(r),
         "replica_wait_timeout": r.number(
             "PPP_REPLICA_WAIT_TIMEOUT", "seconds one pause for replicas may last", 600.0
+        ),
+        "veneer_wiring": (
+            "on-demand"
+            if r.choice("PPP_VENEER_WIRING", ("all", "on-demand"), "all") == "on-demand"
+            else "all"
         ),
     }
 

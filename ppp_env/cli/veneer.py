@@ -125,8 +125,13 @@ def veneer_downgrade(
 @click.argument("tenants", nargs=-1, metavar="[TENANT]...")
 @pass_state
 def veneer_refresh(state: State, tenants: tuple[str, ...]) -> None:
-    """Re-import the foreign tables of TENANTs (default: every tenant), atomically."""
-    report = veneer.refresh(state.settings, list(tenants) or None)
+    """Re-import the foreign tables of TENANTs (default: every tenant), atomically. With
+    PPP_VENEER_WIRING=on-demand the default is every tenant wired now, and a TENANT named is
+    wired (its first use through the veneer)."""
+    settings = state.settings
+    report = veneer.refresh(
+        settings, list(tenants) or None, wired_only=settings.wires_on_demand and not tenants
+    )
     out = console()
     if report.refreshed:
         out.print(
@@ -144,6 +149,22 @@ def veneer_refresh(state: State, tenants: tuple[str, ...]) -> None:
         click.echo(f"Error: tenant {schema}: {error}", err=True)
     if report.errors:
         sys.exit(1)
+
+
+@veneer_group.command("unwire")
+@click.argument("tenants", nargs=-1, required=True, metavar="TENANT...")
+@pass_state
+def veneer_unwire(state: State, tenants: tuple[str, ...]) -> None:
+    """Drop TENANTs' foreign tables from the veneer; their data stays on their shards and the
+    router still reaches them. They go back to pending: with PPP_VENEER_WIRING=on-demand runs
+    leave them unwired until `ppp veneer refresh TENANT` wires one again. An unknown tenant,
+    or one being created, moved or removed, changes nothing (exit code 1)."""
+    veneer.unwire_tenants(state.settings, list(tenants))
+    console().print(
+        f"unwired {len(tenants)} tenant{'s' if len(tenants) != 1 else ''}: {', '.join(tenants)} "
+        "(data kept on the shards; `ppp veneer refresh TENANT` wires one again)",
+        markup=False,
+    )
 
 
 @veneer_group.command("status")

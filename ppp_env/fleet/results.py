@@ -188,7 +188,9 @@ def refresh_veneer(settings: Settings, result: FleetResult, tenants: Sequence[st
     (a failure too: the tenants' migration stands)."""
     try:
         # Only what the run's version changes changed is read again (see refresh).
-        report = refresh(settings, tenants, follow_changes=True)
+        report = refresh(
+            settings, tenants, follow_changes=True, wired_only=settings.wires_on_demand
+        )
     except PPPError as exc:
         result.refresh_error = str(exc)
         return

@@ -20,7 +20,7 @@ class TenantStatus:
     tenant: str
     revision: str | None
     migrations: str  # head | behind | no schema | unreachable
-    veneer: str  # in step | stale | unknown
+    veneer: str  # in step | stale | unknown | not wired (PPP_VENEER_WIRING=on-demand)
     #: Inside a revision that runs outside a transaction: interrupted (a killed run) or
     #: running now (``OutsideRecord.to_json``, with its one-line ``description``).
     outside: dict[str, Any] | None = None
@@ -97,6 +97,8 @@ def fleet_status(
         else:
             where = "behind"
         veneer = "in step" if t.wired_revision == st.revision else "stale"
+        if settings.wires_on_demand and t.state not in ("active", "moving"):
+            veneer = "not wired"
         rec = records.get(t.schema)
         out.append(
             TenantStatus(

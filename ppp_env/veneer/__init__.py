@@ -7,7 +7,14 @@ The refresh and the wiring calls most callers need are importable from here.
 
 from __future__ import annotations
 
-from ppp_env.veneer.tables import RefreshReport, read_remote, refresh, refresh_in, unwire
+from ppp_env.veneer.tables import (
+    RefreshReport,
+    read_remote,
+    refresh,
+    refresh_in,
+    unwire,
+    unwire_tenants,
+)
 from ppp_env.veneer.wiring import drop_all_wiring, lock, lock_down_catalog, reconcile
 
 __all__ = [
@@ -20,4 +27,5 @@ __all__ = [
     "refresh",
     "refresh_in",
     "unwire",
+    "unwire_tenants",
 ]

@@ -47,6 +47,9 @@ from ppp_env.settings import Settings
 
 CATALOG_SCHEMA = "ppp"
 TENANT_STATES = ("provisioning", "pending", "active", "moving", "removing", "removed")
+#: States of tenants whose foreign tables the veneer has (``pending``: not wired yet, or
+#: unwired by ``ppp veneer unwire``).
+WIRED_STATES = ("active", "moving")
 ORIGINS = ("revision", "runtime")
 #: The veneer revision that adds origins, moves and ``ppp.placement()``.
 LIFECYCLE_REVISION = "8ddbcb8a92cf"
@@ -322,6 +325,17 @@ def mark_wired(conn: Connection, revisions: dict[str, str | None]) -> None:
             "AS w(schema, revision) WHERE t.schema = w.schema"
         ),
         {"schemas": list(revisions), "revisions": list(revisions.values())},
+    )
+
+
+def mark_unwired(conn: Connection, schemas: Sequence[str]) -> None:
+    """Record that these tenants have no foreign tables any more: ``pending``, no revision."""
+    conn.execute(
+        text(
+            "UPDATE ppp.tenants SET wired_revision = NULL, wired_at = NULL, updated_at = now(), "
+            "state = 'pending' WHERE schema = ANY(CAST(:s AS text[]))"
+        ),
+        {"s": list(schemas)},
     )
 
 

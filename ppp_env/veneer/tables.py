@@ -208,10 +208,13 @@ def _refresh(
     full: bool,
     own: bool,
     follow: bool = False,
+    wired_only: bool = False,
 ) -> RefreshReport:
     started = time.monotonic()
     report = RefreshReport()
     wanted, nextval = _from_catalog(conn, settings, tenants, report, own)
+    if wired_only:  # PPP_VENEER_WIRING=on-demand: tenants never wired stay so
+        wanted = [t for t in wanted if t.state in catalog.WIRED_STATES]
     followed = _followable(conn, wanted, own) if follow and not full else None
     shards = _Shards(settings, report, nextval)
     try:
@@ -449,6 +452,7 @@ def refresh(
     revisions: Mapping[str, str | None] | None = None,
     full: bool = False,
     follow_changes: bool = False,
+    wired_only: bool = False,
 ) -> RefreshReport:
     """Bring the foreign tables of ``tenants`` (None: every tenant) in step with their shards.
 
@@ -473,6 +477,8 @@ def refresh(
     a migration): read, of a tenant whose shard tracked what its version changes changed
     since the veneer wired it, only those tables; the others are compared in full. A change
     made outside a version change is not seen that way: the default compares every table.
+    ``wired_only``: leave out the tenants not wired now (state ``pending``), for
+    ``PPP_VENEER_WIRING=on-demand``; a tenant named is wired all the same without it.
     """
     with catalog.admin_connection(settings, begin=False) as conn:
         try:
@@ -480,7 +486,14 @@ def refresh(
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": VENEER_LOCK_KEY})
             try:
                 return _refresh(
-                    conn, settings, tenants, revisions, full, own=True, follow=follow_changes
+                    conn,
+                    settings,
+                    tenants,
+                    revisions,
+                    full,
+                    own=True,
+                    follow=follow_changes,
+                    wired_only=wired_only,
                 )
             finally:
                 if not (conn.invalidated or conn.closed):
@@ -496,7 +509,35 @@ def refresh(
 def unwire(conn: Connection, schema: str) -> views.ViewReport:
     """Drop a tenant's foreign tables and types (its veneer schema) and PPP's record of
     them, then rebuild the cross-tenant views without it; its data on the shard stays."""
-    ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
-    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
-        conn.execute(text(f"DELETE FROM {WIRED} WHERE schema = :s"), {"s": schema})
+    _drop_wiring(conn, [schema])
     return views.rebuild(conn)
+
+
+def _drop_wiring(conn: Connection, schemas: Sequence[str]) -> None:
+    """The veneer schemas of ``schemas`` and PPP's record of what it wired there."""
+    for schema in schemas:
+        ddl(conn, f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    if conn.execute(text("SELECT to_regclass(:t)"), {"t": WIRED}).scalar() is not None:
+        conn.execute(
+            text(f"DELETE FROM {WIRED} WHERE schema = ANY(CAST(:s AS text[]))"),
+            {"s": list(schemas)},
+        )
+
+
+def unwire_tenants(settings: Settings, tenants: Sequence[str]) -> list[str]:
+    """Drop the foreign tables of ``tenants`` from the veneer (their data stays on their
+    shards, the router still reaches them): each goes back to ``pending``, left out of runs'
+    refreshes under ``PPP_VENEER_WIRING=on-demand`` until it is named again. One transaction:
+    a name the catalog does not know, or a tenant being created, moved or removed, changes
+    nothing (PPPError naming it). Returns the tenants that were wired."""
+    with catalog.admin_connection(settings) as conn:
+        lock(conn)
+        found = {t.schema: t for t in catalog.find_tenants(conn, tenants=list(tenants))}
+        busy = [s for s, t in found.items() if t.state not in ("pending", *catalog.WIRED_STATES)]
+        if busy:
+            states = ", ".join(f"{s} ({found[s].state})" for s in busy)
+            raise PPPError(f"cannot unwire {states}: only pending and active tenants can be")
+        _drop_wiring(conn, list(found))
+        catalog.mark_unwired(conn, list(found))
+        views.rebuild(conn)
+        return [s for s, t in found.items() if t.state in catalog.WIRED_STATES]
