@@ -527,17 +527,24 @@ def _drop_wiring(conn: Connection, schemas: Sequence[str]) -> None:
 def unwire_tenants(settings: Settings, tenants: Sequence[str]) -> list[str]:
     """Drop the foreign tables of ``tenants`` from the veneer (their data stays on their
     shards, the router still reaches them): each goes back to ``pending``, left out of runs'
-    refreshes under ``PPP_VENEER_WIRING=on-demand`` until it is named again. One transaction:
-    a name the catalog does not know, or a tenant being created, moved or removed, changes
-    nothing (PPPError naming it). Returns the tenants that were wired."""
+    refreshes under ``PPP_VENEER_WIRING=on-demand`` until it is named again. A name the
+    catalog does not know, or a tenant being created, moved or removed, changes nothing
+    (PPPError naming it). Then one transaction per tenant (a tenant's foreign tables take
+    hundreds of locks: many at once would not fit the lock table). Returns the tenants that
+    were wired."""
     with catalog.admin_connection(settings) as conn:
-        lock(conn)
         found = {t.schema: t for t in catalog.find_tenants(conn, tenants=list(tenants))}
-        busy = [s for s, t in found.items() if t.state not in ("pending", *catalog.WIRED_STATES)]
-        if busy:
-            states = ", ".join(f"{s} ({found[s].state})" for s in busy)
-            raise PPPError(f"cannot unwire {states}: only pending and active tenants can be")
-        _drop_wiring(conn, list(found))
-        catalog.mark_unwired(conn, list(found))
-        views.rebuild(conn)
-        return [s for s, t in found.items() if t.state in catalog.WIRED_STATES]
+    busy = [s for s, t in found.items() if t.state not in ("pending", *catalog.WIRED_STATES)]
+    if busy:
+        states = ", ".join(f"{s} ({found[s].state})" for s in busy)
+        raise PPPError(f"cannot unwire {states}: only pending and active tenants can be")
+    for schema in found:
+        with catalog.admin_connection(settings) as conn:
+            lock(conn)
+            now = catalog.lookup_tenant(conn, schema)
+            if now is None or now.state not in ("pending", *catalog.WIRED_STATES):
+                raise PPPError(f"cannot unwire {schema}: it is {now.state if now else 'gone'}")
+            _drop_wiring(conn, [schema])
+            catalog.mark_unwired(conn, [schema])
+            views.rebuild(conn)
+    return [s for s, t in found.items() if t.state in catalog.WIRED_STATES]
