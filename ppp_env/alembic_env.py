@@ -23,6 +23,7 @@ from alembic.util import CommandError
 import ppp_env
 from ppp_env.alembic_adapter import COMMAND_KEY, command_name, running_environment
 from ppp_env.errors import PPPError
+from ppp_env.gc_tuning import fewer_collections
 from ppp_env.settings import Settings, load_settings, project_dir
 
 __all__ = [
@@ -155,7 +156,8 @@ class PPPEnvironment:
         env = running_environment()
         apply_ini_logging(env.config)
         try:
-            cls(env, configure_kw).dispatch()
+            with fewer_collections():
+                cls(env, configure_kw).dispatch()
         except PPPError as exc:
             raise CommandError(str(exc)) from None
 

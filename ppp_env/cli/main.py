@@ -415,6 +415,8 @@ def main() -> None:
     """The ``ppp`` console script: a command line, so alembic.ini's logging applies (an
     application calling the library keeps its own)."""
     from ppp_env.alembic_env import use_ini_logging
+    from ppp_env.gc_tuning import fewer_collections
 
     use_ini_logging()
-    cli(prog_name="ppp")
+    with fewer_collections():
+        cli(prog_name="ppp")
