@@ -3,10 +3,11 @@
 once each in one run (at this size a run takes minutes to hours; medians are taken where a
 measure is cheap to repeat: the cold sessions).
 
-Builds a throwaway topology (veneer + 3 shards, local servers, default server settings, on
---workdir: the disk by default, as 1M tables' files do not fit in memory), gives every tenant
-T tables on its shard (veneer_refresh.py's 6-column table) and an Alembic version table with
-PPP's version index trigger, as a migrated tenant has. Then, in this order:
+Builds a throwaway topology (veneer + 3 shards, local servers, default server settings, no
+statement logging, on --workdir: the disk by default, as 1M tables' files do not fit in
+memory), gives every tenant T tables on its shard (veneer_refresh.py's 6-column table) and
+an Alembic version table with PPP's version index trigger, as a migrated tenant has. Then,
+in this order:
 
   cold (1 tenant)   a new session's first query through the veneer (SELECT from one foreign
                     table, as veneer_app), with ONE tenant wired: the baseline of the next row
@@ -45,7 +46,7 @@ from common import (
     met,
     round_robin,
 )
-from veneer_refresh import TABLES, per_shard
+from veneer_refresh import TABLES, per_shard, revise_one_table
 
 from ppp_env import db
 from ppp_env.identifiers import quote_ident
@@ -83,24 +84,6 @@ def build(settings: Settings, by_shard: dict[str, list[str]], tables: int) -> No
                             for s in part[i : i + 20]
                         )
                     )
-
-    per_shard(settings, by_shard, work)
-
-
-def revise_one_table(settings: Settings, by_shard: dict[str, list[str]], step: int) -> None:
-    """What a one-table revision does in every tenant: ALTER TABLE and the version update,
-    one transaction per tenant."""
-
-    def work(cur: Any, shard: str, schemas: list[str]) -> None:
-        for i in range(0, len(schemas), 100):
-            cur.execute(
-                "".join(
-                    f"BEGIN; ALTER TABLE {quote_ident(s)}.t000 ADD COLUMN extra_{step} integer;"
-                    f"UPDATE {quote_ident(s)}.alembic_version SET version_num = 'v{step}';"
-                    "COMMIT;"
-                    for s in schemas[i : i + 100]
-                )
-            )
 
     per_shard(settings, by_shard, work)
 
@@ -176,7 +159,7 @@ def main() -> None:
         parser.error("--tenants must be at least 3 and --tables at least 1")
     n, t = args.tenants, args.tables
 
-    with local_topology(args.workdir) as top:
+    with local_topology(args.workdir, statement_logging=False) as top:
         settings = top.settings
         veneer_env.upgrade(settings, "heads")
         placed = round_robin((f"t{i:05d}" for i in range(n)), top.shards)
@@ -193,12 +176,12 @@ def main() -> None:
         full = refreshed(settings, {"refreshed": n, "created": (n - 1) * t, "dropped": 0})
         print(f"full refresh: {full:.1f} s", flush=True)
         big = cold_query(settings, names[-1])
-        revise_one_table(settings, by_shard, 1)
+        revise_one_table(settings, by_shard, "extra_1", "v1")
         follow = refreshed(
             settings, {"refreshed": n, "created": n, "dropped": n}, names, follow_changes=True
         )
         print(f"one-table refresh, as the fleet runner makes it: {follow:.1f} s", flush=True)
-        revise_one_table(settings, by_shard, 2)
+        revise_one_table(settings, by_shard, "extra_2", "v2")
         compare = refreshed(settings, {"refreshed": n, "created": n, "dropped": n})
         sized = sizes(settings)
         dump = dump_seconds(settings)
