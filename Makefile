@@ -38,7 +38,8 @@ STAMP := $(VENV)/.ppp-installed
 .PHONY: help venv install start-containers stop-containers initialize-databases \
 	teardown-databases migrations psql-veneer psql-bluth-co psql-cyberdyne psql-initech \
 	show-logs-veneer show-logs-bluth-co show-logs-cyberdyne show-logs-initech \
-	lint test test-lowest test-matrix test-docker test-docker-mixed docs wheel scaffold-check ci templates clean
+	lint test test-lowest test-matrix test-docker test-docker-mixed docs wheel scaffold-check ci templates clean \
+	bench-smoke
 
 ##@ General
 help: ## Show this list of targets (the default)
@@ -123,11 +124,13 @@ lint: $(STAMP) ## ruff check, ruff format --check and mypy (strict on ppp_env)
 # pytest-randomly shuffles the tests; the header says `Using --randomly-seed=N`, and
 # `make test PYTEST_ARGS=--randomly-seed=N` replays that order
 # (`PYTEST_ARGS="-p no:randomly"` runs them in file order).
-# With CI_CHECKS set (.ci/run sets it), test-lowest, test-matrix and scaffold-check follow.
+# With CI_CHECKS set (.ci/run sets it), test-lowest, test-matrix, scaffold-check and
+# bench-smoke follow.
 test: lint ## lint, then pytest (random order, seed printed) against real PostgreSQL servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 ifneq ($(CI_CHECKS),)
-	$(MAKE) --no-print-directory test-lowest test-matrix scaffold-check VENV=$(VENV) PYTHON=$(PYTHON)
+	$(MAKE) --no-print-directory test-lowest test-matrix scaffold-check bench-smoke \
+		VENV=$(VENV) PYTHON=$(PYTHON)
 endif
 
 # The fleet tests on the lowest versions of the dependencies pyproject.toml allows: the
@@ -174,7 +177,12 @@ wheel: $(STAMP) ## Build the wheel into DIST (default build/dist), templates inc
 scaffold-check: wheel ## The wheel in a fresh venv elsewhere: ppp new, local up, init, migrate...
 	bash ci/scaffold_check.sh $(DIST) $(CONSTRAINTS)
 
-ci: $(STAMP) ## What .ci/run runs after installing: test, then test-lowest, test-matrix, scaffold-check
+bench-smoke: $(STAMP) ## The scale benchmarks with a small N: they run (their figures come from real runs)
+	$(BIN)/python benchmarks/scale.py --tenants 30
+	$(BIN)/python benchmarks/veneer_limit.py --tenants 6 --tables 5 --workdir $${TMPDIR:-/tmp}
+	$(BIN)/python benchmarks/migrate_fleet.py --tenants 9 --repeat 1 --naive-sample 1 --jobs-sweep 2
+
+ci: $(STAMP) ## What .ci/run runs after installing: test, then test-lowest, test-matrix, scaffold-check, bench-smoke
 	CI_CHECKS=1 $(MAKE) --no-print-directory test
 
 templates: $(STAMP) ## Copy this repository's files into the `ppp new` templates (keep them identical)
