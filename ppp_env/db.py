@@ -6,9 +6,10 @@ password masked.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -19,6 +20,27 @@ from ppp_env.errors import PPPError
 from ppp_env.settings import Instance, Role
 
 APPLICATION_NAME = "ppp"
+T = TypeVar("T")
+
+
+def each_at_once(
+    names: Iterable[str], job: Callable[[str], T], workers: int = 8
+) -> tuple[dict[str, T], dict[str, PPPError]]:
+    """``job(name)`` for every name (a shard) at once, a thread each (at most ``workers``):
+    the results by name, and the PPPError of each that raised one (the others go on)."""
+    order = list(dict.fromkeys(names))
+    results: dict[str, T] = {}
+    errors: dict[str, PPPError] = {}
+    if not order:
+        return results, errors
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(order)))) as pool:
+        futures = {name: pool.submit(job, name) for name in order}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except PPPError as exc:
+                errors[name] = exc
+    return results, errors
 
 
 def first_line(exc: BaseException) -> str:

@@ -228,6 +228,12 @@ def read_states(cursor: Any, schemas: Sequence[str]) -> dict[str, TenantState]:
     return {s: states.get(s) or TenantState(s, False) for s in schemas}
 
 
+def revision_heads(revision: str | None) -> tuple[str, ...]:
+    """A revision as the sorted heads it names (None: no heads): the inverse of
+    :attr:`TenantState.revision`."""
+    return tuple(sorted(revision.split())) if revision else ()
+
+
 def group_by_shard(tenants: Sequence[Any]) -> dict[str, list[str]]:
     """Catalog tenants (anything with ``.schema`` and ``.shard``) as shard -> schemas."""
     grouped: dict[str, list[str]] = {}

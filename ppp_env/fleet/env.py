@@ -53,7 +53,7 @@ from ppp_env.fleet.status import shard_states
 from ppp_env.fleet.verdicts import VerdictCache
 from ppp_env.identifiers import quote_ident
 from ppp_env.report import check_target, write_run_report
-from ppp_env.tenant_state import group_by_shard
+from ppp_env.tenant_state import TenantState, group_by_shard
 from ppp_env.veneer.catalog import Tenant, in_service, list_tenants
 
 
@@ -132,7 +132,9 @@ class FleetEnvironment(PPPEnvironment):
         shown = " ".join(resolved) if isinstance(resolved, tuple) else str(resolved or "base")
         return shown if str(given) in (shown, "None") else f"{given} ({shown})"
 
-    def plan_before_fork(self, tenants: list[Tenant], hooks: AlembicHooks) -> dict[str, Any]:
+    def plan_before_fork(
+        self, tenants: list[Tenant], hooks: AlembicHooks
+    ) -> dict[str, TenantState]:
         """Read every tenant's state here, once (one query per shard, the shards at once), and
         render the path from every starting point they are at, so that the workers it forks
         inherit both: they read no state again and run no revision's code to render (each

@@ -4,12 +4,12 @@ heads and the veneer (``alembic current``, ``ppp status``, the refresh)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from ppp_env.outside_record import OutsideRecord, read_records
 from ppp_env.tenant_state import TenantState, group_by_shard, read_states
+from ppp_env.veneer.catalog import WIRED_STATES
 
 
 @dataclass(frozen=True)
@@ -51,30 +51,23 @@ def shard_states(
     tenants found inside a revision outside a transaction go there (two small queries more).
     """
     from ppp_env import db
-    from ppp_env.errors import PPPError
 
-    def read(shard: str, schemas: list[str]) -> tuple[dict[str, TenantState], Any]:
+    by_shard = group_by_shard(tenants)
+
+    def read(shard: str) -> tuple[dict[str, TenantState], Any]:
         with db.connection(settings.shard(shard), "admin", autocommit=True) as conn:
             cur = conn.cursor()
-            found = read_states(cur, schemas)
+            found = read_states(cur, by_shard[shard])
             records = read_records(cur, shard, found) if outside is not None else {}
             return found, records
 
+    read_by_shard, failed = db.each_at_once(by_shard, read)
     states: dict[str, TenantState] = {}
-    errors: dict[str, str] = {}
-    by_shard = group_by_shard(tenants)
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(by_shard)))) as pool:
-        futures = {shard: pool.submit(read, shard, list(s)) for shard, s in by_shard.items()}
-        for shard, future in futures.items():
-            try:
-                found, records = future.result()
-            except PPPError as exc:
-                errors[shard] = str(exc)
-                continue
-            states.update(found)
-            if outside is not None:
-                outside.update(records)
-    return states, errors
+    for found, records in read_by_shard.values():
+        states.update(found)
+        if outside is not None:
+            outside.update(records)
+    return states, {shard: str(exc) for shard, exc in failed.items()}
 
 
 def fleet_status(
@@ -97,7 +90,7 @@ def fleet_status(
         else:
             where = "behind"
         veneer = "in step" if t.wired_revision == st.revision else "stale"
-        if settings.wires_on_demand and t.state not in ("active", "moving"):
+        if settings.wires_on_demand and t.state not in WIRED_STATES:
             veneer = "not wired"
         rec = records.get(t.schema)
         out.append(

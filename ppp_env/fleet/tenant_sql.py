@@ -82,10 +82,6 @@ def last_marker(notices: list[str]) -> int | None:
     return None
 
 
-def split_heads(value: str | None) -> tuple[str, ...]:
-    return tuple(value.split(" ")) if value else ()
-
-
 def has_version_table_sql(tenant: str) -> str:
     qt = quote_ident(tenant)
     return f"SELECT to_regclass({quote_literal(qt + '.' + VERSION_TABLE)}) IS NOT NULL"

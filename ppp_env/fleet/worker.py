@@ -41,7 +41,14 @@ from ppp_env.fleet.segments import PathPlan, Segment
 from ppp_env.fleet.tenant_sql import LOCK_NAMESPACE
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import VERSION_TABLE, TenantState, ensure_index, read_states, track_sql
+from ppp_env.tenant_state import (
+    VERSION_TABLE,
+    TenantState,
+    ensure_index,
+    read_states,
+    revision_heads,
+    track_sql,
+)
 
 #: Tenants a worker migrates on one shard session before it opens the next (measured with
 #: benchmarks/scale.py, 20,000 tenants: 162.6 s on one session per worker, 70.7 s with a new
@@ -238,10 +245,10 @@ class _ShardRun:
         self.migrating = True
         value = self.cur.fetchone()[0]
         if state.heads:
-            return sql.split_heads(value), True
+            return revision_heads(value), True
         if value:  # a version table exists (maybe empty, maybe filled since the state was read)
             self.cur.execute(sql.versions_sql(tenant))
-            return sql.split_heads(self.cur.fetchone()[0]), True
+            return revision_heads(self.cur.fetchone()[0]), True
         return (), False
 
     def walk(self, walk: _Walk) -> None:
@@ -295,7 +302,7 @@ class _ShardRun:
                     return
                 self.hooks.run_online(self.conn, walk.tenant, seg.online, False)
             self.cur.execute(sql.versions_sql(walk.tenant))
-        walk.heads, walk.has_table = sql.split_heads(self.cur.fetchone()[0]), True
+        walk.heads, walk.has_table = revision_heads(self.cur.fetchone()[0]), True
 
     def send_rendered(self, walk: _Walk, seg: Segment, pre: str) -> None:
         """A rendered segment in one round trip. Once revisions ran online in this

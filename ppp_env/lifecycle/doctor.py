@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,17 +248,10 @@ def doctor(
     add = report.findings.extend
     add(_move_findings(moves, wanted))
     add(_provisioning_findings(chosen))
-    views: dict[str, _ShardView] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(shard_names)))) as pool:
-        futures = {
-            s: pool.submit(_read_shard, settings, s, [t for t in chosen if t.shard == s])
-            for s in shard_names
-        }
-        for shard, future in futures.items():  # the shards read at once, a thread each
-            try:
-                views[shard] = future.result()
-            except PPPError as exc:
-                add([Finding("unreachable", shard, None, str(exc))])
+    views, failed = db.each_at_once(  # the shards read at once, a thread each
+        shard_names, lambda s: _read_shard(settings, s, [t for t in chosen if t.shard == s])
+    )
+    add([Finding("unreachable", shard, None, str(exc)) for shard, exc in failed.items()])
     add(_schema_findings(chosen, views, heads))
     add(_outside_findings(views))
     add(_orphan_findings(views, {t.schema for t in every}, len(shard_names), wanted))
@@ -425,13 +417,14 @@ def _veneer_findings(
             stale += [(t, n) for n in sorted(set(local) & set(remote)) if local[n] != remote[n]]
         pairs = [(t.schema, n) for t, n in stale]
         mine = _columns(conn.exec_driver_sql(COLUMNS_SQL, _pairs(pairs)).all(), pairs)
-    for t, table in stale:
-        key = (t.schema, table)
-        with db.connection(settings.shard(t.shard), "admin", autocommit=True) as sc:
+    theirs: dict[tuple[str, str], set[Any]] = {}
+    for shard in dict.fromkeys(t.shard for t, _n in stale):  # one connection per shard
+        keys = [(t.schema, n) for t, n in stale if t.shard == shard]
+        with db.connection(settings.shard(shard), "admin", autocommit=True) as sc:
             cur = sc.cursor()
-            cur.execute(COLUMNS_SQL, _pairs([key]))
-            theirs = _columns(cur.fetchall(), [key])
-        found.append(_stale(t, table, mine[key], theirs[key]))
+            cur.execute(COLUMNS_SQL, _pairs(keys))
+            theirs.update(_columns(cur.fetchall(), keys))
+    found += [_stale(t, n, mine[(t.schema, n)], theirs[(t.schema, n)]) for t, n in stale]
     return found
 
 

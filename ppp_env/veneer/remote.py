@@ -17,7 +17,7 @@ from datetime import datetime
 
 from ppp_env.db import connect
 from ppp_env.settings import Instance
-from ppp_env.tenant_state import read_states
+from ppp_env.tenant_state import read_states, revision_heads
 
 #: Remote tables never imported: the shard's per-tenant Alembic version table.
 EXCLUDED_TABLES = ("alembic_version",)
@@ -240,11 +240,6 @@ WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r', 'b', 'p
   AND (t.typrelid = 0 OR rc.relkind = 'c')
   AND NOT (t.typcategory = 'A' AND t.typelem <> 0)
 """
-
-
-def revision_heads(revision: str | None) -> tuple[str, ...]:
-    """A revision as the sorted heads it names (None: no heads)."""
-    return tuple(sorted(revision.split())) if revision else ()
 
 
 class ShardReader:

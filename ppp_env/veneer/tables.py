@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,11 +30,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from ppp_env.db import first_line
+from ppp_env.db import each_at_once, first_line
 from ppp_env.errors import PPPError
 from ppp_env.identifiers import quote_ident
 from ppp_env.settings import Settings
-from ppp_env.tenant_state import group_by_shard, reset_changes
+from ppp_env.tenant_state import group_by_shard, reset_changes, revision_heads
 from ppp_env.veneer import catalog, views
 from ppp_env.veneer.apply import VeneerLost, apply, fail_if_lost, unit
 from ppp_env.veneer.plan import (
@@ -52,7 +51,7 @@ from ppp_env.veneer.plan import (
     read_labels,
     read_live,
 )
-from ppp_env.veneer.remote import RemoteTenant, ShardReader, read_remote, revision_heads
+from ppp_env.veneer.remote import RemoteTenant, ShardReader, read_remote
 from ppp_env.veneer.wiring import VENEER_LOCK_KEY, ddl, lock
 
 __all__ = [
@@ -82,24 +81,21 @@ class _Shards:
         self.nextval = nextval
 
     def _each(self, work: Mapping[str, list[str]], job: Any) -> dict[str, Any]:
-        """``job(shard)`` for every shard of ``work`` (shard -> its tenants) in parallel."""
-        out: dict[str, Any] = {}
-        if not work:
-            return out
-        workers = max(1, min(len(work), self.settings.jobs))
-        with ThreadPoolExecutor(workers) as pool:
-            futures = {shard: pool.submit(job, shard) for shard in work}
-            for shard, future in futures.items():
-                try:
-                    out[shard] = future.result()
-                except PPPError as exc:
-                    for schema in work[shard]:
-                        self.report.errors[schema] = str(exc)
-                except Exception as exc:  # reported per tenant, the others go on
-                    for schema in work[shard]:
-                        self.report.errors[schema] = (
-                            f"cannot read shard {shard!r}: {first_line(exc)}"
-                        )
+        """``job(shard)`` for every shard of ``work`` (shard -> its tenants) in parallel; a
+        shard that fails is an error of each of its tenants, the others go on."""
+
+        def guarded(shard: str) -> Any:
+            try:
+                return job(shard)
+            except PPPError:
+                raise
+            except Exception as exc:
+                raise PPPError(f"cannot read shard {shard!r}: {first_line(exc)}") from exc
+
+        out, failed = each_at_once(work, guarded, self.settings.jobs)
+        for shard, exc in failed.items():
+            for schema in work[shard]:
+                self.report.errors[schema] = str(exc)
         return out
 
     def tenants(
@@ -524,6 +520,10 @@ def _drop_wiring(conn: Connection, schemas: Sequence[str]) -> None:
         )
 
 
+#: States of tenants ``ppp veneer unwire`` takes (not one being created, moved or removed).
+_UNWIRABLE = ("pending", *catalog.WIRED_STATES)
+
+
 def unwire_tenants(settings: Settings, tenants: Sequence[str]) -> list[str]:
     """Drop the foreign tables of ``tenants`` from the veneer (their data stays on their
     shards, the router still reaches them): each goes back to ``pending``, left out of runs'
@@ -534,7 +534,7 @@ def unwire_tenants(settings: Settings, tenants: Sequence[str]) -> list[str]:
     were wired."""
     with catalog.admin_connection(settings) as conn:
         found = {t.schema: t for t in catalog.find_tenants(conn, tenants=list(tenants))}
-    busy = [s for s, t in found.items() if t.state not in ("pending", *catalog.WIRED_STATES)]
+    busy = [s for s, t in found.items() if t.state not in _UNWIRABLE]
     if busy:
         states = ", ".join(f"{s} ({found[s].state})" for s in busy)
         raise PPPError(f"cannot unwire {states}: only pending and active tenants can be")
@@ -542,7 +542,7 @@ def unwire_tenants(settings: Settings, tenants: Sequence[str]) -> list[str]:
         with catalog.admin_connection(settings) as conn:
             lock(conn)
             now = catalog.lookup_tenant(conn, schema)
-            if now is None or now.state not in ("pending", *catalog.WIRED_STATES):
+            if now is None or now.state not in _UNWIRABLE:
                 raise PPPError(f"cannot unwire {schema}: it is {now.state if now else 'gone'}")
             _drop_wiring(conn, [schema])
             catalog.mark_unwired(conn, [schema])
