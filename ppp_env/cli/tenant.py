@@ -173,7 +173,7 @@ def tenant_tag(state: State, schema: str, pairs: tuple[str, ...], remove: tuple[
     "--exact-sizes",
     is_flag=True,
     help="Exact sizes for every tenant listed (opens each of their relations on the shards: "
-    "about 0.1 ms each). Default: exact for the TENANTs named, else estimated (~).",
+    "slow for a large fleet). Default: exact for the TENANTs named, else estimated (~).",
 )
 @pass_state
 def tenant_list(
